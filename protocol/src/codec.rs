@@ -124,6 +124,7 @@ impl Message {
                 d.put_i64(m.expires_at_ms.get());
             }
             Self::CreditOffer(m) => {
+                d.put_u32(m.req_id.get());
                 let credits = m.credits.as_slice();
                 // ≤ CREDIT_OFFER_COUNT_MAX (16) by construction of CreditList.
                 d.put_u8(u8::try_from(credits.len()).unwrap_or(u8::MAX));
