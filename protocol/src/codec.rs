@@ -52,7 +52,11 @@ impl Message {
         dst.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
         let start = dst.len();
         self.encode_payload(dst);
-        debug_assert_eq!(dst.len() - start, payload_len, "payload_len disagrees with encode");
+        debug_assert_eq!(
+            dst.len() - start,
+            payload_len,
+            "payload_len disagrees with encode"
+        );
     }
 
     fn encode_payload(&self, d: &mut BytesMut) {
@@ -241,8 +245,10 @@ impl Decoder {
     /// [[`FRAME_PAYLOAD_BYTES_MIN_CONFIGURABLE`], [`FRAME_PAYLOAD_BYTES_MAX`]].
     pub fn new(payload_bytes_max: u32) -> Self {
         Self {
-            payload_bytes_max: payload_bytes_max
-                .clamp(FRAME_PAYLOAD_BYTES_MIN_CONFIGURABLE, FRAME_PAYLOAD_BYTES_MAX),
+            payload_bytes_max: payload_bytes_max.clamp(
+                FRAME_PAYLOAD_BYTES_MIN_CONFIGURABLE,
+                FRAME_PAYLOAD_BYTES_MAX,
+            ),
         }
     }
 
@@ -329,9 +335,10 @@ impl Decoder {
             }
         }
         if let Some(version) = byte(2)
-            && version != VERSION {
-                return Err(DecodeError::UnsupportedVersion { version });
-            }
+            && version != VERSION
+        {
+            return Err(DecodeError::UnsupportedVersion { version });
+        }
         let Some(type_byte) = byte(3) else {
             return Ok(HeaderCheck::Incomplete(FRAME_HEADER_BYTES));
         };
@@ -380,12 +387,12 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let (head, rest) = self
-            .rest
-            .split_first_chunk::<N>()
-            .ok_or(DecodeError::PayloadTooShort {
-                message_type: self.message_type,
-            })?;
+        let (head, rest) =
+            self.rest
+                .split_first_chunk::<N>()
+                .ok_or(DecodeError::PayloadTooShort {
+                    message_type: self.message_type,
+                })?;
         self.rest = rest;
         Ok(*head)
     }
@@ -652,12 +659,14 @@ fn decode_payload(message_type: MessageType, payload: &[u8]) -> Result<Message, 
             let add = r.cards()?;
             let remove = r.cards()?;
             // The payload bound (≤ 65,536) already limits the cards to 8,190.
-            let update = HotlistUpdate::new(version, base_version, last, add, remove)
-                .map_err(|e| DecodeError::CountTooLarge {
-                    message_type,
-                    field: "add_count",
-                    count: e.count,
-                    count_max: e.count_max,
+            let update =
+                HotlistUpdate::new(version, base_version, last, add, remove).map_err(|e| {
+                    DecodeError::CountTooLarge {
+                        message_type,
+                        field: "add_count",
+                        count: e.count,
+                        count_max: e.count_max,
+                    }
                 })?;
             Message::HotlistUpdate(update)
         }

@@ -39,6 +39,6 @@ pub use tokio_codec::{CodecError, WxCodec};
 pub use types::{
     AuthStatus, BusinessDate, Bytes4, CardCounter, CardNo, CreditId, CreditOutcome, DeviceId,
     DeviceKind, ErrorCode, Fen, HoldId, HotlistVersion, InvalidDate, Item, OnlineSeq, Points,
-    Reason, ReqId, ResultStatus, Seq, SessionId, Text, TextTooLong, TxnKind, TxnStatus,
-    UnixMillis, ZeroValue,
+    Reason, ReqId, ResultStatus, Seq, SessionId, Text, TextTooLong, TxnKind, TxnStatus, UnixMillis,
+    ZeroValue,
 };

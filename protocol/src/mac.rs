@@ -280,7 +280,10 @@ mod tests {
             MasterKey::from_hex("0011").unwrap_err(),
             MasterKeyError::BadLength(2)
         );
-        assert_eq!(MasterKey::from_hex("zz").unwrap_err(), MasterKeyError::NotHex);
+        assert_eq!(
+            MasterKey::from_hex("zz").unwrap_err(),
+            MasterKeyError::NotHex
+        );
     }
 
     #[test]

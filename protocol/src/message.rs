@@ -6,8 +6,7 @@ use crate::limits::{CREDIT_OFFER_COUNT_MAX, HOTLIST_CARDS_PER_FRAME_MAX};
 use crate::types::{
     AuthStatus, BusinessDate, Bytes4, CardCounter, CardNo, CreditId, CreditOutcome, DeviceId,
     DeviceKind, ErrorCode, Fen, HoldId, HotlistVersion, Item, OnlineSeq, Points, Reason, ReqId,
-    ResultStatus, Seq, SessionId, Text, TxnKind, TxnStatus, UnixMillis, wire_enum,
-    zero_is_none,
+    ResultStatus, Seq, SessionId, Text, TxnKind, TxnStatus, UnixMillis, wire_enum, zero_is_none,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -80,7 +79,10 @@ impl MessageType {
     pub const fn payload_bytes_range(self) -> (usize, usize) {
         use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, HOTLIST_FIXED_BYTES, TEXT_BYTES_MAX};
         match self {
-            Self::Hello => (HELLO_FIXED_BYTES + 2, HELLO_FIXED_BYTES + 2 + TEXT_BYTES_MAX),
+            Self::Hello => (
+                HELLO_FIXED_BYTES + 2,
+                HELLO_FIXED_BYTES + 2 + TEXT_BYTES_MAX,
+            ),
             Self::Heartbeat => (8, 8),
             Self::Txn => (TXN_BYTES, TXN_BYTES),
             Self::PointsAuth => (24, 24),
@@ -533,7 +535,9 @@ mod flag {
         match u8::deserialize(d)? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(serde::de::Error::custom(format!("flag must be 0 or 1, not {v}"))),
+            v => Err(serde::de::Error::custom(format!(
+                "flag must be 0 or 1, not {v}"
+            ))),
         }
     }
 }

@@ -41,7 +41,8 @@ impl Visitor<'_> for U64Visitor {
         u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-        v.parse().map_err(|_| E::custom(format!("{v:?} is not a u64")))
+        v.parse()
+            .map_err(|_| E::custom(format!("{v:?} is not a u64")))
     }
 }
 
@@ -59,7 +60,8 @@ impl Visitor<'_> for I64Visitor {
         Ok(v)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
-        v.parse().map_err(|_| E::custom(format!("{v:?} is not an i64")))
+        v.parse()
+            .map_err(|_| E::custom(format!("{v:?} is not an i64")))
     }
 }
 

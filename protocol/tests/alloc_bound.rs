@@ -1,6 +1,13 @@
 //! The decoder never allocates more than one frame's bound, whatever bytes it is fed.
 //! A counting global allocator measures the peak of this thread's live heap during each
 //! decode; it is the only unsafe code in the workspace, confined to this test binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_wrap
+)]
 #![allow(unsafe_code)]
 
 use bytes::BytesMut;
@@ -83,4 +90,3 @@ proptest! {
         prop_assert!(peak <= bound_bytes, "peak {} > {}", peak, bound_bytes);
     }
 }
-

@@ -1,5 +1,12 @@
 //! The `tokio_util::codec` adapter: frames split at every byte boundary still decode, and
 //! an unfinished frame at end of input is an error, not a silent drop.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_wrap
+)]
 
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder as _, Encoder as _};

@@ -1,6 +1,13 @@
 //! Property tests: every message survives encode → decode unchanged, in any split of the
 //! byte stream, and arbitrary bytes never panic the decoder or make it ask for more than
 //! one frame's bound.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_wrap
+)]
 
 use bytes::BytesMut;
 use proptest::collection::vec;
@@ -34,7 +41,8 @@ fn card() -> impl Strategy<Value = CardNo> {
     any::<u64>().prop_map(CardNo)
 }
 fn date() -> impl Strategy<Value = BusinessDate> {
-    (1u32..=9999, 1u32..=12, 1u32..=28).prop_map(|(y, m, d)| BusinessDate::from_ymd(y, m, d).unwrap())
+    (1u32..=9999, 1u32..=12, 1u32..=28)
+        .prop_map(|(y, m, d)| BusinessDate::from_ymd(y, m, d).unwrap())
 }
 fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
     proptest::sample::select(all)
@@ -42,11 +50,25 @@ fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy
 
 fn txn() -> impl Strategy<Value = Txn> {
     (
-        (seq(), pick(TxnKind::ALL), card(), any::<u32>(), fen(), fen()),
-        (pick(Item::ALL), opt_hold(), any::<u32>(), opt_seq(), ms(), b4()),
+        (
+            seq(),
+            pick(TxnKind::ALL),
+            card(),
+            any::<u32>(),
+            fen(),
+            fen(),
+        ),
+        (
+            pick(Item::ALL),
+            opt_hold(),
+            any::<u32>(),
+            opt_seq(),
+            ms(),
+            b4(),
+        ),
     )
-        .prop_map(|((seq, kind, card_no, cc, amount, list), (item, hold, pu, refund, at, tac))| {
-            Txn {
+        .prop_map(
+            |((seq, kind, card_no, cc, amount, list), (item, hold, pu, refund, at, tac))| Txn {
                 seq,
                 kind,
                 card_no,
@@ -59,21 +81,26 @@ fn txn() -> impl Strategy<Value = Txn> {
                 refund_of_seq: refund,
                 occurred_at_ms: at,
                 tac,
-            }
-        })
+            },
+        )
 }
 
 pub fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u64>(), pick(DeviceKind::ALL), opt_seq(), any::<u32>(), text()).prop_map(
-            |(id, kind, last, hv, fw)| Message::Hello(Hello {
+        (
+            any::<u64>(),
+            pick(DeviceKind::ALL),
+            opt_seq(),
+            any::<u32>(),
+            text()
+        )
+            .prop_map(|(id, kind, last, hv, fw)| Message::Hello(Hello {
                 device_id: DeviceId(id),
                 kind,
                 last_seq: last,
                 hotlist_version: HotlistVersion(hv),
                 firmware: fw,
-            })
-        ),
+            })),
         ms().prop_map(|t| Message::Heartbeat(Heartbeat { sent_at_ms: t })),
         txn().prop_map(Message::Txn),
         (any::<u32>(), card(), fen(), any::<u32>()).prop_map(|(r, c, f, p)| {
@@ -92,16 +119,22 @@ pub fn message() -> impl Strategy<Value = Message> {
                 balance_fen: b,
             })
         }),
-        (any::<u64>(), card(), pick(CreditOutcome::ALL), any::<u16>(), fen(), b4()).prop_map(
-            |(id, c, o, s, b, t)| Message::CreditResult(CreditResult {
+        (
+            any::<u64>(),
+            card(),
+            pick(CreditOutcome::ALL),
+            any::<u16>(),
+            fen(),
+            b4()
+        )
+            .prop_map(|(id, c, o, s, b, t)| Message::CreditResult(CreditResult {
                 credit_id: CreditId(id),
                 card_no: c,
                 outcome: o,
                 online_seq: OnlineSeq(s),
                 balance_after_fen: b,
                 tac: t,
-            })
-        ),
+            })),
         any::<u32>().prop_map(|v| Message::HotlistAck(HotlistAck {
             version: HotlistVersion(v)
         })),
@@ -115,29 +148,40 @@ pub fn message() -> impl Strategy<Value = Message> {
                 mac1: m,
             })
         }),
-        (any::<u64>(), ms(), opt_seq(), any::<u16>(), any::<u16>(), any::<u32>()).prop_map(
-            |(id, t, s, hb, mif, hv)| Message::Welcome(Welcome {
+        (
+            any::<u64>(),
+            ms(),
+            opt_seq(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<u32>()
+        )
+            .prop_map(|(id, t, s, hb, mif, hv)| Message::Welcome(Welcome {
                 session_id: SessionId(id),
                 server_time_ms: t,
                 stored_seq: s,
                 heartbeat_s: hb,
                 max_in_flight: mif,
                 hotlist_version: HotlistVersion(hv),
-            })
-        ),
+            })),
         (ms(), ms()).prop_map(|(a, b)| Message::HeartbeatAck(HeartbeatAck {
             sent_at_ms: a,
             server_time_ms: b
         })),
-        (seq(), pick(TxnStatus::ALL), pick(Reason::ALL), fen(), any::<u32>()).prop_map(
-            |(s, st, r, f, p)| Message::TxnAck(TxnAck {
+        (
+            seq(),
+            pick(TxnStatus::ALL),
+            pick(Reason::ALL),
+            fen(),
+            any::<u32>()
+        )
+            .prop_map(|(s, st, r, f, p)| Message::TxnAck(TxnAck {
                 seq: s,
                 status: st,
                 reason: r,
                 subsidy_fen: f,
                 points_awarded: Points(p),
-            })
-        ),
+            })),
         (
             any::<u32>(),
             pick(AuthStatus::ALL),
@@ -200,15 +244,20 @@ pub fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(v, b, l, a, r)| Message::HotlistUpdate(
                 HotlistUpdate::new(HotlistVersion(v), HotlistVersion(b), l, a, r).unwrap()
             )),
-        (any::<u64>(), pick(AuthStatus::ALL), pick(Reason::ALL), ms(), b4()).prop_map(
-            |(id, s, r, t, m)| Message::LoadAuth(LoadAuth {
+        (
+            any::<u64>(),
+            pick(AuthStatus::ALL),
+            pick(Reason::ALL),
+            ms(),
+            b4()
+        )
+            .prop_map(|(id, s, r, t, m)| Message::LoadAuth(LoadAuth {
                 credit_id: CreditId(id),
                 status: s,
                 reason: r,
                 host_time_ms: t,
                 mac2: m,
-            })
-        ),
+            })),
         (pick(ErrorCode::ALL), any::<bool>(), text()).prop_map(|(c, f, m)| {
             Message::Error(Error {
                 code: c,
@@ -320,8 +369,10 @@ fn a_lowered_bound_refuses_frames_above_it() {
     let decoder = Decoder::new(2_000);
     let cards = vec![CardNo(7); 300]; // 13 + 2,400 bytes of payload
     let mut buf = BytesMut::new();
-    Message::from(HotlistUpdate::new(HotlistVersion(1), HotlistVersion(0), true, cards, vec![]).unwrap())
-        .encode(&mut buf);
+    Message::from(
+        HotlistUpdate::new(HotlistVersion(1), HotlistVersion(0), true, cards, vec![]).unwrap(),
+    )
+    .encode(&mut buf);
     let err = decoder.decode(&buf[..8]).unwrap_err();
     assert_eq!(err.kind(), DecodeErrorKind::FrameTooLarge);
     assert_eq!(err.error_code(), ErrorCode::FrameTooLarge);

@@ -1,14 +1,19 @@
 //! Checks `vectors.json` in both directions: encode(fields) == hex and decode(hex) ==
 //! fields; invalid frames fail with the named error; MACs match. The vectors come from a
 //! separate Python implementation of the contract (`gen_vectors.py`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_wrap
+)]
 
 use bytes::BytesMut;
 use serde_json::Value;
 use std::collections::HashSet;
-use wenxiao_protocol::mac::{
-    LoadTacInput, Mac1Input, Mac2Input, MasterKey, TxnTacInput,
-};
 use wenxiao_protocol::limits::{CREDIT_OFFER_COUNT_MAX, HOTLIST_CARDS_PER_FRAME_MAX};
+use wenxiao_protocol::mac::{LoadTacInput, Mac1Input, Mac2Input, MasterKey, TxnTacInput};
 use wenxiao_protocol::{Bytes4, DecodeErrorKind, Decoder, Message, MessageType};
 
 fn vectors() -> Vec<Value> {
@@ -17,7 +22,9 @@ fn vectors() -> Vec<Value> {
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 #[test]
@@ -42,7 +49,11 @@ fn valid_vectors_encode_and_decode_exactly() {
         assert!(wire.is_empty(), "{name}: bytes left after the frame");
         assert_eq!(decoded, message, "{name}: decode");
         // And back to the vector's own JSON: names, hex and big-number strings included.
-        assert_eq!(serde_json::to_value(&decoded).unwrap(), tagged, "{name}: to fields");
+        assert_eq!(
+            serde_json::to_value(&decoded).unwrap(),
+            tagged,
+            "{name}: to fields"
+        );
         checked += 1;
     }
     assert!(checked > 0);
@@ -53,9 +64,7 @@ fn invalid_vectors_fail_with_their_error() {
     for v in vectors().iter().filter(|v| v.get("error").is_some()) {
         let name = str_field(v, "name");
         let mut wire = BytesMut::from(hex::decode(str_field(v, "hex")).unwrap().as_slice());
-        let err = Decoder::default()
-            .decode_eof(&mut wire)
-            .expect_err(name);
+        let err = Decoder::default().decode_eof(&mut wire).expect_err(name);
         assert_eq!(err.kind().name(), str_field(v, "error"), "{name}: {err}");
     }
 }
@@ -96,7 +105,11 @@ fn mac_vectors_match() {
         assert_eq!(got, bytes4(&v["expected"]), "{name}");
         seen.insert(kind.to_owned());
     }
-    assert_eq!(seen.len(), 4, "a vector for each of TXN_TAC, MAC1, MAC2, LOAD_TAC: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        4,
+        "a vector for each of TXN_TAC, MAC1, MAC2, LOAD_TAC: {seen:?}"
+    );
 }
 
 #[test]
@@ -108,7 +121,11 @@ fn vectors_cover_every_type_every_error_and_list_bounds() {
     }
     let errors: HashSet<&str> = all.iter().filter_map(|v| v["error"].as_str()).collect();
     for e in DecodeErrorKind::ALL {
-        assert!(errors.contains(e.name()), "no invalid vector for {}", e.name());
+        assert!(
+            errors.contains(e.name()),
+            "no invalid vector for {}",
+            e.name()
+        );
     }
     let lens = |t: &str, f: &dyn Fn(&Value) -> usize| -> HashSet<usize> {
         all.iter()
@@ -117,9 +134,15 @@ fn vectors_cover_every_type_every_error_and_list_bounds() {
             .collect()
     };
     let offers = lens("CREDIT_OFFER", &|f| f["credits"].as_array().unwrap().len());
-    assert!(offers.contains(&0) && offers.contains(&CREDIT_OFFER_COUNT_MAX), "{offers:?}");
+    assert!(
+        offers.contains(&0) && offers.contains(&CREDIT_OFFER_COUNT_MAX),
+        "{offers:?}"
+    );
     let hot = lens("HOTLIST_UPDATE", &|f| {
         f["add"].as_array().unwrap().len() + f["remove"].as_array().unwrap().len()
     });
-    assert!(hot.contains(&0) && hot.contains(&HOTLIST_CARDS_PER_FRAME_MAX), "{hot:?}");
+    assert!(
+        hot.contains(&0) && hot.contains(&HOTLIST_CARDS_PER_FRAME_MAX),
+        "{hot:?}"
+    );
 }
