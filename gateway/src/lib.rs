@@ -1,4 +1,9 @@
-//! The Wenxiao terminal gateway. Its device sessions, store and clearing arrive with the
-//! gateway issue; for now the crate only re-exports the protocol it speaks.
+//! The Wenxiao terminal gateway: TLS device sessions as actors, deduplicated durable
+//! ingest into PostgreSQL or SQLite, and (later) the subsidy rules and clearing.
+
+pub mod cli;
+pub mod config;
+pub mod registry;
+pub mod store;
 
 pub use wenxiao_protocol as protocol;

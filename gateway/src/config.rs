@@ -1,0 +1,482 @@
+//! The gateway's configuration: one TOML file (`config/gateway.toml` documents every key).
+//!
+//! Every bound and timeout is here, with its unit in its name. Unknown keys are errors (a
+//! typo must not silently fall back to a default), and every value is range-checked with
+//! an error that names the key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use wenxiao_protocol::limits::{FRAME_PAYLOAD_BYTES_MAX, FRAME_PAYLOAD_BYTES_MIN_CONFIGURABLE};
+use wenxiao_protocol::mac::{MasterKey, MasterKeys};
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type…).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value outside its allowed range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `session.max_in_flight`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded store, the development PKI and run files live.
+    pub data_dir: PathBuf,
+    /// The device listener.
+    pub server: ServerConfig,
+    /// TLS material.
+    pub tls: TlsConfig,
+    /// Per-session protocol parameters.
+    pub session: SessionConfig,
+    /// The ingest queue and store writers.
+    pub ingest: IngestConfig,
+    /// Which store, and how to reach it.
+    pub store: StoreConfig,
+    /// Bounds on transaction fields.
+    pub txn: TxnConfig,
+    /// The master keys of the contract's Keys section.
+    pub keys: KeysConfig,
+    /// Metrics and health endpoints.
+    pub admin: AdminConfig,
+    /// Registry files for `registry import` (and for a first start on an empty store).
+    pub registry: RegistryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            session: SessionConfig::default(),
+            ingest: IngestConfig::default(),
+            store: StoreConfig::default(),
+            txn: TxnConfig::default(),
+            keys: KeysConfig::default(),
+            admin: AdminConfig::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the device TLS listener.
+    pub listen_addr: SocketAddr,
+    /// Most device connections open at once (handshaking or in session). The process may
+    /// hold 20,000 files on these machines; the rest is headroom for the store and admin.
+    pub connections_max: usize,
+    /// A TLS handshake must finish this soon after accept.
+    pub tls_handshake_timeout_ms: u64,
+    /// Event-loop threads for sessions; 0 = one per core.
+    pub workers: usize,
+    /// Most TLS handshakes in progress at once: under a reconnect storm, handshakes beyond
+    /// this wait in the kernel's accept backlog instead of starving live sessions of CPU.
+    pub handshakes_in_progress_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            connections_max: 19_000,
+            tls_handshake_timeout_ms: 10_000,
+            workers: 0,
+            handshakes_in_progress_max: 256,
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The device CA certificate (PEM): client certificates must chain to it.
+    pub device_ca_cert_path: PathBuf,
+    /// The gateway's certificate chain (PEM).
+    pub server_cert_path: PathBuf,
+    /// The gateway's private key (PEM).
+    pub server_key_path: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            device_ca_cert_path: PathBuf::from("data/pki/ca.pem"),
+            server_cert_path: PathBuf::from("data/pki/server.pem"),
+            server_key_path: PathBuf::from("data/pki/server.key"),
+        }
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// HELLO must arrive this soon after the handshake (contract: 10 s).
+    pub hello_timeout_ms: u64,
+    /// Heartbeat period told to devices in WELCOME; silence for 3 periods closes.
+    pub heartbeat_s: u16,
+    /// Most TXNs unacknowledged per session (and pushes per OTA endpoint).
+    pub max_in_flight: u16,
+    /// Largest frame payload accepted (contract default and ceiling: 65,536).
+    pub frame_payload_bytes_max: u32,
+    /// Bytes queued for a device that does not read before the session is closed: a
+    /// slow reader must not make the gateway buffer without bound.
+    pub write_buffer_bytes_max: usize,
+    /// Told to devices in DRAIN: reconnect after this long.
+    pub drain_reconnect_after_ms: u32,
+    /// After DRAIN, sessions get this long to receive their acks and close.
+    pub drain_timeout_ms: u64,
+    /// After a fatal ERROR, the session waits this long for the frame to flush.
+    pub close_linger_ms: u64,
+    /// Answered seqs above the contiguous watermark remembered per session, to advance
+    /// `stored_seq`; beyond it the watermark simply stops advancing (safe).
+    pub seq_window_max: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            hello_timeout_ms: 10_000,
+            heartbeat_s: 30,
+            max_in_flight: 64,
+            frame_payload_bytes_max: FRAME_PAYLOAD_BYTES_MAX,
+            write_buffer_bytes_max: 256 * 1024,
+            drain_reconnect_after_ms: 30_000,
+            drain_timeout_ms: 10_000,
+            close_linger_ms: 1_000,
+            seq_window_max: 4_096,
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Transactions waiting for a store writer, all sessions together. When full,
+    /// sessions stop reading their sockets (backpressure).
+    pub queue_txns_max: usize,
+    /// Most rows one commit carries.
+    pub batch_rows_max: usize,
+    /// A writer that finds fewer rows than `batch_rows_max` waits at most this long for
+    /// more before committing; 0 commits at once what is there (group commit still
+    /// forms batches from whatever queued during the previous commit).
+    pub batch_linger_us: u64,
+    /// Parallel store writers (PostgreSQL; the embedded store always uses one).
+    pub writers: usize,
+    /// How long a batch keeps retrying a failing store before its sessions are told
+    /// STORE_UNAVAILABLE.
+    pub store_wait_ms: u64,
+    /// Pause between retries of a failing commit.
+    pub store_retry_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            queue_txns_max: 65_536,
+            batch_rows_max: 1_000,
+            batch_linger_us: 0,
+            writers: 4,
+            store_wait_ms: 5_000,
+            store_retry_ms: 250,
+        }
+    }
+}
+
+/// Which store backs the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite file under `data_dir` (the default: nothing to install).
+    Sqlite,
+    /// PostgreSQL: production, and what several gateway nodes share.
+    Postgres,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` or `postgres`.
+    pub kind: StoreKind,
+    /// SQLite file; relative paths are under `data_dir`.
+    pub sqlite_path: PathBuf,
+    /// PostgreSQL connection URL.
+    pub postgres_url: String,
+    /// PostgreSQL connections in the pool (writers + reads).
+    pub postgres_pool_size_max: usize,
+    /// Longest wait for a pooled connection.
+    pub postgres_pool_wait_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            sqlite_path: PathBuf::from("wenxiao.db"),
+            postgres_url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            postgres_pool_size_max: 8,
+            postgres_pool_wait_ms: 2_000,
+        }
+    }
+}
+
+/// `[txn]`: plausibility bounds; a TXN outside them is REJECTED `INVALID_FIELD`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TxnConfig {
+    /// Largest purchase or refund amount (¥50,000).
+    pub purchase_fen_max: i64,
+    /// Largest top-up at a kiosk (¥5,000).
+    pub top_up_fen_max: i64,
+    /// Largest list price (cinema agreed price or performance regular price totals).
+    pub list_price_fen_max: i64,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        Self {
+            purchase_fen_max: 5_000_000,
+            top_up_fen_max: 500_000,
+            list_price_fen_max: 5_000_000,
+        }
+    }
+}
+
+/// `[keys]`: hex master keys. The shipped values are for development and the simulator
+/// only; production keys come from the security module's export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Master key for TXN TACs.
+    pub purchase_master_key_hex: String,
+    /// Master key for MAC1, MAC2 and load TACs.
+    pub load_master_key_hex: String,
+}
+
+/// Development master keys, shared by the simulator's emulated cards.
+pub const DEV_PURCHASE_MASTER_KEY_HEX: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// Development load master key.
+pub const DEV_LOAD_MASTER_KEY_HEX: &str =
+    "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff";
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            purchase_master_key_hex: DEV_PURCHASE_MASTER_KEY_HEX.to_owned(),
+            load_master_key_hex: DEV_LOAD_MASTER_KEY_HEX.to_owned(),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `/metrics`, `/healthz`, `/readyz`; `None` (omit the key) disables the server.
+    pub listen_addr: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// `[registry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Merchants CSV.
+    pub merchants_path: PathBuf,
+    /// Devices CSV.
+    pub devices_path: PathBuf,
+    /// How often a running gateway re-reads the registry from the store.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            merchants_path: PathBuf::from("config/registry/merchants.csv"),
+            devices_path: PathBuf::from("config/registry/devices.csv"),
+            reload_interval_ms: 30_000,
+        }
+    }
+}
+
+fn check(ok: bool, key: &'static str, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            message: message(),
+        })
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    check(v >= min && v <= max, key, || {
+        format!("{v} is outside {min}..={max}")
+    })
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range and the keys' syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        in_range("server.connections_max", s.connections_max, 1, 1_000_000)?;
+        in_range("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms, 100, 120_000)?;
+        in_range("server.workers", s.workers, 0, 256)?;
+        in_range("server.handshakes_in_progress_max", s.handshakes_in_progress_max, 1, 100_000)?;
+        let se = &self.session;
+        in_range("session.hello_timeout_ms", se.hello_timeout_ms, 100, 600_000)?;
+        in_range("session.heartbeat_s", se.heartbeat_s, 1, 3_600)?;
+        in_range("session.max_in_flight", se.max_in_flight, 1, 4_096)?;
+        in_range(
+            "session.frame_payload_bytes_max",
+            se.frame_payload_bytes_max,
+            FRAME_PAYLOAD_BYTES_MIN_CONFIGURABLE,
+            FRAME_PAYLOAD_BYTES_MAX,
+        )?;
+        in_range("session.write_buffer_bytes_max", se.write_buffer_bytes_max, 4_096, 64 << 20)?;
+        in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
+        in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;
+        in_range("session.seq_window_max", se.seq_window_max, 16, 1_000_000)?;
+        let i = &self.ingest;
+        in_range("ingest.queue_txns_max", i.queue_txns_max, 1, 10_000_000)?;
+        in_range("ingest.batch_rows_max", i.batch_rows_max, 1, 100_000)?;
+        in_range("ingest.batch_linger_us", i.batch_linger_us, 0, 1_000_000)?;
+        in_range("ingest.writers", i.writers, 1, 64)?;
+        in_range("ingest.store_wait_ms", i.store_wait_ms, 0, 600_000)?;
+        in_range("ingest.store_retry_ms", i.store_retry_ms, 1, 60_000)?;
+        in_range("store.postgres_pool_size_max", self.store.postgres_pool_size_max, 1, 1_000)?;
+        in_range("store.postgres_pool_wait_ms", self.store.postgres_pool_wait_ms, 1, 600_000)?;
+        check(
+            self.store.kind != StoreKind::Postgres
+                || self.store.postgres_pool_size_max > self.ingest.writers,
+            "store.postgres_pool_size_max",
+            || "must exceed ingest.writers, so session reads never wait behind writers".to_owned(),
+        )?;
+        let t = &self.txn;
+        in_range("txn.purchase_fen_max", t.purchase_fen_max, 1, i64::MAX / 4)?;
+        in_range("txn.top_up_fen_max", t.top_up_fen_max, 1, i64::MAX / 4)?;
+        in_range("txn.list_price_fen_max", t.list_price_fen_max, 1, i64::MAX / 4)?;
+        self.master_keys()?;
+        in_range("registry.reload_interval_ms", self.registry.reload_interval_ms, 100, 86_400_000)?;
+        Ok(())
+    }
+
+    /// The master keys, parsed.
+    pub fn master_keys(&self) -> Result<MasterKeys, ConfigError> {
+        let purchase = MasterKey::from_hex(&self.keys.purchase_master_key_hex).map_err(|e| {
+            ConfigError::Invalid {
+                key: "keys.purchase_master_key_hex",
+                message: e.to_string(),
+            }
+        })?;
+        let load = MasterKey::from_hex(&self.keys.load_master_key_hex).map_err(|e| {
+            ConfigError::Invalid {
+                key: "keys.load_master_key_hex",
+                message: e.to_string(),
+            }
+        })?;
+        Ok(MasterKeys { purchase, load })
+    }
+
+    /// The SQLite file, resolved against `data_dir`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join(&self.store.sqlite_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_parses_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+        let c = Config::load(&path).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = Config::parse("[session]\nmax_inflight = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        let e = Config::parse("[session]\nmax_in_flight = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("session.max_in_flight"), "{e}");
+        let e = Config::parse("[keys]\nload_master_key_hex = \"00\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("keys.load_master_key_hex"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let e = Config::parse("[server]\nconnections_max = \"many\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("connections_max"), "{e}");
+    }
+}

@@ -1,0 +1,407 @@
+//! The clearing store: one trait, a PostgreSQL and an SQLite implementation, and one
+//! conformance suite (`tests/tests/store_conformance.rs`) that both pass.
+//!
+//! The write path is `ingest`: one call is one database transaction over a batch of
+//! validated TXNs, and returns one answer per TXN. Nothing is answered before the
+//! transaction has committed, so a STORED answer is a durable row.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::registry::{MerchantId, Registry};
+use std::future::Future;
+use wenxiao_protocol::{
+    BusinessDate, Bytes4, CardCounter, CardNo, DeviceId, Fen, HoldId, Item, Points, Reason, Seq,
+    Txn, TxnKind, TxnStatus,
+};
+
+/// A failure of the store. All of these are ours, not the device's: the device is told
+/// STORE_UNAVAILABLE and re-sends later.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL failed (connection, statement, commit).
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No pooled PostgreSQL connection within the wait bound.
+    #[error("postgres pool: {0}")]
+    Pool(String),
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A blocking store task could not run.
+    #[error("store task: {0}")]
+    Task(String),
+    /// A row holds a value our types cannot (a corrupted or foreign database).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// What the session proposes for a TXN after its own checks; the store decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposal {
+    /// Valid: store it with these provisional figures (reason 2xx or NONE).
+    Store {
+        /// Why the subsidy is zero, or NONE.
+        reason: Reason,
+        /// Provisional subsidy.
+        subsidy_fen: Fen,
+        /// Points awarded.
+        points_awarded: Points,
+    },
+    /// Invalid: record it as REJECTED with this reason (it is evidence).
+    Reject(Reason),
+}
+
+/// One TXN on its way into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestTxn {
+    /// The sending device.
+    pub device_id: DeviceId,
+    /// Its merchant, if it has one.
+    pub merchant_id: Option<MerchantId>,
+    /// The transaction as received.
+    pub txn: Txn,
+    /// The session's verdict.
+    pub proposal: Proposal,
+    /// Gateway clock at receipt.
+    pub received_at_ms: i64,
+    /// Business day of receipt (Asia/Shanghai).
+    pub business_date: BusinessDate,
+}
+
+/// The answer to one TXN: the fields of its TXN_ACK besides seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnAnswer {
+    /// STORED, DUPLICATE or REJECTED.
+    pub status: TxnStatus,
+    /// Reason code.
+    pub reason: Reason,
+    /// Provisional subsidy.
+    pub subsidy_fen: Fen,
+    /// Points awarded.
+    pub points_awarded: Points,
+}
+
+impl TxnAnswer {
+    /// A REJECTED answer.
+    pub const fn rejected(reason: Reason) -> Self {
+        Self {
+            status: TxnStatus::Rejected,
+            reason,
+            subsidy_fen: Fen::ZERO,
+            points_awarded: Points(0),
+        }
+    }
+}
+
+/// The store's operations. Futures are `Send` so they can run on any worker.
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending schema migrations (idempotent, safe from several nodes).
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Commits a batch in one transaction and answers each TXN, in order: STORED for new
+    /// rows, the original answer again for an identical re-send (DUPLICATE, or REJECTED
+    /// with its reason), REJECTED `SEQ_CONFLICT` for the same seq with other content
+    /// (recorded as evidence), REJECTED `CARD_COUNTER_REPLAY` when the card already has a
+    /// stored transaction with that counter value, REJECTED with the proposal's reason
+    /// otherwise (recorded).
+    fn ingest(
+        &self,
+        batch: &[IngestTxn],
+    ) -> impl Future<Output = Result<Vec<TxnAnswer>, StoreError>> + Send;
+
+    /// The highest S such that every seq 1..=S of the device is recorded; `None` for 0.
+    fn stored_seq(
+        &self,
+        device_id: DeviceId,
+    ) -> impl Future<Output = Result<Option<Seq>, StoreError>> + Send;
+
+    /// Records that every seq ≤ `seq` of the device is recorded, so that `stored_seq`
+    /// need not scan below it. Never moves a checkpoint backwards.
+    fn checkpoint_stored_seq(
+        &self,
+        device_id: DeviceId,
+        seq: Seq,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Inserts or updates every merchant and device of `registry`.
+    fn import_registry(
+        &self,
+        registry: &Registry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads the whole registry.
+    fn load_registry(&self) -> impl Future<Output = Result<Registry, StoreError>> + Send;
+
+    /// Answers when the store can serve queries (for `/readyz`).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Number of rows recorded for a device: (stored, rejected). For tests and audits.
+    fn count_txns(
+        &self,
+        device_id: DeviceId,
+    ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+}
+
+/// The store chosen by configuration.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// PostgreSQL.
+    Postgres(PgStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Postgres($s) => $e.await,
+            AnyStore::Sqlite($s) => $e.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.migrate())
+    }
+    async fn ingest(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, StoreError> {
+        delegate!(self, s => s.ingest(batch))
+    }
+    async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
+        delegate!(self, s => s.stored_seq(device_id))
+    }
+    async fn checkpoint_stored_seq(&self, device_id: DeviceId, seq: Seq) -> Result<(), StoreError> {
+        delegate!(self, s => s.checkpoint_stored_seq(device_id, seq))
+    }
+    async fn import_registry(&self, registry: &Registry) -> Result<(), StoreError> {
+        delegate!(self, s => s.import_registry(registry))
+    }
+    async fn load_registry(&self) -> Result<Registry, StoreError> {
+        delegate!(self, s => s.load_registry())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.ping())
+    }
+    async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
+        delegate!(self, s => s.count_txns(device_id))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row mapping shared by both implementations.
+// ---------------------------------------------------------------------------------------
+
+/// A u64 stored bit-for-bit in a signed 64-bit column.
+pub(crate) const fn db_u64(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The inverse of [`db_u64`].
+pub(crate) const fn from_db_u64(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// Which card counter a TXN kind carries (contract: offline for PURCHASE and SIGN_IN,
+/// online for TOP_UP and REFUND).
+pub(crate) const fn counter_kind(kind: TxnKind) -> i16 {
+    match kind {
+        TxnKind::Purchase | TxnKind::SignIn => 1,
+        TxnKind::TopUp | TxnKind::Refund => 2,
+    }
+}
+
+/// The columns of a `txns` row, in the order both schemas declare them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TxnRow {
+    pub device_id: i64,
+    pub seq: i64,
+    pub kind: i16,
+    pub card_no: i64,
+    pub card_counter: i64,
+    pub counter_kind: i16,
+    pub amount_fen: i64,
+    pub list_price_fen: i64,
+    pub item: i16,
+    pub points_hold_id: i64,
+    pub points_used: i64,
+    pub refund_of_seq: i64,
+    pub occurred_at_ms: i64,
+    pub tac: i32,
+    pub merchant_id: Option<i64>,
+    pub status: i16,
+    pub reason: i16,
+    pub subsidy_fen: i64,
+    pub points_awarded: i64,
+    pub received_at_ms: i64,
+    pub business_date: i32,
+}
+
+impl TxnRow {
+    /// The row recording `t` with the given answer.
+    pub(crate) fn new(t: &IngestTxn, answer: TxnAnswer) -> Self {
+        let x = &t.txn;
+        Self {
+            device_id: db_u64(t.device_id.get()),
+            seq: db_u64(x.seq.get()),
+            kind: i16::from(x.kind.code()),
+            card_no: db_u64(x.card_no.get()),
+            card_counter: i64::from(x.card_counter.get()),
+            counter_kind: counter_kind(x.kind),
+            amount_fen: x.amount_fen.get(),
+            list_price_fen: x.list_price_fen.get(),
+            item: i16::from(x.item.code()),
+            points_hold_id: db_u64(HoldId::wire(x.points_hold_id)),
+            points_used: i64::from(x.points_used.get()),
+            refund_of_seq: db_u64(Seq::wire(x.refund_of_seq)),
+            occurred_at_ms: x.occurred_at_ms.get(),
+            tac: i32::from_be_bytes(x.tac.0),
+            merchant_id: t.merchant_id.map(|m| m.0),
+            status: i16::from(answer.status.code()),
+            reason: i16::try_from(answer.reason.code()).unwrap_or(i16::MAX),
+            subsidy_fen: answer.subsidy_fen.get(),
+            points_awarded: i64::from(answer.points_awarded.get()),
+            received_at_ms: t.received_at_ms,
+            business_date: i32::try_from(t.business_date.get()).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// The first answer a new TXN gets: its proposal.
+    pub(crate) fn first_answer(p: Proposal) -> TxnAnswer {
+        match p {
+            Proposal::Store {
+                reason,
+                subsidy_fen,
+                points_awarded,
+            } => TxnAnswer {
+                status: TxnStatus::Stored,
+                reason,
+                subsidy_fen,
+                points_awarded,
+            },
+            Proposal::Reject(reason) => TxnAnswer::rejected(reason),
+        }
+    }
+}
+
+/// A recorded TXN read back: its content and its first answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recorded {
+    pub txn: Txn,
+    pub answer: TxnAnswer,
+}
+
+fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what} = {v}"))
+}
+
+/// Columns read back for comparison: seq, kind, card_no, card_counter, amount_fen,
+/// list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac,
+/// status, reason, subsidy_fen, points_awarded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn recorded_from_columns(
+    seq: i64,
+    kind: i16,
+    card_no: i64,
+    card_counter: i64,
+    amount_fen: i64,
+    list_price_fen: i64,
+    item: i16,
+    points_hold_id: i64,
+    points_used: i64,
+    refund_of_seq: i64,
+    occurred_at_ms: i64,
+    tac: i32,
+    status: i16,
+    reason: i16,
+    subsidy_fen: i64,
+    points_awarded: i64,
+) -> Result<Recorded, StoreError> {
+    let code8 = |v: i16, what| u8::try_from(v).map_err(|_| corrupt(what, v));
+    let txn = Txn {
+        seq: Seq::new(from_db_u64(seq)).ok_or_else(|| corrupt("seq", seq))?,
+        kind: TxnKind::from_code(code8(kind, "kind")?).ok_or_else(|| corrupt("kind", kind))?,
+        card_no: CardNo(from_db_u64(card_no)),
+        card_counter: CardCounter(
+            u32::try_from(card_counter).map_err(|_| corrupt("card_counter", card_counter))?,
+        ),
+        amount_fen: Fen(amount_fen),
+        list_price_fen: Fen(list_price_fen),
+        item: Item::from_code(code8(item, "item")?).ok_or_else(|| corrupt("item", item))?,
+        points_hold_id: HoldId::new(from_db_u64(points_hold_id)),
+        points_used: Points(
+            u32::try_from(points_used).map_err(|_| corrupt("points_used", points_used))?,
+        ),
+        refund_of_seq: Seq::new(from_db_u64(refund_of_seq)),
+        occurred_at_ms: wenxiao_protocol::UnixMillis(occurred_at_ms),
+        tac: Bytes4(tac.to_be_bytes()),
+    };
+    let answer = TxnAnswer {
+        status: TxnStatus::from_code(code8(status, "status")?)
+            .ok_or_else(|| corrupt("status", status))?,
+        reason: u16::try_from(reason)
+            .ok()
+            .and_then(Reason::from_code)
+            .ok_or_else(|| corrupt("reason", reason))?,
+        subsidy_fen: Fen(subsidy_fen),
+        points_awarded: Points(
+            u32::try_from(points_awarded).map_err(|_| corrupt("points_awarded", points_awarded))?,
+        ),
+    };
+    Ok(Recorded { txn, answer })
+}
+
+/// How an incoming TXN whose (device, seq) is already recorded is answered.
+pub(crate) enum Resend {
+    /// Identical content: the original answer (STORED becomes DUPLICATE).
+    Same(TxnAnswer),
+    /// Different content: SEQ_CONFLICT, and the payload is recorded as evidence.
+    Conflict,
+}
+
+pub(crate) fn answer_resend(recorded: &Recorded, incoming: &Txn) -> Resend {
+    if recorded.txn != *incoming {
+        return Resend::Conflict;
+    }
+    let mut answer = recorded.answer;
+    if answer.status == TxnStatus::Stored {
+        answer.status = TxnStatus::Duplicate;
+    }
+    Resend::Same(answer)
+}
+
+/// The 70-byte wire payload of a TXN: the exact evidence of a conflicting re-send.
+pub(crate) fn txn_payload(txn: &Txn) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    wenxiao_protocol::Message::Txn(*txn).encode(&mut buf);
+    buf.get(wenxiao_protocol::limits::FRAME_HEADER_BYTES..)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// Walks seqs above a checkpoint: returns the new contiguous watermark and whether the
+/// walk may continue past this page.
+pub(crate) fn advance_watermark(mut watermark: u64, page: &[i64]) -> (u64, bool) {
+    for &s in page {
+        let s = from_db_u64(s);
+        if s == watermark.saturating_add(1) {
+            watermark = s;
+        } else if s > watermark {
+            return (watermark, false);
+        }
+    }
+    (watermark, true)
+}
+
+/// Rows fetched per page when walking seqs above a checkpoint.
+pub(crate) const SEQ_PAGE_ROWS: i64 = 10_000;
+
+/// Migrations, in order: (version, PostgreSQL text, SQLite text).
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    include_str!("migrations/pg_0001_init.sql"),
+    include_str!("migrations/sqlite_0001_init.sql"),
+)];

@@ -1,0 +1,440 @@
+//! The production store: PostgreSQL through a deadpool connection pool.
+//!
+//! A batch is one transaction: one multi-row `INSERT … SELECT FROM unnest(…) ON CONFLICT
+//! DO NOTHING RETURNING` for all its rows (a single prepared statement whatever the batch
+//! size), then, only for the rows it did not insert — re-sends and replays, rare in normal
+//! traffic — a lookup by key and the answers that follow from it.
+
+use super::{
+    IngestTxn, MIGRATIONS, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer, TxnRow,
+    advance_watermark, answer_resend, db_u64, from_db_u64, recorded_from_columns, txn_payload,
+};
+use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use wenxiao_protocol::{DeviceId, DeviceKind, Reason, Seq};
+
+/// The PostgreSQL store. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl PgStore {
+    /// A pool of at most `pool_size_max` connections to `url`; waiting for one is bounded
+    /// by `pool_wait_ms`. Connections are opened lazily, on the runtime that first needs
+    /// them: callers keep all store work on one dedicated runtime.
+    pub fn connect(url: &str, pool_size_max: usize, pool_wait_ms: u64) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let wait = Some(Duration::from_millis(pool_wait_ms));
+        let pool = Pool::builder(manager)
+            .max_size(pool_size_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(wait)
+            .create_timeout(wait)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| match e {
+                deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+                other => StoreError::Pool(other.to_string()),
+            })
+    }
+}
+
+const INSERT_TXNS: &str = "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+    counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
+    occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
+    received_at_ms, business_date) \
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[], \
+    $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], $11::int8[], $12::int8[], \
+    $13::int8[], $14::int4[], $15::int8[], $16::int2[], $17::int2[], $18::int8[], $19::int8[], \
+    $20::int8[], $21::int4[]) \
+    ON CONFLICT DO NOTHING RETURNING device_id, seq";
+
+const SELECT_RECORDED: &str = "SELECT device_id, seq, kind, card_no, card_counter, amount_fen, \
+    list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
+    status, reason, subsidy_fen, points_awarded FROM txns \
+    WHERE (device_id, seq) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))";
+
+type Key = (i64, i64);
+
+fn key(t: &IngestTxn) -> Key {
+    (db_u64(t.device_id.get()), db_u64(t.txn.seq.get()))
+}
+
+/// Inserts the first occurrence of each key among `idxs` with `answer_of`'s answer and
+/// fills `answers` for the rows inserted; returns the indices left unanswered.
+async fn insert_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[IngestTxn],
+    idxs: &[usize],
+    answer_of: impl Fn(&IngestTxn) -> TxnAnswer,
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<Vec<usize>, StoreError> {
+    let mut seen = HashSet::with_capacity(idxs.len());
+    let (mut firsts, mut left) = (Vec::with_capacity(idxs.len()), Vec::new());
+    for &i in idxs {
+        let Some(t) = batch.get(i) else { continue };
+        if seen.insert(key(t)) {
+            firsts.push(i);
+        } else {
+            left.push(i);
+        }
+    }
+    if firsts.is_empty() {
+        return Ok(left);
+    }
+    let rows: Vec<(usize, TxnRow, TxnAnswer)> = firsts
+        .iter()
+        .filter_map(|&i| batch.get(i).map(|t| (i, t)))
+        .map(|(i, t)| {
+            let a = answer_of(t);
+            (i, TxnRow::new(t, a), a)
+        })
+        .collect();
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|(_, r, _)| r.$f).collect::<Vec<_>>()
+        };
+    }
+    let stmt = tx.prepare_cached(INSERT_TXNS).await?;
+    let inserted: HashSet<Key> = tx
+        .query(
+            &stmt,
+            &[
+                &col!(device_id),
+                &col!(seq),
+                &col!(kind),
+                &col!(card_no),
+                &col!(card_counter),
+                &col!(counter_kind),
+                &col!(amount_fen),
+                &col!(list_price_fen),
+                &col!(item),
+                &col!(points_hold_id),
+                &col!(points_used),
+                &col!(refund_of_seq),
+                &col!(occurred_at_ms),
+                &col!(tac),
+                &col!(merchant_id),
+                &col!(status),
+                &col!(reason),
+                &col!(subsidy_fen),
+                &col!(points_awarded),
+                &col!(received_at_ms),
+                &col!(business_date),
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+        .collect();
+    for (i, row, answer) in rows {
+        if inserted.contains(&(row.device_id, row.seq)) {
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = Some(answer);
+            }
+        } else {
+            left.push(i);
+        }
+    }
+    Ok(left)
+}
+
+/// Answers the rows among `idxs` whose key is already recorded (re-sends and seq
+/// conflicts, recording the conflicts); returns the indices whose key is not recorded.
+async fn answer_recorded(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[IngestTxn],
+    idxs: &[usize],
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<Vec<usize>, StoreError> {
+    if idxs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Key> = idxs.iter().filter_map(|&i| batch.get(i)).map(key).collect();
+    let devices: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+    let stmt = tx.prepare_cached(SELECT_RECORDED).await?;
+    let mut recorded = HashMap::new();
+    for r in tx.query(&stmt, &[&devices, &seqs]).await? {
+        let rec = recorded_from_columns(
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+            r.get(7),
+            r.get(8),
+            r.get(9),
+            r.get(10),
+            r.get(11),
+            r.get(12),
+            r.get(13),
+            r.get(14),
+            r.get(15),
+            r.get(16),
+        )?;
+        recorded.insert((r.get::<_, i64>(0), r.get::<_, i64>(1)), rec);
+    }
+    let mut missing = Vec::new();
+    for &i in idxs {
+        let Some(t) = batch.get(i) else { continue };
+        let answer = match recorded.get(&key(t)) {
+            None => {
+                missing.push(i);
+                continue;
+            }
+            Some(rec) => match answer_resend(rec, &t.txn) {
+                super::Resend::Same(a) => a,
+                super::Resend::Conflict => {
+                    let stmt = tx
+                        .prepare_cached(
+                            "INSERT INTO txn_conflicts (device_id, seq, payload, received_at_ms) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        )
+                        .await?;
+                    let (d, s) = key(t);
+                    tx.execute(&stmt, &[&d, &s, &txn_payload(&t.txn), &t.received_at_ms])
+                        .await?;
+                    TxnAnswer::rejected(Reason::SeqConflict)
+                }
+            },
+        };
+        if let Some(slot) = answers.get_mut(i) {
+            *slot = Some(answer);
+        }
+    }
+    Ok(missing)
+}
+
+async fn read_registry(client: &deadpool_postgres::Object) -> Result<Registry, StoreError> {
+    let bad = |what: &str, v: i16| StoreError::Corrupt(format!("{what} = {v}"));
+    let mut merchants = Vec::new();
+    for r in client
+        .query("SELECT merchant_id, name, category, district, active FROM merchants", &[])
+        .await?
+    {
+        let (category, district): (i16, i16) = (r.get(2), r.get(3));
+        merchants.push(Merchant {
+            merchant_id: MerchantId(r.get(0)),
+            name: r.get(1),
+            category: Category::from_code(category).ok_or_else(|| bad("category", category))?,
+            district: District::from_code(district).ok_or_else(|| bad("district", district))?,
+            active: r.get(4),
+        });
+    }
+    let mut devices = Vec::new();
+    for r in client
+        .query("SELECT device_id, kind, merchant_id, operator, active FROM devices", &[])
+        .await?
+    {
+        let kind: i16 = r.get(1);
+        let operator: Option<i16> = r.get(3);
+        devices.push(Device {
+            device_id: DeviceId(from_db_u64(r.get(0))),
+            kind: u8::try_from(kind)
+                .ok()
+                .and_then(DeviceKind::from_code)
+                .ok_or_else(|| bad("kind", kind))?,
+            merchant_id: r.get::<_, Option<i64>>(2).map(MerchantId),
+            operator: operator
+                .map(|o| Operator::from_code(o).ok_or_else(|| bad("operator", o)))
+                .transpose()?,
+            active: r.get(4),
+        });
+    }
+    Registry::new(merchants, devices).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Serialises migrations across gateway nodes sharing one database.
+const MIGRATION_LOCK_KEY: i64 = 0x5758_0001;
+
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version INTEGER PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, sql, _) in MIGRATIONS {
+            let done = tx
+                .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+                .await?;
+            if done.is_none() {
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2)",
+                    &[version, &chrono::Utc::now().timestamp_millis()],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ingest(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut answers = vec![None; batch.len()];
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let left = insert_rows(&tx, batch, &all, |t| TxnRow::first_answer(t.proposal), &mut answers)
+            .await?;
+        let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
+        // Not recorded under their own key: the card-counter index refused them.
+        let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
+        let left = insert_rows(&tx, batch, &missing, |_| replay, &mut answers).await?;
+        let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
+        if let Some(&i) = missing.first() {
+            return Err(StoreError::Corrupt(format!("batch row {i} neither inserted nor found")));
+        }
+        tx.commit().await?;
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
+            .collect()
+    }
+
+    async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
+        let client = self.client().await?;
+        let device = db_u64(device_id.get());
+        let checkpoint: Option<i64> = client
+            .query_opt(
+                "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = $1",
+                &[&device],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let mut watermark = checkpoint.map_or(0, from_db_u64);
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq FROM txns WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .await?;
+        loop {
+            let page: Vec<i64> = client
+                .query(&stmt, &[&device, &db_u64(watermark), &SEQ_PAGE_ROWS])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == SEQ_PAGE_ROWS;
+            let (next, go_on) = advance_watermark(watermark, &page);
+            watermark = next;
+            if !go_on || !full {
+                break;
+            }
+        }
+        Ok(Seq::new(watermark))
+    }
+
+    async fn checkpoint_stored_seq(&self, device_id: DeviceId, seq: Seq) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO device_seq_checkpoints (device_id, stored_seq) VALUES ($1, $2) \
+                 ON CONFLICT (device_id) DO UPDATE SET stored_seq = \
+                 GREATEST(device_seq_checkpoints.stored_seq, EXCLUDED.stored_seq)",
+                &[&db_u64(device_id.get()), &db_u64(seq.get())],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn import_registry(&self, registry: &Registry) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let upsert_merchant = tx
+            .prepare(
+                "INSERT INTO merchants (merchant_id, name, category, district, active) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant_id) DO UPDATE SET \
+                 name = EXCLUDED.name, category = EXCLUDED.category, \
+                 district = EXCLUDED.district, active = EXCLUDED.active",
+            )
+            .await?;
+        for m in registry.merchants() {
+            tx.execute(
+                &upsert_merchant,
+                &[&m.merchant_id.0, &m.name, &m.category.code(), &m.district.code(), &m.active],
+            )
+            .await?;
+        }
+        let upsert_device = tx
+            .prepare(
+                "INSERT INTO devices (device_id, kind, merchant_id, operator, active) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id) DO UPDATE SET \
+                 kind = EXCLUDED.kind, merchant_id = EXCLUDED.merchant_id, \
+                 operator = EXCLUDED.operator, active = EXCLUDED.active",
+            )
+            .await?;
+        for d in registry.devices() {
+            tx.execute(
+                &upsert_device,
+                &[
+                    &db_u64(d.device_id.get()),
+                    &i16::from(d.kind.code()),
+                    &d.merchant_id.map(|m| m.0),
+                    &d.operator.map(Operator::code),
+                    &d.active,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_registry(&self) -> Result<Registry, StoreError> {
+        let client = self.client().await?;
+        read_registry(&client).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COUNT(*) FILTER (WHERE status = 1), COUNT(*) FILTER (WHERE status = 3) \
+                 FROM txns WHERE device_id = $1",
+                &[&db_u64(device_id.get())],
+            )
+            .await?;
+        let (s, r): (i64, i64) = (row.get(0), row.get(1));
+        Ok((u64::try_from(s).unwrap_or(0), u64::try_from(r).unwrap_or(0)))
+    }
+}

@@ -1,0 +1,392 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`, so a commit
+//! has reached the disk before it returns. SQLite has one writer at a time, so there is one
+//! write connection; reads use a second connection and never block on the writer.
+
+use super::{
+    IngestTxn, MIGRATIONS, Proposal, Recorded, Resend, SEQ_PAGE_ROWS, Store, StoreError,
+    TxnAnswer, TxnRow, advance_watermark, answer_resend, db_u64, recorded_from_columns,
+    txn_payload,
+};
+use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use wenxiao_protocol::{DeviceId, DeviceKind, Reason, Seq};
+
+/// Longest a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// The SQLite store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is synced at every commit, so an answered TXN survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its directory.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Task(format!("create {}: {e}", dir.display())))?;
+        }
+        let writer = open(path)?;
+        let reader = open(path)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Task("sqlite connection lock poisoned".to_owned()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+const INSERT_TXN: &str = "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+    counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
+    occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
+    received_at_ms, business_date) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+    ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) ON CONFLICT DO NOTHING";
+
+const SELECT_RECORDED: &str = "SELECT seq, kind, card_no, card_counter, amount_fen, \
+    list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
+    status, reason, subsidy_fen, points_awarded FROM txns WHERE device_id = ?1 AND seq = ?2";
+
+fn insert_row(tx: &rusqlite::Transaction<'_>, r: &TxnRow) -> Result<bool, StoreError> {
+    let mut stmt = tx.prepare_cached(INSERT_TXN)?;
+    let n = stmt.execute(params![
+        r.device_id,
+        r.seq,
+        r.kind,
+        r.card_no,
+        r.card_counter,
+        r.counter_kind,
+        r.amount_fen,
+        r.list_price_fen,
+        r.item,
+        r.points_hold_id,
+        r.points_used,
+        r.refund_of_seq,
+        r.occurred_at_ms,
+        r.tac,
+        r.merchant_id,
+        r.status,
+        r.reason,
+        r.subsidy_fen,
+        r.points_awarded,
+        r.received_at_ms,
+        r.business_date
+    ])?;
+    Ok(n == 1)
+}
+
+fn select_recorded(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: i64,
+    seq: i64,
+) -> Result<Option<Recorded>, StoreError> {
+    let mut stmt = tx.prepare_cached(SELECT_RECORDED)?;
+    let row = stmt
+        .query_row(params![device_id, seq], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+                r.get(14)?,
+                r.get(15)?,
+            ))
+        })
+        .optional()?;
+    row.map(|c| {
+        recorded_from_columns(
+            c.0, c.1, c.2, c.3, c.4, c.5, c.6, c.7, c.8, c.9, c.10, c.11, c.12, c.13, c.14, c.15,
+        )
+    })
+    .transpose()
+}
+
+fn ingest_one(tx: &rusqlite::Transaction<'_>, t: &IngestTxn) -> Result<TxnAnswer, StoreError> {
+    let first = TxnRow::first_answer(t.proposal);
+    let row = TxnRow::new(t, first);
+    if insert_row(tx, &row)? {
+        return Ok(first);
+    }
+    if let Some(recorded) = select_recorded(tx, row.device_id, row.seq)? {
+        return Ok(match answer_resend(&recorded, &t.txn) {
+            Resend::Same(answer) => answer,
+            Resend::Conflict => {
+                tx.prepare_cached(
+                    "INSERT INTO txn_conflicts (device_id, seq, payload, received_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![row.device_id, row.seq, txn_payload(&t.txn), t.received_at_ms])?;
+                TxnAnswer::rejected(Reason::SeqConflict)
+            }
+        });
+    }
+    // Not there under its own key, so the card-counter index refused it.
+    debug_assert!(matches!(t.proposal, Proposal::Store { .. }));
+    let answer = TxnAnswer::rejected(Reason::CardCounterReplay);
+    if insert_row(tx, &TxnRow::new(t, answer))? {
+        Ok(answer)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "txn {}/{} neither inserted nor found",
+            t.device_id,
+            t.txn.seq
+        )))
+    }
+}
+
+fn code<T>(v: i16, what: &str, f: fn(i16) -> Option<T>) -> Result<T, StoreError> {
+    f(v).ok_or_else(|| StoreError::Corrupt(format!("{what} = {v}")))
+}
+
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Self::with(&self.writer, |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations \
+                 (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+            )?;
+            for (version, _, sql) in MIGRATIONS {
+                let done: Option<i32> = tx
+                    .query_row(
+                        "SELECT version FROM schema_migrations WHERE version = ?1",
+                        [version],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if done.is_none() {
+                    tx.execute_batch(sql)?;
+                    tx.execute(
+                        "INSERT INTO schema_migrations VALUES (?1, ?2)",
+                        params![version, chrono::Utc::now().timestamp_millis()],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ingest(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, StoreError> {
+        let batch = batch.to_vec();
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let answers = batch
+                .iter()
+                .map(|t| ingest_one(&tx, t))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            Ok(answers)
+        })
+        .await
+    }
+
+    async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
+        Self::with(&self.reader, move |conn| {
+            let device = db_u64(device_id.get());
+            let tx = conn.transaction()?;
+            let checkpoint: Option<i64> = tx
+                .query_row(
+                    "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = ?1",
+                    [device],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut watermark = checkpoint.map_or(0, super::from_db_u64);
+            loop {
+                let page: Vec<i64> = tx
+                    .prepare_cached(
+                        "SELECT seq FROM txns WHERE device_id = ?1 AND seq > ?2 \
+                         ORDER BY seq LIMIT ?3",
+                    )?
+                    .query_map(params![device, db_u64(watermark), SEQ_PAGE_ROWS], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == SEQ_PAGE_ROWS;
+                let (next, go_on) = advance_watermark(watermark, &page);
+                watermark = next;
+                if !go_on || !full {
+                    break;
+                }
+            }
+            Ok(Seq::new(watermark))
+        })
+        .await
+    }
+
+    async fn checkpoint_stored_seq(&self, device_id: DeviceId, seq: Seq) -> Result<(), StoreError> {
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "INSERT INTO device_seq_checkpoints (device_id, stored_seq) VALUES (?1, ?2) \
+                 ON CONFLICT (device_id) DO UPDATE SET \
+                 stored_seq = MAX(stored_seq, excluded.stored_seq)",
+                params![db_u64(device_id.get()), db_u64(seq.get())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn import_registry(&self, registry: &Registry) -> Result<(), StoreError> {
+        let merchants: Vec<Merchant> = registry.merchants().into_iter().cloned().collect();
+        let devices: Vec<Device> = registry.devices().into_iter().copied().collect();
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for m in &merchants {
+                tx.prepare_cached(
+                    "INSERT INTO merchants (merchant_id, name, category, district, active) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (merchant_id) DO UPDATE SET \
+                     name = excluded.name, category = excluded.category, \
+                     district = excluded.district, active = excluded.active",
+                )?
+                .execute(params![
+                    m.merchant_id.0,
+                    m.name,
+                    m.category.code(),
+                    m.district.code(),
+                    m.active
+                ])?;
+            }
+            for d in &devices {
+                tx.prepare_cached(
+                    "INSERT INTO devices (device_id, kind, merchant_id, operator, active) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (device_id) DO UPDATE SET \
+                     kind = excluded.kind, merchant_id = excluded.merchant_id, \
+                     operator = excluded.operator, active = excluded.active",
+                )?
+                .execute(params![
+                    db_u64(d.device_id.get()),
+                    i16::from(d.kind.code()),
+                    d.merchant_id.map(|m| m.0),
+                    d.operator.map(Operator::code),
+                    d.active
+                ])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_registry(&self) -> Result<Registry, StoreError> {
+        Self::with(&self.reader, |conn| {
+            let merchants = conn
+                .prepare("SELECT merchant_id, name, category, district, active FROM merchants")?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i16>(2)?,
+                        r.get::<_, i16>(3)?,
+                        r.get::<_, bool>(4)?,
+                    ))
+                })?
+                .map(|row| {
+                    let (id, name, category, district, active) = row?;
+                    Ok(Merchant {
+                        merchant_id: MerchantId(id),
+                        name,
+                        category: code(category, "category", Category::from_code)?,
+                        district: code(district, "district", District::from_code)?,
+                        active,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let devices = conn
+                .prepare("SELECT device_id, kind, merchant_id, operator, active FROM devices")?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i16>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<i16>>(3)?,
+                        r.get::<_, bool>(4)?,
+                    ))
+                })?
+                .map(|row| {
+                    let (id, kind, merchant, operator, active) = row?;
+                    Ok(Device {
+                        device_id: DeviceId(super::from_db_u64(id)),
+                        kind: code(kind, "kind", |k| {
+                            u8::try_from(k).ok().and_then(DeviceKind::from_code)
+                        })?,
+                        merchant_id: merchant.map(MerchantId),
+                        operator: operator
+                            .map(|o| code(o, "operator", Operator::from_code))
+                            .transpose()?,
+                        active,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Registry::new(merchants, devices).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Self::with(&self.reader, |conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
+        Self::with(&self.reader, move |conn| {
+            let (stored, rejected): (i64, i64) = conn.query_row(
+                "SELECT COALESCE(SUM(status = 1), 0), COALESCE(SUM(status = 3), 0) \
+                 FROM txns WHERE device_id = ?1",
+                [db_u64(device_id.get())],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((
+                u64::try_from(stored).unwrap_or(0),
+                u64::try_from(rejected).unwrap_or(0),
+            ))
+        })
+        .await
+    }
+}
