@@ -1,1 +1,55 @@
 //! Shared helpers of the cross-crate integration tests in `tests/tests/`.
+//!
+//! PostgreSQL: tests use `DATABASE_URL` when set, else
+//! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/test` makes sure one of them
+//! answers. Each test gets a fresh schema, so tests run in parallel without sharing rows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use wenxiao_gateway::store::{PgStore, SqliteStore, Store};
+
+/// The PostgreSQL server tests use.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+static SCHEMAS: AtomicU32 = AtomicU32::new(0);
+
+/// A URL whose connections use a new, empty schema of the test database.
+pub async fn fresh_pg_url() -> String {
+    let base = database_url();
+    let schema = format!(
+        "wxtest_{}_{}_{}",
+        std::process::id(),
+        SCHEMAS.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    );
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    let driver = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = driver.await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// A migrated PostgreSQL store in a fresh schema.
+pub async fn fresh_pg_store() -> PgStore {
+    let store = PgStore::connect(&fresh_pg_url().await, 8, 5_000).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// A migrated SQLite store in a new temporary directory (kept alive by the returned guard).
+pub async fn fresh_sqlite_store() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("wenxiao.db")).unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}

@@ -1,0 +1,216 @@
+//! One conformance suite, run against both stores: the PostgreSQL store (a real server,
+//! fresh schema per test) and the embedded SQLite store (a real file).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+use wenxiao_gateway::registry::{MerchantId, Registry};
+use wenxiao_gateway::store::{IngestTxn, Proposal, Store, TxnAnswer};
+use wenxiao_protocol::*;
+
+const DEVICE: DeviceId = DeviceId(310_100_000_001);
+
+fn txn(seq: u64, card: u64, counter: u32, amount: i64) -> Txn {
+    Txn {
+        seq: Seq::new(seq).unwrap(),
+        kind: TxnKind::Purchase,
+        card_no: CardNo(card),
+        card_counter: CardCounter(counter),
+        amount_fen: Fen(amount),
+        list_price_fen: Fen(0),
+        item: Item::Book,
+        points_hold_id: None,
+        points_used: Points(0),
+        refund_of_seq: None,
+        occurred_at_ms: UnixMillis(1_795_000_000_000),
+        tac: Bytes4([1, 2, 3, 4]),
+    }
+}
+
+fn ingest(device: DeviceId, t: Txn, proposal: Proposal) -> IngestTxn {
+    IngestTxn {
+        device_id: device,
+        merchant_id: Some(MerchantId(1001)),
+        txn: t,
+        proposal,
+        received_at_ms: 1_795_000_000_500,
+        business_date: BusinessDate::new(20261117).unwrap(),
+    }
+}
+
+const STORE_880: Proposal = Proposal::Store {
+    reason: Reason::None,
+    subsidy_fen: Fen(880),
+    points_awarded: Points(0),
+};
+
+fn stored(subsidy: i64) -> TxnAnswer {
+    TxnAnswer {
+        status: TxnStatus::Stored,
+        reason: Reason::None,
+        subsidy_fen: Fen(subsidy),
+        points_awarded: Points(0),
+    }
+}
+
+async fn new_rows_are_stored_and_resends_are_duplicates(s: &impl Store) {
+    let batch = [
+        ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880),
+        ingest(DEVICE, txn(2, 11, 1, 8800), STORE_880),
+    ];
+    assert_eq!(s.ingest(&batch).await.unwrap(), vec![stored(880), stored(880)]);
+    let again = s.ingest(&batch).await.unwrap();
+    assert!(again.iter().all(|a| a.status == TxnStatus::Duplicate && a.subsidy_fen == Fen(880)));
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (2, 0));
+}
+
+async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &impl Store) {
+    s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)]).await.unwrap();
+    let other = ingest(DEVICE, txn(1, 10, 1, 9900), STORE_880);
+    let a = s.ingest(&[other]).await.unwrap();
+    assert_eq!(a, vec![TxnAnswer::rejected(Reason::SeqConflict)]);
+    // Same answer when re-sent; the original is still the stored one.
+    assert_eq!(s.ingest(&[other]).await.unwrap(), a);
+    let orig = s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)]).await.unwrap();
+    assert_eq!(orig[0].status, TxnStatus::Duplicate);
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 0));
+}
+
+async fn card_counter_replay_is_rejected_and_recorded(s: &impl Store) {
+    s.ingest(&[ingest(DEVICE, txn(1, 10, 7, 100), STORE_880)]).await.unwrap();
+    let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
+    assert_eq!(
+        s.ingest(&[replay]).await.unwrap(),
+        vec![TxnAnswer::rejected(Reason::CardCounterReplay)]
+    );
+    // A re-send of the rejected transaction gets the same answer, and nothing doubles.
+    assert_eq!(
+        s.ingest(&[replay]).await.unwrap(),
+        vec![TxnAnswer::rejected(Reason::CardCounterReplay)]
+    );
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 1));
+    // The same counter from another device is a replay too; another card's is not.
+    let other_device = ingest(DeviceId(2), txn(1, 10, 7, 100), STORE_880);
+    let other_card = ingest(DeviceId(2), txn(2, 11, 7, 100), STORE_880);
+    let a = s.ingest(&[other_device, other_card]).await.unwrap();
+    assert_eq!(a, vec![TxnAnswer::rejected(Reason::CardCounterReplay), stored(880)]);
+}
+
+async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
+    let first = ingest(DEVICE, txn(1, 10, 7, 100), STORE_880);
+    let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
+    let conflict = ingest(DEVICE, txn(1, 10, 7, 999), STORE_880);
+    let a = s.ingest(&[first, replay, first, conflict, replay]).await.unwrap();
+    assert_eq!(a[0], stored(880));
+    assert_eq!(a[1], TxnAnswer::rejected(Reason::CardCounterReplay));
+    assert_eq!(a[2].status, TxnStatus::Duplicate);
+    assert_eq!(a[3], TxnAnswer::rejected(Reason::SeqConflict));
+    assert_eq!(a[4], TxnAnswer::rejected(Reason::CardCounterReplay));
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 1));
+}
+
+async fn rejected_proposals_are_recorded_and_answered_again(s: &impl Store) {
+    let bad = ingest(DEVICE, txn(1, 10, 1, 100), Proposal::Reject(Reason::BadMac));
+    assert_eq!(s.ingest(&[bad]).await.unwrap(), vec![TxnAnswer::rejected(Reason::BadMac)]);
+    assert_eq!(s.ingest(&[bad]).await.unwrap(), vec![TxnAnswer::rejected(Reason::BadMac)]);
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (0, 1));
+    // A rejected transaction does not hold its card counter.
+    let good = ingest(DEVICE, txn(2, 10, 1, 100), STORE_880);
+    assert_eq!(s.ingest(&[good]).await.unwrap(), vec![stored(880)]);
+}
+
+async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
+    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), None);
+    let rows: Vec<_> = [1, 2, 3, 5]
+        .iter()
+        .map(|&q| ingest(DEVICE, txn(q, 100 + q, 1, 100), STORE_880))
+        .collect();
+    s.ingest(&rows).await.unwrap();
+    s.ingest(&[ingest(DEVICE, txn(4, 1, 1, 1), Proposal::Reject(Reason::InvalidField))])
+        .await
+        .unwrap();
+    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(5));
+    s.checkpoint_stored_seq(DEVICE, Seq::new(5).unwrap()).await.unwrap();
+    s.checkpoint_stored_seq(DEVICE, Seq::new(2).unwrap()).await.unwrap();
+    s.ingest(&[ingest(DEVICE, txn(6, 200, 1, 1), STORE_880)]).await.unwrap();
+    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(6));
+    assert_eq!(s.stored_seq(DeviceId(99)).await.unwrap(), None);
+}
+
+async fn registry_round_trips(s: &impl Store) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
+    let r = Registry::from_csv(&dir.join("merchants.csv"), &dir.join("devices.csv")).unwrap();
+    s.import_registry(&r).await.unwrap();
+    s.import_registry(&r).await.unwrap();
+    let back = s.load_registry().await.unwrap();
+    assert_eq!(back.merchants(), r.merchants());
+    assert_eq!(back.devices(), r.devices());
+    s.ping().await.unwrap();
+}
+
+async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + Clone)) {
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stored_n = 0;
+            for b in 0..10u64 {
+                // Every writer sends the same 50 rows: exactly one of them stores each.
+                let rows: Vec<_> = (1..=50u64)
+                    .map(|q| ingest(DEVICE, txn(b * 50 + q, 1_000 + b * 50 + q, 1, 100), STORE_880))
+                    .collect();
+                let a = s.ingest(&rows).await.unwrap();
+                stored_n += a.iter().filter(|x| x.status == TxnStatus::Stored).count();
+                assert!(a.iter().all(|x| x.status != TxnStatus::Rejected), "writer {w}: {a:?}");
+            }
+            stored_n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 500);
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (500, 0));
+    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(500));
+}
+
+macro_rules! conformance {
+    ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
+        mod $store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    #[allow(unused_variables)]
+                    let (s, guard) = $make;
+                    super::$test(&s).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    postgres,
+    (wenxiao_tests::fresh_pg_store().await, ()),
+    new_rows_are_stored_and_resends_are_duplicates,
+    same_seq_other_content_is_seq_conflict_and_original_stands,
+    card_counter_replay_is_rejected_and_recorded,
+    replays_and_duplicates_inside_one_batch,
+    rejected_proposals_are_recorded_and_answered_again,
+    stored_seq_counts_contiguous_answered_seqs,
+    registry_round_trips,
+    many_concurrent_batches_store_each_txn_once,
+);
+
+conformance!(
+    sqlite,
+    wenxiao_tests::fresh_sqlite_store().await,
+    new_rows_are_stored_and_resends_are_duplicates,
+    same_seq_other_content_is_seq_conflict_and_original_stands,
+    card_counter_replay_is_rejected_and_recorded,
+    replays_and_duplicates_inside_one_batch,
+    rejected_proposals_are_recorded_and_answered_again,
+    stored_seq_counts_contiguous_answered_seqs,
+    registry_round_trips,
+    many_concurrent_batches_store_each_txn_once,
+);
