@@ -1,4 +1,186 @@
-//! Command line (filled in below).
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `wenxiao-gateway` command line.
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::server;
+use crate::store::Store;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wenxiao_protocol::DeviceId;
+
+/// The Wenxiao terminal gateway.
+#[derive(Debug, Parser)]
+#[command(name = "wenxiao-gateway", version)]
+struct Cli {
+    /// Configuration file; without it, `config/gateway.toml` if present, else defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or Ctrl-C, then drain and exit 0.
+    Serve,
+    /// The development PKI.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// The store's schema.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// The merchant and device registry.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a device CA and a server certificate for localhost in DIR
+    /// (default: DATA_DIR/pki).
+    Init { dir: Option<PathBuf> },
+    /// Issue a device certificate (CN = ID) into DIR/devices/ID.{pem,key}.
+    Device {
+        id: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Apply pending schema migrations (also done at every start).
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+enum RegistryCommand {
+    /// Insert or update merchants and devices from CSV files (default: the configured
+    /// `registry.merchants_path` and `registry.devices_path`).
+    Import {
+        #[arg(long)]
+        merchants: Option<PathBuf>,
+        #[arg(long)]
+        devices: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let default = Path::new("config/gateway.toml");
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None if default.exists() => Ok(Config::load(default)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_deref())?;
+    let pki_dir = config.data_dir.join("pki");
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Pki {
+            command: PkiCommand::Init { dir },
+        } => {
+            let dir = dir.unwrap_or(pki_dir);
+            crate::pki::init(&dir)?;
+            println!("development PKI written to {}", dir.display());
+            Ok(())
+        }
+        Command::Pki {
+            command: PkiCommand::Device { id, dir },
+        } => {
+            let (cert, key) = crate::pki::device(&dir.unwrap_or(pki_dir), DeviceId(id))?;
+            println!("{}\n{}", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Db {
+            command: DbCommand::Migrate,
+        } => with_store(&config, |store| async move {
+            store.migrate().await?;
+            println!("store migrated");
+            Ok(())
+        }),
+        Command::Registry {
+            command: RegistryCommand::Import { merchants, devices },
+        } => {
+            let merchants = merchants.unwrap_or_else(|| config.registry.merchants_path.clone());
+            let devices = devices.unwrap_or_else(|| config.registry.devices_path.clone());
+            let registry = Registry::from_csv(&merchants, &devices)?;
+            with_store(&config, |store| async move {
+                store.migrate().await?;
+                store.import_registry(&registry).await?;
+                println!(
+                    "imported {} merchants and {} devices",
+                    registry.merchants().len(),
+                    registry.devices().len()
+                );
+                Ok(())
+            })
+        }
+    }
+}
+
+fn with_store<F, Fut>(config: &Config, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(crate::store::AnyStore) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = server::store_runtime()?;
+    let store = {
+        let _enter = rt.enter();
+        server::open_store(config)?
+    };
+    rt.block_on(f(store))
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let gateway = server::spawn(config).context("start the gateway")?;
+    println!("listening for devices on {}", gateway.device_addr);
+    if let Some(admin) = gateway.admin_addr {
+        println!("metrics and health on http://{admin}/metrics");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+        }
+        anyhow::Ok(())
+    })?;
+    gateway.shutdown()
 }

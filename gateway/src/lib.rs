@@ -1,9 +1,18 @@
 //! The Wenxiao terminal gateway: TLS device sessions as actors, deduplicated durable
 //! ingest into PostgreSQL or SQLite, and (later) the subsidy rules and clearing.
 
+pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod pki;
 pub mod registry;
+pub mod server;
+pub mod session;
 pub mod store;
+pub mod tls;
+pub mod validate;
 
 pub use wenxiao_protocol as protocol;

@@ -1,0 +1,156 @@
+//! The ingest path: one bounded queue shared by every session, drained by store writers
+//! that commit in batches (group commit) and answer each TXN only after its batch has
+//! committed.
+//!
+//! Batches form naturally: while one commit is in flight, TXNs pile up in the queue, and
+//! the next writer takes up to `batch_rows_max` of them at once. `batch_linger_us` can add
+//! a short wait for more rows when a batch would be small.
+
+use crate::config::IngestConfig;
+use crate::metrics as m;
+use crate::store::{AnyStore, IngestTxn, Store, TxnAnswer};
+use actix::{Message, Recipient};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, mpsc};
+use wenxiao_protocol::Seq;
+
+/// One TXN waiting for a writer, with where to send its answer.
+#[derive(Debug)]
+pub struct IngestItem {
+    /// The TXN and the session's proposal.
+    pub txn: IngestTxn,
+    /// The session to answer.
+    pub reply: Recipient<TxnDone>,
+    /// When the session received it (for the ack-latency histogram).
+    pub received: Instant,
+}
+
+/// The answer to one TXN, sent to its session after the commit (or the give-up).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct TxnDone {
+    /// The TXN's seq.
+    pub seq: Seq,
+    /// The committed answer, or `Err` when the store stayed unavailable past its bound.
+    pub answer: Result<TxnAnswer, StoreUnavailable>,
+    /// When the session received it.
+    pub received: Instant,
+}
+
+/// The store could not commit within `store_wait_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnavailable;
+
+/// The sessions' side of the queue.
+pub type IngestSender = mpsc::Sender<IngestItem>;
+
+/// Creates the queue (bounded by `queue_txns_max`) and starts `writers` writer tasks on
+/// the current runtime (the store runtime). The writers end when every sender is gone
+/// and the queue is empty; await the returned handles to know they have.
+pub fn start(
+    store: AnyStore,
+    config: &IngestConfig,
+) -> (IngestSender, Vec<tokio::task::JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel(config.queue_txns_max);
+    let rx = Arc::new(Mutex::new(rx));
+    let writers = match store {
+        AnyStore::Sqlite(_) => 1,
+        AnyStore::Postgres(_) => config.writers,
+    };
+    let handles = (0..writers)
+        .map(|_| {
+            let w = Writer {
+                store: store.clone(),
+                rx: Arc::clone(&rx),
+                config: config.clone(),
+                queue: tx.downgrade(),
+            };
+            tokio::spawn(w.run())
+        })
+        .collect();
+    (tx, handles)
+}
+
+struct Writer {
+    store: AnyStore,
+    rx: Arc<Mutex<mpsc::Receiver<IngestItem>>>,
+    config: IngestConfig,
+    queue: mpsc::WeakSender<IngestItem>,
+}
+
+impl Writer {
+    async fn run(self) {
+        let mut items = Vec::with_capacity(self.config.batch_rows_max);
+        loop {
+            items.clear();
+            if !self.take_batch(&mut items).await {
+                return;
+            }
+            if let Some(q) = self.queue.upgrade() {
+                let depth = q.max_capacity().saturating_sub(q.capacity());
+                metrics::gauge!(m::INGEST_QUEUE_TXNS).set(depth as f64);
+            }
+            let batch: Vec<IngestTxn> = items.iter().map(|i| i.txn).collect();
+            let answers = self.commit(&batch).await;
+            for (idx, item) in items.drain(..).enumerate() {
+                let answer = match &answers {
+                    Ok(a) => a.get(idx).copied().ok_or(StoreUnavailable),
+                    Err(()) => Err(StoreUnavailable),
+                };
+                item.reply.do_send(TxnDone {
+                    seq: item.txn.txn.seq,
+                    answer,
+                    received: item.received,
+                });
+            }
+        }
+    }
+
+    /// Fills `items` with up to `batch_rows_max` queued TXNs; false when the queue is
+    /// closed and empty.
+    async fn take_batch(&self, items: &mut Vec<IngestItem>) -> bool {
+        let max = self.config.batch_rows_max;
+        let mut rx = self.rx.lock().await;
+        if rx.recv_many(items, max).await == 0 {
+            return false;
+        }
+        if self.config.batch_linger_us > 0 && items.len() < max {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_micros(self.config.batch_linger_us);
+            while items.len() < max {
+                match tokio::time::timeout_at(deadline, rx.recv_many(items, max - items.len())).await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        true
+    }
+
+    /// Commits with retries until `store_wait_ms` has passed.
+    async fn commit(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, ()> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(self.config.store_wait_ms);
+        loop {
+            match self.store.ingest(batch).await {
+                Ok(answers) => {
+                    metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed());
+                    metrics::histogram!(m::INGEST_BATCH_ROWS).record(batch.len() as f64);
+                    return Ok(answers);
+                }
+                Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS_TOTAL).increment(1);
+                    if Instant::now() + Duration::from_millis(self.config.store_retry_ms) > deadline
+                    {
+                        tracing::error!(error = %e, rows = batch.len(), "store unavailable, giving up on batch");
+                        return Err(());
+                    }
+                    tracing::warn!(error = %e, rows = batch.len(), "store commit failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(self.config.store_retry_ms)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Metric names (a spec: see `docs/operations.md`) and the admin HTTP server.
+//!
+//! Label values are bounded sets: device kinds, message types, statuses and reasons.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Gauge: live sessions, label `kind` (device kind).
+pub const SESSIONS: &str = "wenxiao_sessions";
+/// Counter: frames received, label `type`.
+pub const FRAMES_RECEIVED_TOTAL: &str = "wenxiao_frames_received_total";
+/// Counter: frames sent, label `type`.
+pub const FRAMES_SENT_TOTAL: &str = "wenxiao_frames_sent_total";
+/// Counter: TXNs answered, labels `status`, `reason`.
+pub const TXNS_TOTAL: &str = "wenxiao_txns_total";
+/// Histogram: rows per committed batch.
+pub const INGEST_BATCH_ROWS: &str = "wenxiao_ingest_batch_rows";
+/// Histogram: seconds per batch commit, retries included.
+pub const STORE_COMMIT_SECONDS: &str = "wenxiao_store_commit_seconds";
+/// Histogram: seconds from a TXN's receipt to its ack being queued for the socket.
+pub const TXN_ACK_SECONDS: &str = "wenxiao_txn_ack_seconds";
+/// Gauge: TXNs waiting in the ingest queue.
+pub const INGEST_QUEUE_TXNS: &str = "wenxiao_ingest_queue_txns";
+/// Counter: failed store commits (each retry counts).
+pub const STORE_ERRORS_TOTAL: &str = "wenxiao_store_errors_total";
+/// Counter: connections refused before a session, label `reason`.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "wenxiao_connections_refused_total";
+/// Counter: ERROR frames sent, label `code`.
+pub const ERRORS_SENT_TOTAL: &str = "wenxiao_errors_sent_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process (several gateways in one test
+/// process share it). `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 100.0, 1_000.0, 10_000.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}

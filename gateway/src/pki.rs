@@ -1,0 +1,178 @@
+//! A development PKI (rcgen): a device CA, the gateway's server certificate and one
+//! certificate per device, whose Subject CN is the device id in decimal.
+//!
+//! For tests, the simulator and first-time users; production device certificates come
+//! from the operator's device CA, and only its certificate is configured here.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::path::{Path, PathBuf};
+use wenxiao_protocol::DeviceId;
+
+/// A PKI operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `pki init` would overwrite an existing CA.
+    #[error("{0} already holds a CA; remove it first to start over")]
+    Exists(PathBuf),
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct PemPair {
+    /// Certificate (PEM).
+    pub cert_pem: String,
+    /// Private key (PEM, PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PemPair(<key redacted>)")
+    }
+}
+
+/// A certificate authority able to issue certificates.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    pair: PemPair,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevCa(<key redacted>)")
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl DevCa {
+    /// A new CA with a fresh P-256 key.
+    pub fn generate(name: &str) -> Result<Self, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let pair = PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pair,
+        })
+    }
+
+    /// Loads `ca.pem` and `ca.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Self {
+            issuer,
+            pair: PemPair { cert_pem, key_pem },
+        })
+    }
+
+    /// The CA's certificate and key.
+    pub fn pem(&self) -> &PemPair {
+        &self.pair
+    }
+
+    /// A server certificate for the given DNS names or IP addresses.
+    pub fn issue_server(&self, names: &[&str]) -> Result<PemPair, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "wenxiao-gateway");
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate whose CN is `cn` (a device id in decimal, normally).
+    pub fn issue_client(&self, cn: &str) -> Result<PemPair, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    /// A device certificate: CN = the id in decimal.
+    pub fn issue_device(&self, id: DeviceId) -> Result<PemPair, PkiError> {
+        self.issue_client(&id.get().to_string())
+    }
+
+    fn issue(&self, params: CertificateParams) -> Result<PemPair, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), PkiError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// `pki init DIR`: a CA (`ca.pem`, `ca.key`) and a server certificate for localhost
+/// (`server.pem`, `server.key`). Refuses to overwrite an existing CA.
+pub fn init(dir: &Path) -> Result<DevCa, PkiError> {
+    if dir.join("ca.key").exists() {
+        return Err(PkiError::Exists(dir.to_owned()));
+    }
+    let ca = DevCa::generate("Wenxiao development device CA")?;
+    let server = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;
+    write(&dir.join("ca.pem"), &ca.pem().cert_pem)?;
+    write(&dir.join("ca.key"), &ca.pem().key_pem)?;
+    write(&dir.join("server.pem"), &server.cert_pem)?;
+    write(&dir.join("server.key"), &server.key_pem)?;
+    Ok(ca)
+}
+
+/// `pki device ID`: `devices/ID.pem` and `devices/ID.key` under `dir`, issued by its CA.
+pub fn device(dir: &Path, id: DeviceId) -> Result<(PathBuf, PathBuf), PkiError> {
+    let ca = DevCa::load(dir)?;
+    let pair = ca.issue_device(id)?;
+    let cert = dir.join("devices").join(format!("{id}.pem"));
+    let key = dir.join("devices").join(format!("{id}.key"));
+    write(&cert, &pair.cert_pem)?;
+    write(&key, &pair.key_pem)?;
+    Ok((cert, key))
+}

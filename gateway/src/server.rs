@@ -1,0 +1,337 @@
+//! Running a gateway: the store runtime and its writers, the actix system with one
+//! arbiter per worker, the TLS acceptor, the admin server, and the one way to shut down.
+//!
+//! Shutdown (SIGTERM, or [`GatewayHandle::shutdown`]): stop accepting, send DRAIN to every
+//! session, give them `drain_timeout_ms` to collect their acks and leave, close the rest
+//! with SHUTTING_DOWN, then let the store writers commit and answer what is still queued
+//! (bounded by `store_wait_ms`), and return.
+
+use crate::config::{Config, StoreKind};
+use crate::ingest;
+use crate::metrics as m;
+use crate::registry::Registry;
+use crate::session::{ForceClose, Session, Shared, StartDrain};
+use crate::store::{AnyStore, PgStore, SqliteStore, Store};
+use crate::tls;
+use actix::Arbiter;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, oneshot};
+
+/// Store-runtime threads: writers and store reads are I/O-bound; two keep a slow query
+/// from stalling commits.
+const STORE_RUNTIME_THREADS: usize = 2;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// How often shutdown checks whether every session has left.
+const DRAIN_POLL_MS: u64 = 20;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct GatewayHandle {
+    /// The device listener's address (useful with port 0).
+    pub device_addr: SocketAddr,
+    /// The admin server's address, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl GatewayHandle {
+    /// Drains and stops the gateway; returns once every committed TXN has been answered
+    /// or the bounds ran out.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.join()
+    }
+
+    /// Waits for the gateway to stop by itself (it does not, unless it fails).
+    pub fn join(mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("gateway thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens the configured store (nothing is connected or migrated yet).
+pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
+    Ok(match config.store.kind {
+        StoreKind::Sqlite => {
+            let path = config.sqlite_path();
+            AnyStore::Sqlite(
+                SqliteStore::open(&path).with_context(|| format!("open {}", path.display()))?,
+            )
+        }
+        StoreKind::Postgres => AnyStore::Postgres(PgStore::connect(
+            &config.store.postgres_url,
+            config.store.postgres_pool_size_max,
+            config.store.postgres_pool_wait_ms,
+        )?),
+    })
+}
+
+/// The store runtime: owns store connections and the writers.
+pub fn store_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(STORE_RUNTIME_THREADS)
+        .thread_name("wx-store")
+        .enable_all()
+        .build()?)
+}
+
+/// Starts a gateway on its own threads; returns once it listens.
+pub fn spawn(config: Config) -> anyhow::Result<GatewayHandle> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("wx-gateway".to_owned())
+        .spawn(move || run(config, ready_tx, stop_rx))?;
+    match ready_rx.recv() {
+        Ok((device_addr, admin_addr)) => Ok(GatewayHandle {
+            device_addr,
+            admin_addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Err(_) => {
+            let result = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("gateway thread panicked"))?;
+            Err(result.err().unwrap_or_else(|| anyhow::anyhow!("gateway stopped at start")))
+        }
+    }
+}
+
+type Ready = std::sync::mpsc::Sender<(SocketAddr, Option<SocketAddr>)>;
+
+fn read(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "read {} (run `wenxiao-gateway pki init {}` for a development PKI)",
+            path.display(),
+            path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+        )
+    })
+}
+
+/// Loads the registry from the store; on an empty store, imports the configured files.
+pub async fn load_or_import_registry(store: &AnyStore, config: &Config) -> anyhow::Result<Registry> {
+    let registry = store.load_registry().await?;
+    if !registry.is_empty() {
+        return Ok(registry);
+    }
+    let r = &config.registry;
+    if !r.merchants_path.exists() || !r.devices_path.exists() {
+        tracing::warn!("registry is empty and no registry files are configured");
+        return Ok(registry);
+    }
+    let files = Registry::from_csv(&r.merchants_path, &r.devices_path)?;
+    store.import_registry(&files).await?;
+    tracing::info!(
+        merchants = files.merchants().len(),
+        devices = files.devices().len(),
+        "empty store: imported the configured registry"
+    );
+    Ok(store.load_registry().await?)
+}
+
+fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+    let store_rt = store_runtime()?;
+    let store = {
+        let _enter = store_rt.enter();
+        open_store(&config)?
+    };
+    store_rt.block_on(store.migrate()).context("migrate the store")?;
+    let registry = store_rt.block_on(load_or_import_registry(&store, &config))?;
+    let keys = config.master_keys()?;
+    let tls_config = tls::server_config(
+        &read(&config.tls.device_ca_cert_path)?,
+        &read(&config.tls.server_cert_path)?,
+        &read(&config.tls.server_key_path)?,
+    )?;
+    let (ingest_tx, writers) = {
+        let _enter = store_rt.enter();
+        ingest::start(store.clone(), &config.ingest)
+    };
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        registry,
+        keys,
+        store.clone(),
+        store_rt.handle().clone(),
+        ingest_tx,
+    ));
+    let prometheus = m::install();
+
+    let system = actix_rt::System::new();
+    let result = system.block_on(serve(Arc::clone(&shared), tls_config, prometheus, ready, stop));
+
+    // Every session has stopped and dropped its queue sender: the writers commit what is
+    // left and exit.
+    let writer_bound = Duration::from_millis(config.ingest.store_wait_ms + 5_000);
+    store_rt.block_on(async {
+        let all = futures_util::future::join_all(writers);
+        if tokio::time::timeout(writer_bound, all).await.is_err() {
+            tracing::error!("store writers did not finish within their bound");
+        }
+    });
+    store_rt.shutdown_timeout(Duration::from_secs(5));
+    tracing::info!("gateway stopped");
+    result
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    tls_config: Arc<rustls::ServerConfig>,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ready: Ready,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let cfg = shared.config.clone();
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen_addr)
+        .await
+        .with_context(|| format!("listen on {}", cfg.server.listen_addr))?;
+    let device_addr = listener.local_addr()?;
+    let admin = match cfg.admin.listen_addr {
+        Some(addr) => Some(crate::admin::start(addr, Arc::clone(&shared), prometheus)?),
+        None => None,
+    };
+    let workers = match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+    let connections = Arc::new(Semaphore::new(cfg.server.connections_max));
+    let handshakes = Arc::new(Semaphore::new(cfg.server.handshakes_in_progress_max));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let handshake_timeout = Duration::from_millis(cfg.server.tls_handshake_timeout_ms);
+    spawn_registry_reload(Arc::clone(&shared));
+    tracing::info!(%device_addr, admin = ?admin.as_ref().map(|a| a.0), workers, "gateway listening");
+    let _ = ready.send((device_addr, admin.as_ref().map(|a| a.0)));
+
+    let mut next = 0usize;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "connections_max").increment(1);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(arbiter) = arbiters.get(next % arbiters.len()) else {
+            continue;
+        };
+        next = next.wrapping_add(1);
+        let (acceptor, shared, handshakes) =
+            (acceptor.clone(), Arc::clone(&shared), Arc::clone(&handshakes));
+        arbiter.spawn(async move {
+            let Ok(slot) = handshakes.acquire_owned().await else {
+                return;
+            };
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    drop(slot);
+                    let id = tls::device_id_of(
+                        stream.get_ref().1.peer_certificates().and_then(|c| c.first()),
+                    )
+                    .map_err(|e| e.to_string());
+                    Session::start(stream, id, shared, permit);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "tls").increment(1);
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "tls_timeout")
+                        .increment(1);
+                }
+            }
+        });
+    }
+
+    drop(listener);
+    drain(&shared).await;
+    if let Ok(mut q) = shared.ingest.write() {
+        q.take();
+    }
+    for a in &arbiters {
+        a.stop();
+    }
+    for a in arbiters {
+        let _ = a.join();
+    }
+    if let Some((_, server)) = admin {
+        server.stop(true).await;
+    }
+    Ok(())
+}
+
+async fn drain(shared: &Shared) {
+    shared.draining.store(true, Ordering::SeqCst);
+    let cfg = &shared.config.session;
+    tracing::info!(sessions = shared.sessions.len(), "draining");
+    for s in shared.sessions.iter() {
+        s.value().1.do_send(StartDrain);
+    }
+    let wait_until = |deadline: Instant| async move {
+        while !shared.sessions.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+        }
+    };
+    wait_until(Instant::now() + Duration::from_millis(cfg.drain_timeout_ms)).await;
+    for s in shared.sessions.iter() {
+        s.value().1.do_send(ForceClose);
+    }
+    wait_until(Instant::now() + Duration::from_millis(cfg.close_linger_ms + 100)).await;
+}
+
+fn spawn_registry_reload(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config.registry.reload_interval_ms);
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let store = shared.store.clone();
+            match shared.store_rt.spawn(async move { store.load_registry().await }).await {
+                Ok(Ok(r)) => {
+                    if let Ok(mut slot) = shared.registry.write() {
+                        *slot = Arc::new(r);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "registry reload failed"),
+                Err(e) => tracing::warn!(error = %e, "registry reload task failed"),
+            }
+        }
+    });
+}

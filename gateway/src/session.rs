@@ -1,0 +1,600 @@
+//! One actor per device connection: it owns the TLS stream's framed halves and the
+//! session's state, and everything else talks to it by message.
+//!
+//! Reading is an actix stream; when the shared ingest queue is full the actor waits for a
+//! slot with `ctx.wait`, which also stops it polling the socket — backpressure reaches the
+//! device through TCP. Acks arrive as [`TxnDone`] messages from the store writers, at
+//! most `max_in_flight` per session, so nothing queues without bound.
+
+use crate::clock;
+use crate::config::Config;
+use crate::ingest::{IngestItem, IngestSender, TxnDone};
+use crate::metrics as m;
+use crate::registry::{Device, Merchant, Registry};
+use crate::store::{AnyStore, IngestTxn, Proposal, Store, TxnAnswer};
+use crate::validate;
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use dashmap::DashMap;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::FramedRead;
+use wenxiao_protocol::mac::MasterKeys;
+use wenxiao_protocol::{
+    CodecError, Decoder, DeviceId, Drain, Error, ErrorCode, Fen, Heartbeat, HeartbeatAck, Hello,
+    Message, Points, Reason, Seq, SessionId, Text, Txn, TxnAck, TxnStatus, UnixMillis, Welcome,
+    WxCodec,
+};
+
+/// Initial read-buffer capacity per connection: small, since idle sessions dominate and
+/// a TXN frame is 78 bytes; the decoder grows it up to one frame's bound when needed.
+const READ_BUFFER_BYTES_INITIAL: usize = 256;
+
+type Tls = TlsStream<TcpStream>;
+type Writer = FramedWrite<Message, WriteHalf<Tls>, WxCodec>;
+
+/// State shared by every session of one gateway.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration.
+    pub config: Config,
+    /// The registry, replaced whole on reload.
+    pub registry: RwLock<Arc<Registry>>,
+    /// Master keys for TAC checks.
+    pub keys: MasterKeys,
+    /// The clearing store.
+    pub store: AnyStore,
+    /// The runtime that owns store connections; store calls run there.
+    pub store_rt: tokio::runtime::Handle,
+    /// The ingest queue; taken (dropped) at shutdown so writers can finish.
+    pub ingest: RwLock<Option<IngestSender>>,
+    /// Live sessions by device, for replacement.
+    pub sessions: DashMap<DeviceId, (SessionId, Addr<Session>)>,
+    /// Set once shutdown begins.
+    pub draining: AtomicBool,
+    session_base: u64,
+    session_next: AtomicU64,
+    decoder: Decoder,
+}
+
+impl Shared {
+    /// Shared state for a gateway starting now.
+    pub fn new(
+        config: Config,
+        registry: Registry,
+        keys: MasterKeys,
+        store: AnyStore,
+        store_rt: tokio::runtime::Handle,
+        ingest: IngestSender,
+    ) -> Self {
+        let decoder = Decoder::new(config.session.frame_payload_bytes_max);
+        // Session ids: start time in ms in the high bits, a counter in the low 20, so ids
+        // stay unique across restarts of one node.
+        let start = u64::try_from(clock::now_ms()).unwrap_or(0);
+        Self {
+            config,
+            registry: RwLock::new(Arc::new(registry)),
+            keys,
+            store,
+            store_rt,
+            ingest: RwLock::new(Some(ingest)),
+            sessions: DashMap::new(),
+            draining: AtomicBool::new(false),
+            session_base: start << 20,
+            session_next: AtomicU64::new(0),
+            decoder,
+        }
+    }
+
+    fn next_session_id(&self) -> SessionId {
+        SessionId(self.session_base | (self.session_next.fetch_add(1, Ordering::Relaxed) & 0xF_FFFF))
+    }
+
+    fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .map(|r| Arc::clone(&r))
+            .unwrap_or_default()
+    }
+
+    fn ingest_sender(&self) -> Option<IngestSender> {
+        self.ingest.read().ok().and_then(|s| s.clone())
+    }
+}
+
+/// Tells a session a newer one of its device took over.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Replaced;
+
+/// Shutdown, step one: send DRAIN.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StartDrain;
+
+/// Shutdown, step two: the drain bound expired.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ForceClose;
+
+enum Phase {
+    AwaitingHello,
+    /// HELLO accepted, WELCOME waits for the store's `stored_seq`.
+    Welcoming,
+    Active {
+        device: Device,
+        merchant: Option<Merchant>,
+    },
+    Closing,
+}
+
+/// Tracks the highest contiguous answered seq of this session's device.
+struct SeqTracker {
+    watermark: u64,
+    above: BTreeSet<u64>,
+    above_max: usize,
+    checkpointed: u64,
+}
+
+impl SeqTracker {
+    fn answered(&mut self, seq: u64) {
+        if seq <= self.watermark {
+            return;
+        }
+        if seq == self.watermark + 1 {
+            self.watermark = seq;
+            while self.above.remove(&(self.watermark + 1)) {
+                self.watermark += 1;
+            }
+        } else if self.above.len() < self.above_max {
+            self.above.insert(seq);
+        }
+    }
+}
+
+/// One device connection.
+pub struct Session {
+    shared: Arc<Shared>,
+    cert_device: Result<DeviceId, String>,
+    phase: Phase,
+    writer: Writer,
+    reader: Option<SpawnHandle>,
+    ingest: Option<IngestSender>,
+    session_id: SessionId,
+    device_id: Option<DeviceId>,
+    last_rx: Instant,
+    in_flight: usize,
+    seqs: SeqTracker,
+    draining: bool,
+    welcomed_kind: Option<&'static str>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.session_id)
+            .field("device_id", &self.device_id)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Starts the actor for a handshaken connection on the current arbiter.
+    pub fn start(
+        stream: Tls,
+        cert_device: Result<DeviceId, String>,
+        shared: Arc<Shared>,
+        permit: OwnedSemaphorePermit,
+    ) -> Addr<Session> {
+        let (r, w) = tokio::io::split(stream);
+        Session::create(move |ctx| {
+            let codec = WxCodec::new(shared.decoder);
+            let read: FramedRead<ReadHalf<Tls>, WxCodec> =
+                FramedRead::with_capacity(r, codec, READ_BUFFER_BYTES_INITIAL);
+            let reader = ctx.add_stream(read);
+            let writer = FramedWrite::new(w, codec, ctx);
+            let seq_window = shared.config.session.seq_window_max;
+            Session {
+                session_id: shared.next_session_id(),
+                ingest: shared.ingest_sender(),
+                shared,
+                cert_device,
+                phase: Phase::AwaitingHello,
+                writer,
+                reader: Some(reader),
+                device_id: None,
+                last_rx: Instant::now(),
+                in_flight: 0,
+                seqs: SeqTracker {
+                    watermark: 0,
+                    above: BTreeSet::new(),
+                    above_max: seq_window,
+                    checkpointed: 0,
+                },
+                draining: false,
+                welcomed_kind: None,
+                _permit: permit,
+            }
+        })
+    }
+
+    fn send(&mut self, message: Message) {
+        metrics::counter!(m::FRAMES_SENT_TOTAL, "type" => message.message_type().name())
+            .increment(1);
+        self.writer.write(message);
+    }
+
+    /// Sends a fatal ERROR and closes.
+    fn fail(&mut self, ctx: &mut Context<Self>, code: ErrorCode, text: &str) {
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        tracing::info!(session = %self.session_id, device = ?self.device_id, code = code.name(), text, "closing session");
+        metrics::counter!(m::ERRORS_SENT_TOTAL, "code" => code.name()).increment(1);
+        self.send(Message::Error(Error {
+            code,
+            fatal: true,
+            message: Text::truncated(text),
+        }));
+        self.close(ctx);
+    }
+
+    /// Stops reading, flushes what is queued, then stops (at the latest after
+    /// `close_linger_ms`).
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closing;
+        if let Some(h) = self.reader.take() {
+            ctx.cancel_future(h);
+        }
+        self.writer.close();
+        let linger = Duration::from_millis(self.shared.config.session.close_linger_ms);
+        ctx.run_later(linger, |_, ctx| ctx.stop());
+    }
+
+    fn heartbeat_s(&self) -> u64 {
+        u64::from(self.shared.config.session.heartbeat_s)
+    }
+
+    /// Arms the idle check for 3 × heartbeat_s after the last frame received.
+    fn arm_idle_check(&self, ctx: &mut Context<Self>) {
+        let idle = Duration::from_secs(self.heartbeat_s() * wenxiao_protocol::limits::IDLE_HEARTBEAT_PERIODS);
+        let due = idle.saturating_sub(self.last_rx.elapsed());
+        ctx.run_later(due, move |act, ctx| {
+            if matches!(act.phase, Phase::Closing) {
+                return;
+            }
+            if act.last_rx.elapsed() >= idle {
+                act.fail(ctx, ErrorCode::IdleTimeout, "no frame for 3 heartbeat periods");
+            } else {
+                act.arm_idle_check(ctx);
+            }
+        });
+    }
+
+    fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
+        let shared = Arc::clone(&self.shared);
+        if shared.draining.load(Ordering::Relaxed) {
+            return self.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+        }
+        match self.cert_device.clone() {
+            Ok(id) if id == hello.device_id => {}
+            Ok(id) => {
+                let text = format!("certificate is for device {id}, HELLO says {}", hello.device_id);
+                return self.fail(ctx, ErrorCode::AuthFailed, &text);
+            }
+            Err(e) => return self.fail(ctx, ErrorCode::AuthFailed, &e),
+        }
+        let registry = shared.registry();
+        let device = match registry.device(hello.device_id) {
+            Some(d) if d.kind == hello.kind => *d,
+            Some(d) => {
+                let text = format!("device {} is registered as {}", hello.device_id, d.kind);
+                return self.fail(ctx, ErrorCode::DeviceUnknown, &text);
+            }
+            None => return self.fail(ctx, ErrorCode::DeviceUnknown, "device not registered"),
+        };
+        if !device.active {
+            return self.fail(ctx, ErrorCode::DeviceDisabled, "device is disabled");
+        }
+        let merchant = device.merchant_id.and_then(|id| registry.merchant(id).cloned());
+        self.phase = Phase::Welcoming;
+        self.device_id = Some(device.device_id);
+        let store = shared.store.clone();
+        let lookup = shared
+            .store_rt
+            .spawn(async move { store.stored_seq(device.device_id).await });
+        // `wait`: no other frame is handled before WELCOME is out.
+        ctx.wait(actix::fut::wrap_future(lookup).map(
+            move |res, act: &mut Session, ctx| {
+                if matches!(act.phase, Phase::Closing) {
+                    return;
+                }
+                let stored = match res {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "stored_seq lookup failed");
+                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "stored_seq task failed");
+                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                };
+                act.welcome(device, merchant, stored, ctx);
+            },
+        ));
+    }
+
+    fn welcome(
+        &mut self,
+        device: Device,
+        merchant: Option<Merchant>,
+        stored: Option<Seq>,
+        ctx: &mut Context<Self>,
+    ) {
+        let w = Seq::wire(stored);
+        self.seqs.watermark = w;
+        self.seqs.checkpointed = w;
+        let previous = self
+            .shared
+            .sessions
+            .insert(device.device_id, (self.session_id, ctx.address()));
+        if let Some((_, old)) = previous {
+            old.do_send(Replaced);
+        }
+        metrics::gauge!(m::SESSIONS, "kind" => device.kind.name()).increment(1.0);
+        self.welcomed_kind = Some(device.kind.name());
+        let cfg = &self.shared.config.session;
+        let welcome = Welcome {
+            session_id: self.session_id,
+            server_time_ms: UnixMillis(clock::now_ms()),
+            stored_seq: stored,
+            heartbeat_s: cfg.heartbeat_s,
+            max_in_flight: cfg.max_in_flight,
+            hotlist_version: wenxiao_protocol::HotlistVersion(0),
+        };
+        self.phase = Phase::Active { device, merchant };
+        self.send(Message::Welcome(welcome));
+        if self.draining {
+            self.send_drain();
+        }
+    }
+
+    fn on_txn(&mut self, txn: Txn, ctx: &mut Context<Self>) {
+        let Phase::Active { device, merchant } = &self.phase else {
+            return;
+        };
+        if self.in_flight >= usize::from(self.shared.config.session.max_in_flight) {
+            return self.fail(ctx, ErrorCode::TooManyInFlight, "more TXNs in flight than max_in_flight");
+        }
+        let received = Instant::now();
+        let received_at_ms = clock::now_ms();
+        let Some(business_date) = clock::business_date(received_at_ms) else {
+            return self.fail(ctx, ErrorCode::StoreUnavailable, "gateway clock out of range");
+        };
+        let proposal = match validate::check_txn(
+            &txn,
+            device,
+            merchant.as_ref(),
+            &self.shared.config.txn,
+            &self.shared.keys,
+        ) {
+            Ok(()) => Proposal::Store {
+                reason: Reason::None,
+                subsidy_fen: Fen::ZERO,
+                points_awarded: Points(0),
+            },
+            Err(reason) => Proposal::Reject(reason),
+        };
+        let item = IngestItem {
+            txn: IngestTxn {
+                device_id: device.device_id,
+                merchant_id: device.merchant_id,
+                txn,
+                proposal,
+                received_at_ms,
+                business_date,
+            },
+            reply: ctx.address().recipient(),
+            received,
+        };
+        let Some(queue) = self.ingest.clone() else {
+            return self.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+        };
+        self.in_flight += 1;
+        match queue.try_send(item) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
+                // Backpressure: pause this actor (and so its socket reads) until a slot
+                // frees up.
+                ctx.wait(actix::fut::wrap_future(async move { queue.send(item).await }).map(
+                    |res, act: &mut Session, ctx| {
+                        if res.is_err() {
+                            act.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+                        }
+                    },
+                ));
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                self.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+            }
+        }
+    }
+
+    fn send_drain(&mut self) {
+        let after = self.shared.config.session.drain_reconnect_after_ms;
+        self.send(Message::Drain(Drain {
+            reconnect_after_ms: after,
+        }));
+    }
+
+    fn checkpoint(&mut self) {
+        let (Some(device), Some(seq)) = (self.device_id, Seq::new(self.seqs.watermark)) else {
+            return;
+        };
+        if self.seqs.watermark <= self.seqs.checkpointed {
+            return;
+        }
+        self.seqs.checkpointed = self.seqs.watermark;
+        let store = self.shared.store.clone();
+        self.shared.store_rt.spawn(async move {
+            if let Err(e) = store.checkpoint_stored_seq(device, seq).await {
+                tracing::warn!(error = %e, %device, "stored_seq checkpoint failed");
+            }
+        });
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let hello = Duration::from_millis(self.shared.config.session.hello_timeout_ms);
+        ctx.run_later(hello, |act, ctx| {
+            if matches!(act.phase, Phase::AwaitingHello) {
+                act.fail(ctx, ErrorCode::HelloTimeout, "no HELLO within the deadline");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(id) = self.device_id {
+            self.shared
+                .sessions
+                .remove_if(&id, |_, (sid, _)| *sid == self.session_id);
+        }
+        // Only a welcomed session was counted in the gauge.
+        if let Some(kind) = self.welcomed_kind {
+            metrics::gauge!(m::SESSIONS, "kind" => kind).decrement(1.0);
+        }
+        self.checkpoint();
+    }
+}
+
+impl StreamHandler<Result<Message, CodecError>> for Session {
+    fn handle(&mut self, item: Result<Message, CodecError>, ctx: &mut Context<Self>) {
+        let message = match item {
+            Ok(m) => m,
+            Err(CodecError::Decode(e)) => {
+                return self.fail(ctx, e.error_code(), &e.to_string());
+            }
+            Err(CodecError::Io(e)) => {
+                tracing::debug!(session = %self.session_id, error = %e, "read failed");
+                return ctx.stop();
+            }
+        };
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        self.last_rx = Instant::now();
+        metrics::counter!(m::FRAMES_RECEIVED_TOTAL, "type" => message.message_type().name())
+            .increment(1);
+        match (&self.phase, message) {
+            (Phase::AwaitingHello, Message::Hello(h)) => {
+                self.arm_idle_check(ctx);
+                self.on_hello(h, ctx);
+            }
+            (Phase::AwaitingHello, _) => {
+                self.fail(ctx, ErrorCode::HelloRequired, "HELLO must come first");
+            }
+            (_, Message::Hello(_)) => {
+                self.fail(ctx, ErrorCode::UnexpectedMessage, "HELLO twice in one session");
+            }
+            (_, m) if m.message_type().direction() == wenxiao_protocol::Direction::GatewayToDevice => {
+                let text = format!("{m} is sent by the gateway, not to it");
+                self.fail(ctx, ErrorCode::UnexpectedMessage, &text);
+            }
+            (_, Message::Heartbeat(Heartbeat { sent_at_ms })) => {
+                self.send(Message::HeartbeatAck(HeartbeatAck {
+                    sent_at_ms,
+                    server_time_ms: UnixMillis(clock::now_ms()),
+                }));
+            }
+            (_, Message::Txn(t)) => self.on_txn(t, ctx),
+            // Points, credits and hot lists arrive with the clearing issue; until then a
+            // device that uses them is told plainly rather than left waiting.
+            (_, m) => {
+                let text = format!("{m} is not served by this gateway version");
+                self.fail(ctx, ErrorCode::UnexpectedMessage, &text);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The device closed its side: nothing more will be read, and acks cannot reach
+        // it; whatever is committed will be answered DUPLICATE when it re-sends.
+        ctx.stop();
+    }
+}
+
+impl WriteHandler<CodecError> for Session {
+    fn error(&mut self, err: CodecError, _ctx: &mut Context<Self>) -> Running {
+        tracing::debug!(session = %self.session_id, error = %err, "write failed");
+        Running::Stop
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<TxnDone> for Session {
+    type Result = ();
+
+    fn handle(&mut self, done: TxnDone, ctx: &mut Context<Self>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let answer: TxnAnswer = match done.answer {
+            Ok(a) => a,
+            Err(_) => {
+                return self.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable; re-send later");
+            }
+        };
+        self.seqs.answered(done.seq.get());
+        metrics::counter!(m::TXNS_TOTAL, "status" => answer.status.name(), "reason" => answer.reason.name())
+            .increment(1);
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        self.send(Message::TxnAck(TxnAck {
+            seq: done.seq,
+            status: answer.status,
+            reason: answer.reason,
+            subsidy_fen: answer.subsidy_fen,
+            points_awarded: answer.points_awarded,
+        }));
+        metrics::histogram!(m::TXN_ACK_SECONDS).record(done.received.elapsed());
+        debug_assert!(answer.status != TxnStatus::Duplicate || answer.reason != Reason::SeqConflict);
+    }
+}
+
+impl Handler<Replaced> for Session {
+    type Result = ();
+    fn handle(&mut self, _: Replaced, ctx: &mut Context<Self>) {
+        self.fail(ctx, ErrorCode::SessionReplaced, "a newer session of this device took over");
+    }
+}
+
+impl Handler<StartDrain> for Session {
+    type Result = ();
+    fn handle(&mut self, _: StartDrain, _ctx: &mut Context<Self>) {
+        self.draining = true;
+        if matches!(self.phase, Phase::Active { .. }) {
+            self.send_drain();
+        }
+    }
+}
+
+impl Handler<ForceClose> for Session {
+    type Result = ();
+    fn handle(&mut self, _: ForceClose, ctx: &mut Context<Self>) {
+        self.fail(ctx, ErrorCode::ShuttingDown, "drain period over");
+    }
+}
