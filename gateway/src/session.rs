@@ -529,9 +529,13 @@ impl StreamHandler<Result<Message, CodecError>> for Session {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        // The device closed its side: nothing more will be read, and acks cannot reach
-        // it; whatever is committed will be answered DUPLICATE when it re-sends.
-        ctx.stop();
+        // After a decode error the stream ends too; the ERROR being flushed decides when
+        // to stop then. Otherwise the device closed its side: nothing more will be read,
+        // and acks cannot reach it; whatever is committed will be answered DUPLICATE when
+        // it re-sends.
+        if !matches!(self.phase, Phase::Closing) {
+            ctx.stop();
+        }
     }
 }
 

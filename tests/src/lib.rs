@@ -3,7 +3,7 @@
 //! PostgreSQL: tests use `DATABASE_URL` when set, else
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/test` makes sure one of them
 //! answers. Each test gets a fresh schema, so tests run in parallel without sharing rows.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use wenxiao_gateway::store::{PgStore, SqliteStore, Store};
@@ -53,3 +53,6 @@ pub async fn fresh_sqlite_store() -> (SqliteStore, tempfile::TempDir) {
     store.migrate().await.unwrap();
     (store, dir)
 }
+
+pub mod device;
+pub mod env;

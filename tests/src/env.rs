@@ -1,0 +1,128 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! A gateway under test: a temporary data directory with a development PKI, a small
+//! registry, and a configuration with short timeouts.
+
+use crate::device::TestDevice;
+use std::path::PathBuf;
+use wenxiao_gateway::config::{Config, StoreKind};
+use wenxiao_gateway::pki::{DevCa, PemPair};
+use wenxiao_gateway::server::{self, GatewayHandle};
+use wenxiao_protocol::DeviceId;
+
+/// A bookstore POS terminal of the test registry.
+pub const POS: DeviceId = DeviceId(310_100_000_001);
+/// A second POS terminal at the same bookstore.
+pub const POS2: DeviceId = DeviceId(310_100_000_002);
+/// A cinema POS terminal.
+pub const CINEMA_POS: DeviceId = DeviceId(310_100_000_003);
+/// A top-up kiosk.
+pub const KIOSK: DeviceId = DeviceId(310_200_000_001);
+/// A disabled POS terminal.
+pub const DISABLED_POS: DeviceId = DeviceId(310_100_000_009);
+/// A device id not in the registry.
+pub const UNKNOWN: DeviceId = DeviceId(999);
+
+const MERCHANTS: &str = "merchant_id,name,category,district,active\n\
+1001,Test bookstore,BOOKSTORE,ERQI,1\n\
+1002,Test cinema,CINEMA,JINSHUI,1\n\
+1003,Test outlet,SERVICE_OUTLET,ZHONGYUAN,1\n";
+
+const DEVICES: &str = "device_id,kind,merchant_id,operator,active\n\
+310100000001,POS,1001,,1\n\
+310100000002,POS,1001,,1\n\
+310100000003,POS,1002,,1\n\
+310100000009,POS,1001,,0\n\
+310200000001,KIOSK,1003,,1\n\
+310300000001,OTA_ENDPOINT,,CHINA_MOBILE,1\n";
+
+/// Everything a test needs around one gateway.
+pub struct TestEnv {
+    /// The temporary data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The development CA that signed the server's and devices' certificates.
+    pub ca: DevCa,
+    /// The configuration the gateway runs with.
+    pub config: Config,
+}
+
+impl std::fmt::Debug for TestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEnv").field("dir", &self.dir.path()).finish()
+    }
+}
+
+impl TestEnv {
+    /// A fresh environment on the embedded store.
+    pub fn sqlite() -> Self {
+        Self::new(StoreKind::Sqlite, String::new())
+    }
+
+    /// A fresh environment on PostgreSQL (a new schema).
+    pub async fn postgres() -> Self {
+        Self::new(StoreKind::Postgres, crate::fresh_pg_url().await)
+    }
+
+    fn new(kind: StoreKind, postgres_url: String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        wenxiao_gateway::pki::init(&pki).unwrap();
+        let ca = DevCa::load(&pki).unwrap();
+        let reg = dir.path().join("registry");
+        std::fs::create_dir_all(&reg).unwrap();
+        std::fs::write(reg.join("merchants.csv"), MERCHANTS).unwrap();
+        std::fs::write(reg.join("devices.csv"), DEVICES).unwrap();
+        let mut config = Config::default();
+        config.data_dir = dir.path().to_owned();
+        config.server.listen_addr = "127.0.0.1:0".parse().unwrap();
+        config.server.workers = 2;
+        config.admin.listen_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.tls.device_ca_cert_path = pki.join("ca.pem");
+        config.tls.server_cert_path = pki.join("server.pem");
+        config.tls.server_key_path = pki.join("server.key");
+        config.registry.merchants_path = reg.join("merchants.csv");
+        config.registry.devices_path = reg.join("devices.csv");
+        config.session.drain_timeout_ms = 2_000;
+        config.session.close_linger_ms = 200;
+        config.store.kind = kind;
+        config.store.postgres_url = postgres_url;
+        config.ingest.store_wait_ms = 1_000;
+        config.ingest.store_retry_ms = 100;
+        config.validate().unwrap();
+        Self { dir, ca, config }
+    }
+
+    /// Starts a gateway with the current configuration.
+    pub fn start(&self) -> GatewayHandle {
+        server::spawn(self.config.clone()).unwrap()
+    }
+
+    /// The server CA (PEM) devices trust.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem().cert_pem.clone()
+    }
+
+    /// A certificate for a device id.
+    pub fn device_cert(&self, id: DeviceId) -> PemPair {
+        self.ca.issue_device(id).unwrap()
+    }
+
+    /// Connects as `id` with its own certificate (TLS done, nothing sent).
+    pub async fn connect(&self, gw: &GatewayHandle, id: DeviceId) -> TestDevice {
+        let cert = self.device_cert(id);
+        TestDevice::connect(gw.device_addr, &self.ca_pem(), Some(&cert), id)
+            .await
+            .unwrap()
+    }
+
+    /// Connects as `id` and completes HELLO/WELCOME.
+    pub async fn session(&self, gw: &GatewayHandle, id: DeviceId) -> TestDevice {
+        let mut d = self.connect(gw, id).await;
+        d.hello().await;
+        d
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}

@@ -1,0 +1,314 @@
+//! The gateway over real TLS sockets: every refusal, the TXN path and its answers, and
+//! the session's timers. Store-dependent behaviour runs on both PostgreSQL and SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use wenxiao_gateway::store::Store;
+use wenxiao_protocol::*;
+use wenxiao_tests::device::{Recv, TestDevice, book_purchase, sign};
+use wenxiao_tests::env::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_certificate_is_refused() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    // In TLS 1.3 the client's connect succeeds; the refusal arrives as an alert on read.
+    let d = TestDevice::connect(gw.device_addr, &env.ca_pem(), None, POS).await;
+    if let Ok(mut d) = d {
+        d.send(Heartbeat { sent_at_ms: UnixMillis(1) }).await;
+        assert!(matches!(d.recv().await, Recv::Closed(_)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let rogue = wenxiao_gateway::pki::DevCa::generate("rogue").unwrap();
+    let cert = rogue.issue_device(POS).unwrap();
+    if let Ok(mut d) = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&cert), POS).await {
+        d.send(Heartbeat { sent_at_ms: UnixMillis(1) }).await;
+        assert!(matches!(d.recv().await, Recv::Closed(_)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_refusals() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    // Certificate for POS, HELLO claims POS2.
+    let cert = env.device_cert(POS);
+    let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&cert), POS2).await.unwrap();
+    d.send(Hello {
+        device_id: POS2,
+        kind: DeviceKind::Pos,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("x").unwrap(),
+    })
+    .await;
+    d.expect_fatal(ErrorCode::AuthFailed).await;
+    // A certificate whose CN is not a device id.
+    let odd = env.ca.issue_client("pos-1").unwrap();
+    let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&odd), POS).await.unwrap();
+    d.send(Hello {
+        device_id: POS,
+        kind: DeviceKind::Pos,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("x").unwrap(),
+    })
+    .await;
+    d.expect_fatal(ErrorCode::AuthFailed).await;
+    let mut d = env.connect(&gw, UNKNOWN).await;
+    d.send(Hello {
+        device_id: UNKNOWN,
+        kind: DeviceKind::Pos,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("x").unwrap(),
+    })
+    .await;
+    d.expect_fatal(ErrorCode::DeviceUnknown).await;
+    // Registered, but as another kind.
+    let mut d = env.connect(&gw, KIOSK).await;
+    d.send(Hello {
+        device_id: KIOSK,
+        kind: DeviceKind::Pos,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("x").unwrap(),
+    })
+    .await;
+    d.expect_fatal(ErrorCode::DeviceUnknown).await;
+    let mut d = env.connect(&gw, DISABLED_POS).await;
+    d.send(Hello {
+        device_id: DISABLED_POS,
+        kind: DeviceKind::Pos,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("x").unwrap(),
+    })
+    .await;
+    d.expect_fatal(ErrorCode::DeviceDisabled).await;
+    // Anything before HELLO.
+    let mut d = env.connect(&gw, POS).await;
+    d.send(Heartbeat { sent_at_ms: UnixMillis(1) }).await;
+    d.expect_fatal(ErrorCode::HelloRequired).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_hello_times_out() {
+    let mut env = TestEnv::sqlite();
+    env.config.session.hello_timeout_ms = 300;
+    let gw = env.start();
+    let mut d = env.connect(&gw, POS).await;
+    d.expect_fatal(ErrorCode::HelloTimeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_session_is_closed_after_three_heartbeats() {
+    let mut env = TestEnv::sqlite();
+    env.config.session.heartbeat_s = 1;
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    // Heartbeats keep it alive past 3 periods…
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        d.send(Heartbeat { sent_at_ms: UnixMillis(5) }).await;
+        assert!(matches!(d.frame().await, Message::HeartbeatAck(HeartbeatAck { sent_at_ms: UnixMillis(5), .. })));
+    }
+    // …silence closes it.
+    let started = std::time::Instant::now();
+    d.expect_fatal(ErrorCode::IdleTimeout).await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(2_500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_session_replaces_the_older() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let mut old = env.session(&gw, POS).await;
+    let mut new = env.session(&gw, POS).await;
+    old.expect_fatal(ErrorCode::SessionReplaced).await;
+    new.send(book_purchase(POS, 1, 77, 1, 100)).await;
+    assert_eq!(new.ack().await.status, TxnStatus::Stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_hello_and_wrong_direction_are_unexpected() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    d.send(Drain { reconnect_after_ms: 1 }).await;
+    d.expect_fatal(ErrorCode::UnexpectedMessage).await;
+    let mut d = env.session(&gw, POS).await;
+    d.send(Hello {
+        device_id: POS,
+        kind: DeviceKind::Pos,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("x").unwrap(),
+    })
+    .await;
+    d.expect_fatal(ErrorCode::UnexpectedMessage).await;
+}
+
+async fn txn_answers(env: TestEnv) {
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    assert_eq!(d.welcome.unwrap().stored_seq, None);
+    // Pipelined purchases, each acked STORED.
+    for seq in 1..=20 {
+        d.send(book_purchase(POS, seq, 1_000 + seq, 1, 100 * i64::try_from(seq).unwrap())).await;
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for _ in 1..=20 {
+        let a = d.ack().await;
+        assert_eq!(a.status, TxnStatus::Stored);
+        seqs.push(a.seq.get());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    // Bad TAC, a card counter already used, a field out of range.
+    let mut bad = book_purchase(POS, 21, 5, 1, 100);
+    bad.amount_fen = Fen(101);
+    d.send(bad).await;
+    assert_eq!((d.ack().await.reason), Reason::BadMac);
+    d.send(book_purchase(POS, 22, 1_001, 1, 999)).await;
+    let a = d.ack().await;
+    assert_eq!((a.status, a.reason), (TxnStatus::Rejected, Reason::CardCounterReplay));
+    d.send(book_purchase(POS, 23, 6, 1, 0)).await;
+    assert_eq!(d.ack().await.reason, Reason::InvalidField);
+    // A film at a bookstore.
+    let mut film = book_purchase(POS, 24, 7, 1, 100);
+    film.item = Item::FilmDomestic;
+    film.list_price_fen = Fen(100);
+    d.send(sign(POS, film)).await;
+    assert_eq!(d.ack().await.reason, Reason::KindNotAllowed);
+    drop(d);
+
+    // Reconnect: stored_seq counts every answered seq; re-sends are DUPLICATE or the same
+    // REJECTED; the same seq with other content is SEQ_CONFLICT.
+    let mut d = env.session(&gw, POS).await;
+    assert_eq!(d.welcome.unwrap().stored_seq, Seq::new(24));
+    d.send(book_purchase(POS, 5, 1_005, 1, 500)).await;
+    let a = d.ack().await;
+    assert_eq!((a.status, a.seq.get()), (TxnStatus::Duplicate, 5));
+    d.send(bad).await;
+    assert_eq!((d.ack().await.status), TxnStatus::Rejected);
+    d.send(book_purchase(POS, 5, 1_005, 1, 501)).await;
+    let a = d.ack().await;
+    assert_eq!((a.status, a.reason), (TxnStatus::Rejected, Reason::SeqConflict));
+    drop(d);
+    gw.shutdown().unwrap();
+
+    // Exactly the stored rows are in the store, once each.
+    let rt_store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    assert_eq!(rt_store.count_txns(POS).await.unwrap(), (20, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_answers_sqlite() {
+    txn_answers(TestEnv::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_answers_postgres() {
+    txn_answers(TestEnv::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversize_frames_close_and_keep_earlier_rows() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+        (b"XX\x01\x02\0\0\0\x08".to_vec(), ErrorCode::MalformedFrame),
+        (b"WX\x02\x02\0\0\0\x08".to_vec(), ErrorCode::UnsupportedVersion),
+        (b"WX\x01\x33\0\0\0\x00".to_vec(), ErrorCode::UnknownType),
+        (b"WX\x01\x03\0\x01\0\x01".to_vec(), ErrorCode::FrameTooLarge),
+        (b"WX\x01\x02\0\0\0\x07abcdefg".to_vec(), ErrorCode::MalformedFrame),
+    ];
+    for (i, (raw, code)) in cases.into_iter().enumerate() {
+        let mut d = env.session(&gw, POS).await;
+        let seq = u64::try_from(i).unwrap() + 1;
+        d.send(book_purchase(POS, seq, 50 + seq, 1, 100)).await;
+        assert_eq!(d.ack().await.status, TxnStatus::Stored);
+        d.send_raw(&raw).await;
+        d.expect_fatal(code).await;
+    }
+    let d = env.session(&gw, POS).await;
+    assert_eq!(d.welcome.unwrap().stored_seq, Seq::new(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_max_in_flight_is_refused() {
+    let mut env = TestEnv::sqlite();
+    env.config.session.max_in_flight = 4;
+    // A long linger keeps the first TXNs unanswered while more arrive.
+    env.config.ingest.batch_linger_us = 500_000;
+    env.config.ingest.batch_rows_max = 100;
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    for seq in 1..=5 {
+        d.send(book_purchase(POS, seq, 60 + seq, 1, 100)).await;
+    }
+    d.expect_fatal(ErrorCode::TooManyInFlight).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_sessions_and_answers_what_was_sent() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    for seq in 1..=10 {
+        d.send(book_purchase(POS, seq, 80 + seq, 1, 100)).await;
+    }
+    let stopping = std::thread::spawn(move || gw.shutdown());
+    let mut acks = 0;
+    let mut drained = false;
+    loop {
+        match d.recv().await {
+            Recv::Frame(Message::TxnAck(_)) => acks += 1,
+            Recv::Frame(Message::Drain(dr)) => {
+                drained = true;
+                assert_eq!(dr.reconnect_after_ms, env.config.session.drain_reconnect_after_ms);
+                if acks == 10 {
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        if acks == 10 && drained {
+            break;
+        }
+    }
+    drop(d);
+    stopping.join().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_gives_store_unavailable_and_loses_nothing() {
+    let env = TestEnv::postgres().await;
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    d.send(book_purchase(POS, 1, 90, 1, 100)).await;
+    assert_eq!(d.ack().await.status, TxnStatus::Stored);
+    // Take the table away: commits fail until it is back.
+    let (admin, conn) = tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin.batch_execute("ALTER TABLE txns RENAME TO txns_away").await.unwrap();
+    d.send(book_purchase(POS, 2, 91, 1, 100)).await;
+    d.expect_fatal(ErrorCode::StoreUnavailable).await;
+    admin.batch_execute("ALTER TABLE txns_away RENAME TO txns").await.unwrap();
+    let mut d = env.session(&gw, POS).await;
+    assert_eq!(d.welcome.unwrap().stored_seq, Seq::new(1));
+    d.send(book_purchase(POS, 2, 91, 1, 100)).await;
+    assert_eq!(d.ack().await.status, TxnStatus::Stored);
+    d.send(book_purchase(POS, 2, 91, 1, 100)).await;
+    assert_eq!(d.ack().await.status, TxnStatus::Duplicate);
+    drop(d);
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    assert_eq!(store.count_txns(POS).await.unwrap(), (2, 0));
+}
