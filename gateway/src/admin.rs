@@ -32,7 +32,12 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().body("draining\n");
     }
     let store = state.shared.store.clone();
-    match state.shared.store_rt.spawn(async move { store.ping().await }).await {
+    match state
+        .shared
+        .store_rt
+        .spawn(async move { store.ping().await })
+        .await
+    {
         Ok(Ok(())) => HttpResponse::Ok().body("ready\n"),
         Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("store: {e}\n")),
         Err(e) => HttpResponse::ServiceUnavailable().body(format!("store task: {e}\n")),

@@ -302,14 +302,17 @@ impl Default for KeysConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// `/metrics`, `/healthz`, `/readyz`; `None` (omit the key) disables the server.
-    pub listen_addr: Option<SocketAddr>,
+    /// Serve `/metrics`, `/healthz` and `/readyz`.
+    pub enabled: bool,
+    /// Where.
+    pub listen_addr: SocketAddr,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            enabled: true,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }
@@ -382,11 +385,26 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         in_range("server.connections_max", s.connections_max, 1, 1_000_000)?;
-        in_range("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms, 100, 120_000)?;
+        in_range(
+            "server.tls_handshake_timeout_ms",
+            s.tls_handshake_timeout_ms,
+            100,
+            120_000,
+        )?;
         in_range("server.workers", s.workers, 0, 256)?;
-        in_range("server.handshakes_in_progress_max", s.handshakes_in_progress_max, 1, 100_000)?;
+        in_range(
+            "server.handshakes_in_progress_max",
+            s.handshakes_in_progress_max,
+            1,
+            100_000,
+        )?;
         let se = &self.session;
-        in_range("session.hello_timeout_ms", se.hello_timeout_ms, 100, 600_000)?;
+        in_range(
+            "session.hello_timeout_ms",
+            se.hello_timeout_ms,
+            100,
+            600_000,
+        )?;
         in_range("session.heartbeat_s", se.heartbeat_s, 1, 3_600)?;
         in_range("session.max_in_flight", se.max_in_flight, 1, 4_096)?;
         in_range(
@@ -395,7 +413,12 @@ impl Config {
             FRAME_PAYLOAD_BYTES_MIN_CONFIGURABLE,
             FRAME_PAYLOAD_BYTES_MAX,
         )?;
-        in_range("session.write_buffer_bytes_max", se.write_buffer_bytes_max, 4_096, 64 << 20)?;
+        in_range(
+            "session.write_buffer_bytes_max",
+            se.write_buffer_bytes_max,
+            4_096,
+            64 << 20,
+        )?;
         in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
         in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;
         in_range("session.seq_window_max", se.seq_window_max, 16, 1_000_000)?;
@@ -406,8 +429,18 @@ impl Config {
         in_range("ingest.writers", i.writers, 1, 64)?;
         in_range("ingest.store_wait_ms", i.store_wait_ms, 0, 600_000)?;
         in_range("ingest.store_retry_ms", i.store_retry_ms, 1, 60_000)?;
-        in_range("store.postgres_pool_size_max", self.store.postgres_pool_size_max, 1, 1_000)?;
-        in_range("store.postgres_pool_wait_ms", self.store.postgres_pool_wait_ms, 1, 600_000)?;
+        in_range(
+            "store.postgres_pool_size_max",
+            self.store.postgres_pool_size_max,
+            1,
+            1_000,
+        )?;
+        in_range(
+            "store.postgres_pool_wait_ms",
+            self.store.postgres_pool_wait_ms,
+            1,
+            600_000,
+        )?;
         check(
             self.store.kind != StoreKind::Postgres
                 || self.store.postgres_pool_size_max > self.ingest.writers,
@@ -417,9 +450,19 @@ impl Config {
         let t = &self.txn;
         in_range("txn.purchase_fen_max", t.purchase_fen_max, 1, i64::MAX / 4)?;
         in_range("txn.top_up_fen_max", t.top_up_fen_max, 1, i64::MAX / 4)?;
-        in_range("txn.list_price_fen_max", t.list_price_fen_max, 1, i64::MAX / 4)?;
+        in_range(
+            "txn.list_price_fen_max",
+            t.list_price_fen_max,
+            1,
+            i64::MAX / 4,
+        )?;
         self.master_keys()?;
-        in_range("registry.reload_interval_ms", self.registry.reload_interval_ms, 100, 86_400_000)?;
+        in_range(
+            "registry.reload_interval_ms",
+            self.registry.reload_interval_ms,
+            100,
+            86_400_000,
+        )?;
         Ok(())
     }
 
@@ -468,15 +511,21 @@ mod tests {
     fn out_of_range_values_name_their_key() {
         let e = Config::parse("[session]\nmax_in_flight = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().starts_with("session.max_in_flight"), "{e}");
-        let e = Config::parse("[keys]\nload_master_key_hex = \"00\"\n", Path::new("x.toml"))
-            .unwrap_err();
+        let e = Config::parse(
+            "[keys]\nload_master_key_hex = \"00\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("keys.load_master_key_hex"), "{e}");
     }
 
     #[test]
     fn wrong_types_are_errors() {
-        let e = Config::parse("[server]\nconnections_max = \"many\"\n", Path::new("x.toml"))
-            .unwrap_err();
+        let e = Config::parse(
+            "[server]\nconnections_max = \"many\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("connections_max"), "{e}");
     }
 }

@@ -119,7 +119,8 @@ impl Writer {
             let deadline =
                 tokio::time::Instant::now() + Duration::from_micros(self.config.batch_linger_us);
             while items.len() < max {
-                match tokio::time::timeout_at(deadline, rx.recv_many(items, max - items.len())).await
+                match tokio::time::timeout_at(deadline, rx.recv_many(items, max - items.len()))
+                    .await
                 {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}

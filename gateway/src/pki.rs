@@ -109,7 +109,9 @@ impl DevCa {
     /// A server certificate for the given DNS names or IP addresses.
     pub fn issue_server(&self, names: &[&str]) -> Result<PemPair, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "wenxiao-gateway");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "wenxiao-gateway");
         params.subject_alt_names = names
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {

@@ -178,7 +178,10 @@ impl Registry {
         for m in merchants {
             let id = m.merchant_id;
             if r.merchants.insert(id, m).is_some() {
-                return Err(RegistryError::Inconsistent(format!("merchant {} twice", id.0)));
+                return Err(RegistryError::Inconsistent(format!(
+                    "merchant {} twice",
+                    id.0
+                )));
             }
         }
         for d in devices {

@@ -116,7 +116,9 @@ pub fn spawn(config: Config) -> anyhow::Result<GatewayHandle> {
             let result = thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("gateway thread panicked"))?;
-            Err(result.err().unwrap_or_else(|| anyhow::anyhow!("gateway stopped at start")))
+            Err(result
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("gateway stopped at start")))
         }
     }
 }
@@ -128,13 +130,18 @@ fn read(path: &std::path::Path) -> anyhow::Result<String> {
         format!(
             "read {} (run `wenxiao-gateway pki init {}` for a development PKI)",
             path.display(),
-            path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            path.parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         )
     })
 }
 
 /// Loads the registry from the store; on an empty store, imports the configured files.
-pub async fn load_or_import_registry(store: &AnyStore, config: &Config) -> anyhow::Result<Registry> {
+pub async fn load_or_import_registry(
+    store: &AnyStore,
+    config: &Config,
+) -> anyhow::Result<Registry> {
     let registry = store.load_registry().await?;
     if !registry.is_empty() {
         return Ok(registry);
@@ -160,7 +167,9 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         let _enter = store_rt.enter();
         open_store(&config)?
     };
-    store_rt.block_on(store.migrate()).context("migrate the store")?;
+    store_rt
+        .block_on(store.migrate())
+        .context("migrate the store")?;
     let registry = store_rt.block_on(load_or_import_registry(&store, &config))?;
     let keys = config.master_keys()?;
     let tls_config = tls::server_config(
@@ -183,10 +192,20 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
     let prometheus = m::install();
 
     let system = actix_rt::System::new();
-    let result = system.block_on(serve(Arc::clone(&shared), tls_config, prometheus, ready, stop));
+    let result = system.block_on(serve(
+        Arc::clone(&shared),
+        tls_config,
+        prometheus,
+        ready,
+        stop,
+    ));
 
-    // Every session has stopped and dropped its queue sender: the writers commit what is
-    // left and exit.
+    // Every session has stopped and dropped its queue sender; drop ours too (serve may
+    // have returned early with an error): the writers commit what is left and exit.
+    if let Ok(mut q) = shared.ingest.write() {
+        q.take();
+    }
+    drop(shared);
     let writer_bound = Duration::from_millis(config.ingest.store_wait_ms + 5_000);
     store_rt.block_on(async {
         let all = futures_util::future::join_all(writers);
@@ -211,9 +230,13 @@ async fn serve(
         .await
         .with_context(|| format!("listen on {}", cfg.server.listen_addr))?;
     let device_addr = listener.local_addr()?;
-    let admin = match cfg.admin.listen_addr {
-        Some(addr) => Some(crate::admin::start(addr, Arc::clone(&shared), prometheus)?),
-        None => None,
+    let admin = match cfg.admin.enabled {
+        true => Some(crate::admin::start(
+            cfg.admin.listen_addr,
+            Arc::clone(&shared),
+            prometheus,
+        )?),
+        false => None,
     };
     let workers = match cfg.server.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -242,7 +265,8 @@ async fn serve(
             },
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "connections_max").increment(1);
+            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "connections_max")
+                .increment(1);
             drop(tcp);
             continue;
         };
@@ -251,8 +275,11 @@ async fn serve(
             continue;
         };
         next = next.wrapping_add(1);
-        let (acceptor, shared, handshakes) =
-            (acceptor.clone(), Arc::clone(&shared), Arc::clone(&handshakes));
+        let (acceptor, shared, handshakes) = (
+            acceptor.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&handshakes),
+        );
         arbiter.spawn(async move {
             let Ok(slot) = handshakes.acquire_owned().await else {
                 return;
@@ -261,7 +288,11 @@ async fn serve(
                 Ok(Ok(stream)) => {
                     drop(slot);
                     let id = tls::device_id_of(
-                        stream.get_ref().1.peer_certificates().and_then(|c| c.first()),
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first()),
                     )
                     .map_err(|e| e.to_string());
                     Session::start(stream, id, shared, permit);
@@ -323,7 +354,11 @@ fn spawn_registry_reload(shared: Arc<Shared>) {
         loop {
             tick.tick().await;
             let store = shared.store.clone();
-            match shared.store_rt.spawn(async move { store.load_registry().await }).await {
+            match shared
+                .store_rt
+                .spawn(async move { store.load_registry().await })
+                .await
+            {
                 Ok(Ok(r)) => {
                     if let Ok(mut slot) = shared.registry.write() {
                         *slot = Arc::new(r);

@@ -93,7 +93,9 @@ impl Shared {
     }
 
     fn next_session_id(&self) -> SessionId {
-        SessionId(self.session_base | (self.session_next.fetch_add(1, Ordering::Relaxed) & 0xF_FFFF))
+        SessionId(
+            self.session_base | (self.session_next.fetch_add(1, Ordering::Relaxed) & 0xF_FFFF),
+        )
     }
 
     fn registry(&self) -> Arc<Registry> {
@@ -265,14 +267,20 @@ impl Session {
 
     /// Arms the idle check for 3 × heartbeat_s after the last frame received.
     fn arm_idle_check(&self, ctx: &mut Context<Self>) {
-        let idle = Duration::from_secs(self.heartbeat_s() * wenxiao_protocol::limits::IDLE_HEARTBEAT_PERIODS);
+        let idle = Duration::from_secs(
+            self.heartbeat_s() * wenxiao_protocol::limits::IDLE_HEARTBEAT_PERIODS,
+        );
         let due = idle.saturating_sub(self.last_rx.elapsed());
         ctx.run_later(due, move |act, ctx| {
             if matches!(act.phase, Phase::Closing) {
                 return;
             }
             if act.last_rx.elapsed() >= idle {
-                act.fail(ctx, ErrorCode::IdleTimeout, "no frame for 3 heartbeat periods");
+                act.fail(
+                    ctx,
+                    ErrorCode::IdleTimeout,
+                    "no frame for 3 heartbeat periods",
+                );
             } else {
                 act.arm_idle_check(ctx);
             }
@@ -287,7 +295,10 @@ impl Session {
         match self.cert_device.clone() {
             Ok(id) if id == hello.device_id => {}
             Ok(id) => {
-                let text = format!("certificate is for device {id}, HELLO says {}", hello.device_id);
+                let text = format!(
+                    "certificate is for device {id}, HELLO says {}",
+                    hello.device_id
+                );
                 return self.fail(ctx, ErrorCode::AuthFailed, &text);
             }
             Err(e) => return self.fail(ctx, ErrorCode::AuthFailed, &e),
@@ -304,7 +315,9 @@ impl Session {
         if !device.active {
             return self.fail(ctx, ErrorCode::DeviceDisabled, "device is disabled");
         }
-        let merchant = device.merchant_id.and_then(|id| registry.merchant(id).cloned());
+        let merchant = device
+            .merchant_id
+            .and_then(|id| registry.merchant(id).cloned());
         self.phase = Phase::Welcoming;
         self.device_id = Some(device.device_id);
         let store = shared.store.clone();
@@ -312,8 +325,8 @@ impl Session {
             .store_rt
             .spawn(async move { store.stored_seq(device.device_id).await });
         // `wait`: no other frame is handled before WELCOME is out.
-        ctx.wait(actix::fut::wrap_future(lookup).map(
-            move |res, act: &mut Session, ctx| {
+        ctx.wait(
+            actix::fut::wrap_future(lookup).map(move |res, act: &mut Session, ctx| {
                 if matches!(act.phase, Phase::Closing) {
                     return;
                 }
@@ -329,8 +342,8 @@ impl Session {
                     }
                 };
                 act.welcome(device, merchant, stored, ctx);
-            },
-        ));
+            }),
+        );
     }
 
     fn welcome(
@@ -373,12 +386,20 @@ impl Session {
             return;
         };
         if self.in_flight >= usize::from(self.shared.config.session.max_in_flight) {
-            return self.fail(ctx, ErrorCode::TooManyInFlight, "more TXNs in flight than max_in_flight");
+            return self.fail(
+                ctx,
+                ErrorCode::TooManyInFlight,
+                "more TXNs in flight than max_in_flight",
+            );
         }
         let received = Instant::now();
         let received_at_ms = clock::now_ms();
         let Some(business_date) = clock::business_date(received_at_ms) else {
-            return self.fail(ctx, ErrorCode::StoreUnavailable, "gateway clock out of range");
+            return self.fail(
+                ctx,
+                ErrorCode::StoreUnavailable,
+                "gateway clock out of range",
+            );
         };
         let proposal = match validate::check_txn(
             &txn,
@@ -415,13 +436,15 @@ impl Session {
             Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
                 // Backpressure: pause this actor (and so its socket reads) until a slot
                 // frees up.
-                ctx.wait(actix::fut::wrap_future(async move { queue.send(item).await }).map(
-                    |res, act: &mut Session, ctx| {
-                        if res.is_err() {
-                            act.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
-                        }
-                    },
-                ));
+                ctx.wait(
+                    actix::fut::wrap_future(async move { queue.send(item).await }).map(
+                        |res, act: &mut Session, ctx| {
+                            if res.is_err() {
+                                act.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+                            }
+                        },
+                    ),
+                );
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 self.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
@@ -506,9 +529,15 @@ impl StreamHandler<Result<Message, CodecError>> for Session {
                 self.fail(ctx, ErrorCode::HelloRequired, "HELLO must come first");
             }
             (_, Message::Hello(_)) => {
-                self.fail(ctx, ErrorCode::UnexpectedMessage, "HELLO twice in one session");
+                self.fail(
+                    ctx,
+                    ErrorCode::UnexpectedMessage,
+                    "HELLO twice in one session",
+                );
             }
-            (_, m) if m.message_type().direction() == wenxiao_protocol::Direction::GatewayToDevice => {
+            (_, m)
+                if m.message_type().direction() == wenxiao_protocol::Direction::GatewayToDevice =>
+            {
                 let text = format!("{m} is sent by the gateway, not to it");
                 self.fail(ctx, ErrorCode::UnexpectedMessage, &text);
             }
@@ -558,7 +587,11 @@ impl Handler<TxnDone> for Session {
         let answer: TxnAnswer = match done.answer {
             Ok(a) => a,
             Err(_) => {
-                return self.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable; re-send later");
+                return self.fail(
+                    ctx,
+                    ErrorCode::StoreUnavailable,
+                    "store unavailable; re-send later",
+                );
             }
         };
         self.seqs.answered(done.seq.get());
@@ -575,14 +608,20 @@ impl Handler<TxnDone> for Session {
             points_awarded: answer.points_awarded,
         }));
         metrics::histogram!(m::TXN_ACK_SECONDS).record(done.received.elapsed());
-        debug_assert!(answer.status != TxnStatus::Duplicate || answer.reason != Reason::SeqConflict);
+        debug_assert!(
+            answer.status != TxnStatus::Duplicate || answer.reason != Reason::SeqConflict
+        );
     }
 }
 
 impl Handler<Replaced> for Session {
     type Result = ();
     fn handle(&mut self, _: Replaced, ctx: &mut Context<Self>) {
-        self.fail(ctx, ErrorCode::SessionReplaced, "a newer session of this device took over");
+        self.fail(
+            ctx,
+            ErrorCode::SessionReplaced,
+            "a newer session of this device took over",
+        );
     }
 }
 

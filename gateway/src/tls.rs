@@ -84,7 +84,10 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs("server certificate", cert_pem)?, key("server key", key_pem)?)?;
+        .with_single_cert(
+            certs("server certificate", cert_pem)?,
+            key("server key", key_pem)?,
+        )?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
@@ -100,9 +103,8 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots(server_ca_pem)?);
     let config = match client {
-        Some((cert, k)) => {
-            builder.with_client_auth_cert(certs("client certificate", cert)?, key("client key", k)?)?
-        }
+        Some((cert, k)) => builder
+            .with_client_auth_cert(certs("client certificate", cert)?, key("client key", k)?)?,
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
@@ -153,7 +155,10 @@ mod tests {
 
     #[test]
     fn only_canonical_decimal_cns_are_ids() {
-        assert_eq!(parse_device_cn("310100000001"), Ok(DeviceId(310_100_000_001)));
+        assert_eq!(
+            parse_device_cn("310100000001"),
+            Ok(DeviceId(310_100_000_001))
+        );
         for bad in ["", "0123", "+1", "1 ", "abc", "18446744073709551616", "-1"] {
             assert!(parse_device_cn(bad).is_err(), "{bad:?}");
         }

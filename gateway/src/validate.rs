@@ -45,9 +45,14 @@ fn check_allowed(txn: &Txn, device: &Device, merchant: Option<&Merchant>) -> Res
         (TxnKind::SignIn | TxnKind::TopUp, _) => txn.item == Item::None,
         (_, Some(Category::Bookstore)) => matches!(txn.item, Item::Book | Item::Other),
         (_, Some(Category::Cinema)) => {
-            matches!(txn.item, Item::FilmDomestic | Item::FilmForeign | Item::Other)
+            matches!(
+                txn.item,
+                Item::FilmDomestic | Item::FilmForeign | Item::Other
+            )
         }
-        (_, Some(Category::PerformanceVenue)) => matches!(txn.item, Item::Performance | Item::Other),
+        (_, Some(Category::PerformanceVenue)) => {
+            matches!(txn.item, Item::Performance | Item::Other)
+        }
         // Organizers, public venues and outlets sell nothing through POS terminals.
         _ => false,
     };
@@ -100,7 +105,9 @@ fn check_fields(txn: &Txn, category: Option<Category>, limits: &TxnConfig) -> Re
 mod tests {
     use super::*;
     use crate::registry::{District, MerchantId};
-    use wenxiao_protocol::{Bytes4, CardCounter, CardNo, DeviceId, HoldId, Points, Seq, UnixMillis};
+    use wenxiao_protocol::{
+        Bytes4, CardCounter, CardNo, DeviceId, HoldId, Points, Seq, UnixMillis,
+    };
 
     fn keys() -> MasterKeys {
         crate::config::Config::default().master_keys().unwrap()
@@ -157,37 +164,71 @@ mod tests {
     }
 
     fn check(t: &Txn, kind: DeviceKind, category: Category) -> Result<(), Reason> {
-        check_txn(t, &device(kind), Some(&merchant(category)), &TxnConfig::default(), &keys())
+        check_txn(
+            t,
+            &device(kind),
+            Some(&merchant(category)),
+            &TxnConfig::default(),
+            &keys(),
+        )
     }
 
     #[test]
     fn a_valid_book_purchase_passes() {
-        assert_eq!(check(&purchase(Item::Book, 8800, 0), DeviceKind::Pos, Category::Bookstore), Ok(()));
+        assert_eq!(
+            check(
+                &purchase(Item::Book, 8800, 0),
+                DeviceKind::Pos,
+                Category::Bookstore
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn a_tampered_amount_is_bad_mac() {
         let mut t = purchase(Item::Book, 8800, 0);
         t.amount_fen = Fen(1);
-        assert_eq!(check(&t, DeviceKind::Pos, Category::Bookstore), Err(Reason::BadMac));
+        assert_eq!(
+            check(&t, DeviceKind::Pos, Category::Bookstore),
+            Err(Reason::BadMac)
+        );
     }
 
     #[test]
     fn kinds_and_items_must_fit_device_and_merchant() {
         let film = purchase(Item::FilmDomestic, 3000, 4000);
-        assert_eq!(check(&film, DeviceKind::Pos, Category::Bookstore), Err(Reason::KindNotAllowed));
+        assert_eq!(
+            check(&film, DeviceKind::Pos, Category::Bookstore),
+            Err(Reason::KindNotAllowed)
+        );
         assert_eq!(check(&film, DeviceKind::Pos, Category::Cinema), Ok(()));
-        assert_eq!(check(&film, DeviceKind::Kiosk, Category::Cinema), Err(Reason::KindNotAllowed));
+        assert_eq!(
+            check(&film, DeviceKind::Kiosk, Category::Cinema),
+            Err(Reason::KindNotAllowed)
+        );
         let mut top_up = purchase(Item::None, 10_000, 0);
         top_up.kind = TxnKind::TopUp;
         let top_up = signed(top_up);
-        assert_eq!(check(&top_up, DeviceKind::Kiosk, Category::ServiceOutlet), Ok(()));
-        assert_eq!(check(&top_up, DeviceKind::Pos, Category::Bookstore), Err(Reason::KindNotAllowed));
+        assert_eq!(
+            check(&top_up, DeviceKind::Kiosk, Category::ServiceOutlet),
+            Ok(())
+        );
+        assert_eq!(
+            check(&top_up, DeviceKind::Pos, Category::Bookstore),
+            Err(Reason::KindNotAllowed)
+        );
         let mut sign_in = purchase(Item::None, 0, 0);
         sign_in.kind = TxnKind::SignIn;
         let sign_in = signed(sign_in);
-        assert_eq!(check(&sign_in, DeviceKind::SigninReader, Category::PublicVenue), Ok(()));
-        assert_eq!(check(&sign_in, DeviceKind::Pos, Category::PublicVenue), Err(Reason::KindNotAllowed));
+        assert_eq!(
+            check(&sign_in, DeviceKind::SigninReader, Category::PublicVenue),
+            Ok(())
+        );
+        assert_eq!(
+            check(&sign_in, DeviceKind::Pos, Category::PublicVenue),
+            Err(Reason::KindNotAllowed)
+        );
     }
 
     #[test]
@@ -198,23 +239,43 @@ mod tests {
             purchase(Item::Book, 5_000_001, 0),
             purchase(Item::Book, 100, 100),
         ] {
-            assert_eq!(check(&t, DeviceKind::Pos, Category::Bookstore), Err(Reason::InvalidField), "{t:?}");
+            assert_eq!(
+                check(&t, DeviceKind::Pos, Category::Bookstore),
+                Err(Reason::InvalidField),
+                "{t:?}"
+            );
         }
         // A domestic film needs its agreed price; a performance its regular price.
         assert_eq!(
-            check(&purchase(Item::FilmDomestic, 3000, 0), DeviceKind::Pos, Category::Cinema),
+            check(
+                &purchase(Item::FilmDomestic, 3000, 0),
+                DeviceKind::Pos,
+                Category::Cinema
+            ),
             Err(Reason::InvalidField)
         );
         let mut refund = purchase(Item::Book, 100, 0);
         refund.kind = TxnKind::Refund;
         let bare = signed(refund);
-        assert_eq!(check(&bare, DeviceKind::Pos, Category::Bookstore), Err(Reason::InvalidField));
+        assert_eq!(
+            check(&bare, DeviceKind::Pos, Category::Bookstore),
+            Err(Reason::InvalidField)
+        );
         refund.refund_of_seq = Seq::new(4);
-        assert_eq!(check(&signed(refund), DeviceKind::Pos, Category::Bookstore), Ok(()));
+        assert_eq!(
+            check(&signed(refund), DeviceKind::Pos, Category::Bookstore),
+            Ok(())
+        );
         let mut pts = purchase(Item::Book, 100, 0);
         pts.points_used = Points(10);
-        assert_eq!(check(&signed(pts), DeviceKind::Pos, Category::Bookstore), Err(Reason::InvalidField));
+        assert_eq!(
+            check(&signed(pts), DeviceKind::Pos, Category::Bookstore),
+            Err(Reason::InvalidField)
+        );
         pts.points_hold_id = HoldId::new(3);
-        assert_eq!(check(&signed(pts), DeviceKind::Pos, Category::Bookstore), Ok(()));
+        assert_eq!(
+            check(&signed(pts), DeviceKind::Pos, Category::Bookstore),
+            Ok(())
+        );
     }
 }

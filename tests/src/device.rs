@@ -55,9 +55,11 @@ impl TestDevice {
         )
         .map_err(std::io::Error::other)?;
         let tcp = TcpStream::connect(addr).await?;
-        let name = rustls::pki_types::ServerName::try_from("localhost")
-            .map_err(std::io::Error::other)?;
-        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+        let name =
+            rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
         Ok(Self {
             id,
             framed: Framed::new(tls, WxCodec::default()),
@@ -68,6 +70,11 @@ impl TestDevice {
     /// Sends one message.
     pub async fn send(&mut self, m: impl Into<Message>) {
         self.framed.send(m.into()).await.unwrap();
+    }
+
+    /// Sends one message; `Err` when the connection is gone.
+    pub async fn try_send(&mut self, m: impl Into<Message>) -> Result<(), CodecError> {
+        self.framed.send(m.into()).await
     }
 
     /// Writes raw bytes (for malformed-frame tests).
@@ -82,7 +89,10 @@ impl TestDevice {
     pub async fn recv(&mut self) -> Recv {
         match tokio::time::timeout(Duration::from_millis(RECV_TIMEOUT_MS), self.framed.next()).await
         {
-            Err(_) => panic!("device {}: nothing received within {RECV_TIMEOUT_MS} ms", self.id),
+            Err(_) => panic!(
+                "device {}: nothing received within {RECV_TIMEOUT_MS} ms",
+                self.id
+            ),
             Ok(None) => Recv::Closed("eof".to_owned()),
             Ok(Some(Err(e))) => Recv::Closed(e.to_string()),
             Ok(Some(Ok(m))) => Recv::Frame(m),
@@ -112,7 +122,10 @@ impl TestDevice {
         }
         match self.recv().await {
             Recv::Closed(_) => {}
-            other => panic!("device {}: expected close after ERROR, got {other:?}", self.id),
+            other => panic!(
+                "device {}: expected close after ERROR, got {other:?}",
+                self.id
+            ),
         }
     }
 

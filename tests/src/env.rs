@@ -47,7 +47,9 @@ pub struct TestEnv {
 
 impl std::fmt::Debug for TestEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestEnv").field("dir", &self.dir.path()).finish()
+        f.debug_struct("TestEnv")
+            .field("dir", &self.dir.path())
+            .finish()
     }
 }
 
@@ -71,11 +73,13 @@ impl TestEnv {
         std::fs::create_dir_all(&reg).unwrap();
         std::fs::write(reg.join("merchants.csv"), MERCHANTS).unwrap();
         std::fs::write(reg.join("devices.csv"), DEVICES).unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         config.server.listen_addr = "127.0.0.1:0".parse().unwrap();
         config.server.workers = 2;
-        config.admin.listen_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.admin.listen_addr = "127.0.0.1:0".parse().unwrap();
         config.tls.device_ca_cert_path = pki.join("ca.pem");
         config.tls.server_cert_path = pki.join("server.pem");
         config.tls.server_key_path = pki.join("server.key");
@@ -117,6 +121,16 @@ impl TestEnv {
     /// Connects as `id` and completes HELLO/WELCOME.
     pub async fn session(&self, gw: &GatewayHandle, id: DeviceId) -> TestDevice {
         let mut d = self.connect(gw, id).await;
+        d.hello().await;
+        d
+    }
+
+    /// Connects to a gateway at `addr` as `id` and completes HELLO/WELCOME.
+    pub async fn session_at(&self, addr: std::net::SocketAddr, id: DeviceId) -> TestDevice {
+        let cert = self.device_cert(id);
+        let mut d = TestDevice::connect(addr, &self.ca_pem(), Some(&cert), id)
+            .await
+            .unwrap();
         d.hello().await;
         d
     }

@@ -1,6 +1,11 @@
 //! The gateway over real TLS sockets: every refusal, the TXN path and its answers, and
 //! the session's timers. Store-dependent behaviour runs on both PostgreSQL and SQLite.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use wenxiao_gateway::store::Store;
 use wenxiao_protocol::*;
@@ -14,7 +19,10 @@ async fn no_client_certificate_is_refused() {
     // In TLS 1.3 the client's connect succeeds; the refusal arrives as an alert on read.
     let d = TestDevice::connect(gw.device_addr, &env.ca_pem(), None, POS).await;
     if let Ok(mut d) = d {
-        d.send(Heartbeat { sent_at_ms: UnixMillis(1) }).await;
+        d.send(Heartbeat {
+            sent_at_ms: UnixMillis(1),
+        })
+        .await;
         assert!(matches!(d.recv().await, Recv::Closed(_)));
     }
 }
@@ -26,7 +34,10 @@ async fn a_certificate_from_another_ca_is_refused() {
     let rogue = wenxiao_gateway::pki::DevCa::generate("rogue").unwrap();
     let cert = rogue.issue_device(POS).unwrap();
     if let Ok(mut d) = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&cert), POS).await {
-        d.send(Heartbeat { sent_at_ms: UnixMillis(1) }).await;
+        d.send(Heartbeat {
+            sent_at_ms: UnixMillis(1),
+        })
+        .await;
         assert!(matches!(d.recv().await, Recv::Closed(_)));
     }
 }
@@ -37,7 +48,9 @@ async fn hello_refusals() {
     let gw = env.start();
     // Certificate for POS, HELLO claims POS2.
     let cert = env.device_cert(POS);
-    let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&cert), POS2).await.unwrap();
+    let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&cert), POS2)
+        .await
+        .unwrap();
     d.send(Hello {
         device_id: POS2,
         kind: DeviceKind::Pos,
@@ -49,7 +62,9 @@ async fn hello_refusals() {
     d.expect_fatal(ErrorCode::AuthFailed).await;
     // A certificate whose CN is not a device id.
     let odd = env.ca.issue_client("pos-1").unwrap();
-    let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&odd), POS).await.unwrap();
+    let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&odd), POS)
+        .await
+        .unwrap();
     d.send(Hello {
         device_id: POS,
         kind: DeviceKind::Pos,
@@ -92,7 +107,10 @@ async fn hello_refusals() {
     d.expect_fatal(ErrorCode::DeviceDisabled).await;
     // Anything before HELLO.
     let mut d = env.connect(&gw, POS).await;
-    d.send(Heartbeat { sent_at_ms: UnixMillis(1) }).await;
+    d.send(Heartbeat {
+        sent_at_ms: UnixMillis(1),
+    })
+    .await;
     d.expect_fatal(ErrorCode::HelloRequired).await;
 }
 
@@ -114,8 +132,17 @@ async fn a_silent_session_is_closed_after_three_heartbeats() {
     // Heartbeats keep it alive past 3 periods…
     for _ in 0..4 {
         tokio::time::sleep(std::time::Duration::from_millis(900)).await;
-        d.send(Heartbeat { sent_at_ms: UnixMillis(5) }).await;
-        assert!(matches!(d.frame().await, Message::HeartbeatAck(HeartbeatAck { sent_at_ms: UnixMillis(5), .. })));
+        d.send(Heartbeat {
+            sent_at_ms: UnixMillis(5),
+        })
+        .await;
+        assert!(matches!(
+            d.frame().await,
+            Message::HeartbeatAck(HeartbeatAck {
+                sent_at_ms: UnixMillis(5),
+                ..
+            })
+        ));
     }
     // …silence closes it.
     let started = std::time::Instant::now();
@@ -139,7 +166,10 @@ async fn second_hello_and_wrong_direction_are_unexpected() {
     let env = TestEnv::sqlite();
     let gw = env.start();
     let mut d = env.session(&gw, POS).await;
-    d.send(Drain { reconnect_after_ms: 1 }).await;
+    d.send(Drain {
+        reconnect_after_ms: 1,
+    })
+    .await;
     d.expect_fatal(ErrorCode::UnexpectedMessage).await;
     let mut d = env.session(&gw, POS).await;
     d.send(Hello {
@@ -159,7 +189,14 @@ async fn txn_answers(env: TestEnv) {
     assert_eq!(d.welcome.unwrap().stored_seq, None);
     // Pipelined purchases, each acked STORED.
     for seq in 1..=20 {
-        d.send(book_purchase(POS, seq, 1_000 + seq, 1, 100 * i64::try_from(seq).unwrap())).await;
+        d.send(book_purchase(
+            POS,
+            seq,
+            1_000 + seq,
+            1,
+            100 * i64::try_from(seq).unwrap(),
+        ))
+        .await;
     }
     let mut seqs: Vec<u64> = Vec::new();
     for _ in 1..=20 {
@@ -176,7 +213,10 @@ async fn txn_answers(env: TestEnv) {
     assert_eq!((d.ack().await.reason), Reason::BadMac);
     d.send(book_purchase(POS, 22, 1_001, 1, 999)).await;
     let a = d.ack().await;
-    assert_eq!((a.status, a.reason), (TxnStatus::Rejected, Reason::CardCounterReplay));
+    assert_eq!(
+        (a.status, a.reason),
+        (TxnStatus::Rejected, Reason::CardCounterReplay)
+    );
     d.send(book_purchase(POS, 23, 6, 1, 0)).await;
     assert_eq!(d.ack().await.reason, Reason::InvalidField);
     // A film at a bookstore.
@@ -198,7 +238,10 @@ async fn txn_answers(env: TestEnv) {
     assert_eq!((d.ack().await.status), TxnStatus::Rejected);
     d.send(book_purchase(POS, 5, 1_005, 1, 501)).await;
     let a = d.ack().await;
-    assert_eq!((a.status, a.reason), (TxnStatus::Rejected, Reason::SeqConflict));
+    assert_eq!(
+        (a.status, a.reason),
+        (TxnStatus::Rejected, Reason::SeqConflict)
+    );
     drop(d);
     gw.shutdown().unwrap();
 
@@ -223,10 +266,16 @@ async fn malformed_and_oversize_frames_close_and_keep_earlier_rows() {
     let gw = env.start();
     let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
         (b"XX\x01\x02\0\0\0\x08".to_vec(), ErrorCode::MalformedFrame),
-        (b"WX\x02\x02\0\0\0\x08".to_vec(), ErrorCode::UnsupportedVersion),
+        (
+            b"WX\x02\x02\0\0\0\x08".to_vec(),
+            ErrorCode::UnsupportedVersion,
+        ),
         (b"WX\x01\x33\0\0\0\x00".to_vec(), ErrorCode::UnknownType),
         (b"WX\x01\x03\0\x01\0\x01".to_vec(), ErrorCode::FrameTooLarge),
-        (b"WX\x01\x02\0\0\0\x07abcdefg".to_vec(), ErrorCode::MalformedFrame),
+        (
+            b"WX\x01\x02\0\0\0\x07abcdefg".to_vec(),
+            ErrorCode::MalformedFrame,
+        ),
     ];
     for (i, (raw, code)) in cases.into_iter().enumerate() {
         let mut d = env.session(&gw, POS).await;
@@ -271,7 +320,10 @@ async fn shutdown_drains_sessions_and_answers_what_was_sent() {
             Recv::Frame(Message::TxnAck(_)) => acks += 1,
             Recv::Frame(Message::Drain(dr)) => {
                 drained = true;
-                assert_eq!(dr.reconnect_after_ms, env.config.session.drain_reconnect_after_ms);
+                assert_eq!(
+                    dr.reconnect_after_ms,
+                    env.config.session.drain_reconnect_after_ms
+                );
                 if acks == 10 {
                     break;
                 }
@@ -294,14 +346,21 @@ async fn store_outage_gives_store_unavailable_and_loses_nothing() {
     d.send(book_purchase(POS, 1, 90, 1, 100)).await;
     assert_eq!(d.ack().await.status, TxnStatus::Stored);
     // Take the table away: commits fail until it is back.
-    let (admin, conn) = tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
+    let (admin, conn) =
+        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute("ALTER TABLE txns RENAME TO txns_away")
         .await
         .unwrap();
-    tokio::spawn(conn);
-    admin.batch_execute("ALTER TABLE txns RENAME TO txns_away").await.unwrap();
     d.send(book_purchase(POS, 2, 91, 1, 100)).await;
     d.expect_fatal(ErrorCode::StoreUnavailable).await;
-    admin.batch_execute("ALTER TABLE txns_away RENAME TO txns").await.unwrap();
+    admin
+        .batch_execute("ALTER TABLE txns_away RENAME TO txns")
+        .await
+        .unwrap();
     let mut d = env.session(&gw, POS).await;
     assert_eq!(d.welcome.unwrap().stored_seq, Seq::new(1));
     d.send(book_purchase(POS, 2, 91, 1, 100)).await;

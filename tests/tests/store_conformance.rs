@@ -1,6 +1,11 @@
 //! One conformance suite, run against both stores: the PostgreSQL store (a real server,
 //! fresh schema per test) and the embedded SQLite store (a real file).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 use wenxiao_gateway::registry::{MerchantId, Registry};
@@ -57,26 +62,40 @@ async fn new_rows_are_stored_and_resends_are_duplicates(s: &impl Store) {
         ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880),
         ingest(DEVICE, txn(2, 11, 1, 8800), STORE_880),
     ];
-    assert_eq!(s.ingest(&batch).await.unwrap(), vec![stored(880), stored(880)]);
+    assert_eq!(
+        s.ingest(&batch).await.unwrap(),
+        vec![stored(880), stored(880)]
+    );
     let again = s.ingest(&batch).await.unwrap();
-    assert!(again.iter().all(|a| a.status == TxnStatus::Duplicate && a.subsidy_fen == Fen(880)));
+    assert!(
+        again
+            .iter()
+            .all(|a| a.status == TxnStatus::Duplicate && a.subsidy_fen == Fen(880))
+    );
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (2, 0));
 }
 
 async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &impl Store) {
-    s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)]).await.unwrap();
+    s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)])
+        .await
+        .unwrap();
     let other = ingest(DEVICE, txn(1, 10, 1, 9900), STORE_880);
     let a = s.ingest(&[other]).await.unwrap();
     assert_eq!(a, vec![TxnAnswer::rejected(Reason::SeqConflict)]);
     // Same answer when re-sent; the original is still the stored one.
     assert_eq!(s.ingest(&[other]).await.unwrap(), a);
-    let orig = s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)]).await.unwrap();
+    let orig = s
+        .ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)])
+        .await
+        .unwrap();
     assert_eq!(orig[0].status, TxnStatus::Duplicate);
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 0));
 }
 
 async fn card_counter_replay_is_rejected_and_recorded(s: &impl Store) {
-    s.ingest(&[ingest(DEVICE, txn(1, 10, 7, 100), STORE_880)]).await.unwrap();
+    s.ingest(&[ingest(DEVICE, txn(1, 10, 7, 100), STORE_880)])
+        .await
+        .unwrap();
     let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
     assert_eq!(
         s.ingest(&[replay]).await.unwrap(),
@@ -92,14 +111,20 @@ async fn card_counter_replay_is_rejected_and_recorded(s: &impl Store) {
     let other_device = ingest(DeviceId(2), txn(1, 10, 7, 100), STORE_880);
     let other_card = ingest(DeviceId(2), txn(2, 11, 7, 100), STORE_880);
     let a = s.ingest(&[other_device, other_card]).await.unwrap();
-    assert_eq!(a, vec![TxnAnswer::rejected(Reason::CardCounterReplay), stored(880)]);
+    assert_eq!(
+        a,
+        vec![TxnAnswer::rejected(Reason::CardCounterReplay), stored(880)]
+    );
 }
 
 async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
     let first = ingest(DEVICE, txn(1, 10, 7, 100), STORE_880);
     let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
     let conflict = ingest(DEVICE, txn(1, 10, 7, 999), STORE_880);
-    let a = s.ingest(&[first, replay, first, conflict, replay]).await.unwrap();
+    let a = s
+        .ingest(&[first, replay, first, conflict, replay])
+        .await
+        .unwrap();
     assert_eq!(a[0], stored(880));
     assert_eq!(a[1], TxnAnswer::rejected(Reason::CardCounterReplay));
     assert_eq!(a[2].status, TxnStatus::Duplicate);
@@ -110,8 +135,14 @@ async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
 
 async fn rejected_proposals_are_recorded_and_answered_again(s: &impl Store) {
     let bad = ingest(DEVICE, txn(1, 10, 1, 100), Proposal::Reject(Reason::BadMac));
-    assert_eq!(s.ingest(&[bad]).await.unwrap(), vec![TxnAnswer::rejected(Reason::BadMac)]);
-    assert_eq!(s.ingest(&[bad]).await.unwrap(), vec![TxnAnswer::rejected(Reason::BadMac)]);
+    assert_eq!(
+        s.ingest(&[bad]).await.unwrap(),
+        vec![TxnAnswer::rejected(Reason::BadMac)]
+    );
+    assert_eq!(
+        s.ingest(&[bad]).await.unwrap(),
+        vec![TxnAnswer::rejected(Reason::BadMac)]
+    );
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (0, 1));
     // A rejected transaction does not hold its card counter.
     let good = ingest(DEVICE, txn(2, 10, 1, 100), STORE_880);
@@ -125,13 +156,23 @@ async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
         .map(|&q| ingest(DEVICE, txn(q, 100 + q, 1, 100), STORE_880))
         .collect();
     s.ingest(&rows).await.unwrap();
-    s.ingest(&[ingest(DEVICE, txn(4, 1, 1, 1), Proposal::Reject(Reason::InvalidField))])
+    s.ingest(&[ingest(
+        DEVICE,
+        txn(4, 1, 1, 1),
+        Proposal::Reject(Reason::InvalidField),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(5));
+    s.checkpoint_stored_seq(DEVICE, Seq::new(5).unwrap())
         .await
         .unwrap();
-    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(5));
-    s.checkpoint_stored_seq(DEVICE, Seq::new(5).unwrap()).await.unwrap();
-    s.checkpoint_stored_seq(DEVICE, Seq::new(2).unwrap()).await.unwrap();
-    s.ingest(&[ingest(DEVICE, txn(6, 200, 1, 1), STORE_880)]).await.unwrap();
+    s.checkpoint_stored_seq(DEVICE, Seq::new(2).unwrap())
+        .await
+        .unwrap();
+    s.ingest(&[ingest(DEVICE, txn(6, 200, 1, 1), STORE_880)])
+        .await
+        .unwrap();
     assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(6));
     assert_eq!(s.stored_seq(DeviceId(99)).await.unwrap(), None);
 }
@@ -156,11 +197,20 @@ async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + Clone)) {
             for b in 0..10u64 {
                 // Every writer sends the same 50 rows: exactly one of them stores each.
                 let rows: Vec<_> = (1..=50u64)
-                    .map(|q| ingest(DEVICE, txn(b * 50 + q, 1_000 + b * 50 + q, 1, 100), STORE_880))
+                    .map(|q| {
+                        ingest(
+                            DEVICE,
+                            txn(b * 50 + q, 1_000 + b * 50 + q, 1, 100),
+                            STORE_880,
+                        )
+                    })
                     .collect();
                 let a = s.ingest(&rows).await.unwrap();
                 stored_n += a.iter().filter(|x| x.status == TxnStatus::Stored).count();
-                assert!(a.iter().all(|x| x.status != TxnStatus::Rejected), "writer {w}: {a:?}");
+                assert!(
+                    a.iter().all(|x| x.status != TxnStatus::Rejected),
+                    "writer {w}: {a:?}"
+                );
             }
             stored_n
         }));

@@ -6,8 +6,8 @@
 //! traffic — a lookup by key and the answers that follow from it.
 
 use super::{
-    IngestTxn, MIGRATIONS, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer, TxnRow,
-    advance_watermark, answer_resend, db_u64, from_db_u64, recorded_from_columns, txn_payload,
+    IngestTxn, MIGRATIONS, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer, TxnRow, advance_watermark,
+    answer_resend, db_u64, from_db_u64, recorded_from_columns, txn_payload,
 };
 use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -25,7 +25,9 @@ pub struct PgStore {
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish()
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool.status())
+            .finish()
     }
 }
 
@@ -54,13 +56,10 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| match e {
-                deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
-                other => StoreError::Pool(other.to_string()),
-            })
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            other => StoreError::Pool(other.to_string()),
+        })
     }
 }
 
@@ -236,7 +235,10 @@ async fn read_registry(client: &deadpool_postgres::Object) -> Result<Registry, S
     let bad = |what: &str, v: i16| StoreError::Corrupt(format!("{what} = {v}"));
     let mut merchants = Vec::new();
     for r in client
-        .query("SELECT merchant_id, name, category, district, active FROM merchants", &[])
+        .query(
+            "SELECT merchant_id, name, category, district, active FROM merchants",
+            &[],
+        )
         .await?
     {
         let (category, district): (i16, i16) = (r.get(2), r.get(3));
@@ -250,7 +252,10 @@ async fn read_registry(client: &deadpool_postgres::Object) -> Result<Registry, S
     }
     let mut devices = Vec::new();
     for r in client
-        .query("SELECT device_id, kind, merchant_id, operator, active FROM devices", &[])
+        .query(
+            "SELECT device_id, kind, merchant_id, operator, active FROM devices",
+            &[],
+        )
         .await?
     {
         let kind: i16 = r.get(1);
@@ -287,7 +292,10 @@ impl Store for PgStore {
         .await?;
         for (version, sql, _) in MIGRATIONS {
             let done = tx
-                .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
                 .await?;
             if done.is_none() {
                 tx.batch_execute(sql).await?;
@@ -307,15 +315,23 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let mut answers = vec![None; batch.len()];
         let all: Vec<usize> = (0..batch.len()).collect();
-        let left = insert_rows(&tx, batch, &all, |t| TxnRow::first_answer(t.proposal), &mut answers)
-            .await?;
+        let left = insert_rows(
+            &tx,
+            batch,
+            &all,
+            |t| TxnRow::first_answer(t.proposal),
+            &mut answers,
+        )
+        .await?;
         let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
         // Not recorded under their own key: the card-counter index refused them.
         let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
         let left = insert_rows(&tx, batch, &missing, |_| replay, &mut answers).await?;
         let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
         if let Some(&i) = missing.first() {
-            return Err(StoreError::Corrupt(format!("batch row {i} neither inserted nor found")));
+            return Err(StoreError::Corrupt(format!(
+                "batch row {i} neither inserted nor found"
+            )));
         }
         tx.commit().await?;
         answers
@@ -385,7 +401,13 @@ impl Store for PgStore {
         for m in registry.merchants() {
             tx.execute(
                 &upsert_merchant,
-                &[&m.merchant_id.0, &m.name, &m.category.code(), &m.district.code(), &m.active],
+                &[
+                    &m.merchant_id.0,
+                    &m.name,
+                    &m.category.code(),
+                    &m.district.code(),
+                    &m.active,
+                ],
             )
             .await?;
         }

@@ -3,9 +3,8 @@
 //! write connection; reads use a second connection and never block on the writer.
 
 use super::{
-    IngestTxn, MIGRATIONS, Proposal, Recorded, Resend, SEQ_PAGE_ROWS, Store, StoreError,
-    TxnAnswer, TxnRow, advance_watermark, answer_resend, db_u64, recorded_from_columns,
-    txn_payload,
+    IngestTxn, MIGRATIONS, Proposal, Recorded, Resend, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer,
+    TxnRow, advance_watermark, answer_resend, db_u64, recorded_from_columns, txn_payload,
 };
 use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -158,7 +157,12 @@ fn ingest_one(tx: &rusqlite::Transaction<'_>, t: &IngestTxn) -> Result<TxnAnswer
                     "INSERT INTO txn_conflicts (device_id, seq, payload, received_at_ms) \
                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 )?
-                .execute(params![row.device_id, row.seq, txn_payload(&t.txn), t.received_at_ms])?;
+                .execute(params![
+                    row.device_id,
+                    row.seq,
+                    txn_payload(&t.txn),
+                    t.received_at_ms
+                ])?;
                 TxnAnswer::rejected(Reason::SeqConflict)
             }
         });
@@ -171,8 +175,7 @@ fn ingest_one(tx: &rusqlite::Transaction<'_>, t: &IngestTxn) -> Result<TxnAnswer
     } else {
         Err(StoreError::Corrupt(format!(
             "txn {}/{} neither inserted nor found",
-            t.device_id,
-            t.txn.seq
+            t.device_id, t.txn.seq
         )))
     }
 }
@@ -243,7 +246,9 @@ impl Store for SqliteStore {
                         "SELECT seq FROM txns WHERE device_id = ?1 AND seq > ?2 \
                          ORDER BY seq LIMIT ?3",
                     )?
-                    .query_map(params![device, db_u64(watermark), SEQ_PAGE_ROWS], |r| r.get(0))?
+                    .query_map(params![device, db_u64(watermark), SEQ_PAGE_ROWS], |r| {
+                        r.get(0)
+                    })?
                     .collect::<Result<_, _>>()?;
                 let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == SEQ_PAGE_ROWS;
                 let (next, go_on) = advance_watermark(watermark, &page);
