@@ -142,14 +142,7 @@ impl TestDevice {
 
     /// Sends HELLO declaring `kind` and waits for WELCOME.
     pub async fn hello_as(&mut self, kind: DeviceKind) -> Welcome {
-        self.send(Hello {
-            device_id: self.id,
-            kind,
-            last_seq: None,
-            hotlist_version: HotlistVersion(0),
-            firmware: Text::new("test 1.0").unwrap(),
-        })
-        .await;
+        self.send(hello(self.id, kind)).await;
         match self.frame().await {
             Message::Welcome(w) => {
                 self.welcome = Some(w);
@@ -165,6 +158,17 @@ impl TestDevice {
             Message::TxnAck(a) => a,
             other => panic!("device {}: expected TXN_ACK, got {other:?}", self.id),
         }
+    }
+}
+
+/// A HELLO from `id` declaring `kind`.
+pub fn hello(id: DeviceId, kind: DeviceKind) -> Hello {
+    Hello {
+        device_id: id,
+        kind,
+        last_seq: None,
+        hotlist_version: HotlistVersion(0),
+        firmware: Text::new("test 1.0").unwrap(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wenxiao_gateway::store::Store;
 use wenxiao_protocol::*;
-use wenxiao_tests::device::{Recv, TestDevice, book_purchase};
+use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello};
 use wenxiao_tests::env::{POS, POS2, TestEnv};
 
 /// TXNs each device sends before waiting for their acks.
@@ -108,15 +108,7 @@ async fn pump(
     let Ok(mut d) = TestDevice::connect(addr, &env.ca_pem(), Some(&cert), id).await else {
         return;
     };
-    if d.try_send(Hello {
-        device_id: id,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("journal 1.0").unwrap(),
-    })
-    .await
-    .is_err()
+    if d.try_send(hello(id, DeviceKind::Pos)).await.is_err()
         || !matches!(d.recv().await, Recv::Frame(Message::Welcome(_)))
     {
         return;

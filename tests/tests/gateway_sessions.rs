@@ -9,7 +9,7 @@
 
 use wenxiao_gateway::store::Store;
 use wenxiao_protocol::*;
-use wenxiao_tests::device::{Recv, TestDevice, book_purchase, sign};
+use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello, sign};
 use wenxiao_tests::env::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,59 +51,24 @@ async fn hello_refusals() {
     let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&cert), POS2)
         .await
         .unwrap();
-    d.send(Hello {
-        device_id: POS2,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("x").unwrap(),
-    })
-    .await;
+    d.send(hello(POS2, DeviceKind::Pos)).await;
     d.expect_fatal(ErrorCode::AuthFailed).await;
     // A certificate whose CN is not a device id.
     let odd = env.ca.issue_client("pos-1").unwrap();
     let mut d = TestDevice::connect(gw.device_addr, &env.ca_pem(), Some(&odd), POS)
         .await
         .unwrap();
-    d.send(Hello {
-        device_id: POS,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("x").unwrap(),
-    })
-    .await;
+    d.send(hello(POS, DeviceKind::Pos)).await;
     d.expect_fatal(ErrorCode::AuthFailed).await;
     let mut d = env.connect(&gw, UNKNOWN).await;
-    d.send(Hello {
-        device_id: UNKNOWN,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("x").unwrap(),
-    })
-    .await;
+    d.send(hello(UNKNOWN, DeviceKind::Pos)).await;
     d.expect_fatal(ErrorCode::DeviceUnknown).await;
     // Registered, but as another kind.
     let mut d = env.connect(&gw, KIOSK).await;
-    d.send(Hello {
-        device_id: KIOSK,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("x").unwrap(),
-    })
-    .await;
+    d.send(hello(KIOSK, DeviceKind::Pos)).await;
     d.expect_fatal(ErrorCode::DeviceUnknown).await;
     let mut d = env.connect(&gw, DISABLED_POS).await;
-    d.send(Hello {
-        device_id: DISABLED_POS,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("x").unwrap(),
-    })
-    .await;
+    d.send(hello(DISABLED_POS, DeviceKind::Pos)).await;
     d.expect_fatal(ErrorCode::DeviceDisabled).await;
     // Anything before HELLO.
     let mut d = env.connect(&gw, POS).await;
@@ -172,14 +137,7 @@ async fn second_hello_and_wrong_direction_are_unexpected() {
     .await;
     d.expect_fatal(ErrorCode::UnexpectedMessage).await;
     let mut d = env.session(&gw, POS).await;
-    d.send(Hello {
-        device_id: POS,
-        kind: DeviceKind::Pos,
-        last_seq: None,
-        hotlist_version: HotlistVersion(0),
-        firmware: Text::new("x").unwrap(),
-    })
-    .await;
+    d.send(hello(POS, DeviceKind::Pos)).await;
     d.expect_fatal(ErrorCode::UnexpectedMessage).await;
 }
 
