@@ -3,7 +3,15 @@
 //! 100-row multi-row INSERTs per commit from one connection. Prints figures.
 //!
 //!     cargo run --release -p wenxiao-tests --example ingest_load -- [DEVICES] [SECONDS] [WINDOW]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::cast_precision_loss, clippy::float_arithmetic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::float_arithmetic
+)]
 
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
@@ -13,7 +21,10 @@ use wenxiao_tests::env::TestEnv;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let devices = args.first().copied().unwrap_or(200);
     let seconds = args.get(1).copied().unwrap_or(10);
     let window = args.get(2).copied().unwrap_or(32);
@@ -33,7 +44,9 @@ async fn main() {
     for i in 0..devices {
         let id = DeviceId(400_000_000_000 + i);
         let cert = env.device_cert(id);
-        let mut d = TestDevice::connect(addr, &env.ca_pem(), Some(&cert), id).await.unwrap();
+        let mut d = TestDevice::connect(addr, &env.ca_pem(), Some(&cert), id)
+            .await
+            .unwrap();
         d.hello_as(DeviceKind::Pos).await;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -41,7 +54,8 @@ async fn main() {
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 for _ in 0..window {
-                    d.send(book_purchase(id, seq, i * 10_000_000 + seq, 1, 100)).await;
+                    d.send(book_purchase(id, seq, i * 10_000_000 + seq, 1, 100))
+                        .await;
                     seq += 1;
                 }
                 for _ in 0..window {
@@ -70,9 +84,10 @@ async fn main() {
     let gateway_rate = total as f64 / elapsed;
 
     // The limit: the same PostgreSQL, the same rows, 100-row INSERTs per commit.
-    let (client, conn) = tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, conn) =
+        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(conn);
     client
         .batch_execute("CREATE TABLE raw_txns (LIKE txns INCLUDING ALL)")
@@ -85,7 +100,12 @@ async fn main() {
         }
         let b = r * 21;
         values.push('(');
-        values.push_str(&(1..=21).map(|c| format!("${}", b + c)).collect::<Vec<_>>().join(","));
+        values.push_str(
+            &(1..=21)
+                .map(|c| format!("${}", b + c))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         values.push(')');
     }
     let stmt = client
@@ -106,15 +126,32 @@ async fn main() {
             let k = raw_rows + r;
             params.extend([
                 Box::new(1i64) as Box<dyn tokio_postgres::types::ToSql + Sync + Send>,
-                Box::new(k), Box::new(1i16), Box::new(k), Box::new(1i64), Box::new(1i16),
-                Box::new(100i64), Box::new(0i64), Box::new(1i16), Box::new(0i64), Box::new(0i64),
-                Box::new(0i64), Box::new(0i64), Box::new(0i32), Box::new(Some(1001i64)),
-                Box::new(1i16), Box::new(0i16), Box::new(0i64), Box::new(0i64), Box::new(0i64),
+                Box::new(k),
+                Box::new(1i16),
+                Box::new(k),
+                Box::new(1i64),
+                Box::new(1i16),
+                Box::new(100i64),
+                Box::new(0i64),
+                Box::new(1i16),
+                Box::new(0i64),
+                Box::new(0i64),
+                Box::new(0i64),
+                Box::new(0i64),
+                Box::new(0i32),
+                Box::new(Some(1001i64)),
+                Box::new(1i16),
+                Box::new(0i16),
+                Box::new(0i64),
+                Box::new(0i64),
+                Box::new(0i64),
                 Box::new(20261127i32),
             ]);
         }
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         client.execute(&stmt, &refs).await.unwrap();
         raw_rows += 100;
     }
