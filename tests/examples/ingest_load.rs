@@ -1,8 +1,14 @@
-//! Ingest benchmark (not a test): N TLS devices pipelining TXNs into an in-process gateway
-//! on PostgreSQL, and, in the same run, that PostgreSQL's raw rate for the same rows in
-//! 100-row multi-row INSERTs per commit from one connection. Prints figures.
+//! The gateway ingest benchmark (not a test). It prepares a data directory (development
+//! PKI, a registry of N POS terminals, a fresh PostgreSQL schema), runs the gateway binary
+//! as a separate process, drives it with N mTLS devices from this process, and prints the
+//! figures beside the same PostgreSQL's raw insert rate measured in the same run.
+//! `load/ingest.sh` builds and runs it; see `load/RESULTS.md` for results.
 //!
-//!     cargo run --release -p wenxiao-tests --example ingest_load -- [DEVICES] [SECONDS] [WINDOW]
+//! Modes:
+//! - `closed`: each device sends a window of TXNs and waits for their acks (saturation).
+//! - `open`: devices send at a fixed total rate whatever the acks do (no coordinated
+//!   omission: latency is measured from each TXN's intended send time).
+//! - `idle`: N sessions open and idle; gateway RSS per session.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,162 +16,478 @@
     clippy::indexing_slicing,
     clippy::cast_possible_truncation,
     clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
     clippy::float_arithmetic
 )]
 
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use wenxiao_gateway::pki::DevCa;
 use wenxiao_protocol::*;
-use wenxiao_tests::device::{Recv, TestDevice, book_purchase};
-use wenxiao_tests::env::TestEnv;
+use wenxiao_tests::device::{TestDevice, book_purchase};
+
+/// First device id of the generated registry.
+const DEVICE_BASE: u64 = 400_000_000_000;
+/// Handshakes the driver runs at once while connecting many devices.
+const CONNECTS_IN_FLIGHT_MAX: usize = 200;
+
+#[derive(Parser)]
+struct Args {
+    /// The gateway binary to run.
+    #[arg(long)]
+    gateway_bin: PathBuf,
+    /// Store writers of the gateway.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Windows of pipelined TXNs per device, each window waiting for its acks.
+    Closed {
+        #[arg(long, default_value_t = 200)]
+        devices: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        window: u64,
+    },
+    /// A fixed offered rate (TXN/s, all devices together).
+    Open {
+        #[arg(long, default_value_t = 1_000)]
+        devices: u64,
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Idle sessions: gateway memory per session.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        devices: u64,
+    },
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    ca: DevCa,
+    url: String,
+    gateway: Child,
+    addr: SocketAddr,
+    admin_port: u16,
+}
+
+impl Rig {
+    async fn start(bin: &Path, devices: u64, writers: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        wenxiao_gateway::pki::init(&pki).unwrap();
+        let ca = DevCa::load(&pki).unwrap();
+        let mut reg = String::from("device_id,kind,merchant_id,operator,active\n");
+        for i in 0..devices {
+            reg.push_str(&format!("{},POS,1001,,1\n", DEVICE_BASE + i));
+        }
+        std::fs::write(dir.path().join("devices.csv"), reg).unwrap();
+        std::fs::write(
+            dir.path().join("merchants.csv"),
+            "merchant_id,name,category,district,active\n1001,Bench bookstore,BOOKSTORE,ERQI,1\n",
+        )
+        .unwrap();
+        let url = wenxiao_tests::fresh_pg_url().await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "data_dir = {d:?}\n\
+             [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
+             [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
+             [session]\nheartbeat_s = 600\n\
+             [ingest]\nwriters = {writers}\n\
+             [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
+             [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool}\n\
+             [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n",
+            d = dir.path(),
+            ca = pki.join("ca.pem"),
+            cert = pki.join("server.pem"),
+            key = pki.join("server.key"),
+            pool = writers + 4,
+            m = dir.path().join("merchants.csv"),
+            dv = dir.path().join("devices.csv"),
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut gateway = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let l = lines.next().expect("gateway exited").unwrap();
+            if let Some(a) = l.strip_prefix("listening for devices on ") {
+                break a.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Rig {
+            dir,
+            ca,
+            url,
+            gateway,
+            addr,
+            admin_port,
+        }
+    }
+
+    /// Means of the gateway's own histograms: rows per batch, commit time, and receipt →
+    /// ack time inside the gateway.
+    async fn print_gateway_means(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        for (label, metric, scale) in [
+            ("rows per batch", "wenxiao_ingest_batch_rows", 1.0),
+            ("commit ms", "wenxiao_store_commit_seconds", 1_000.0),
+            (
+                "receipt to ack ms (in gateway)",
+                "wenxiao_txn_ack_seconds",
+                1_000.0,
+            ),
+        ] {
+            let (sum, count) = (
+                value(&format!("{metric}_sum")),
+                value(&format!("{metric}_count")),
+            );
+            if count > 0.0 {
+                println!(
+                    "gateway mean {label}: {:.2} (n = {count})",
+                    sum / count * scale
+                );
+            }
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.gateway.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    async fn connect(&self, ids: impl Iterator<Item = u64>) -> Vec<TestDevice> {
+        let ca_pem = self.ca.pem().cert_pem.clone();
+        let sem = Arc::new(tokio::sync::Semaphore::new(CONNECTS_IN_FLIGHT_MAX));
+        let mut tasks = Vec::new();
+        for i in ids {
+            let id = DeviceId(DEVICE_BASE + i);
+            let cert = self.ca.issue_device(id).unwrap();
+            let (ca_pem, sem, addr) = (ca_pem.clone(), Arc::clone(&sem), self.addr);
+            tasks.push(tokio::spawn(async move {
+                let _slot = sem.acquire().await.unwrap();
+                let mut d = TestDevice::connect(addr, &ca_pem, Some(&cert), id)
+                    .await
+                    .unwrap();
+                d.hello_as(DeviceKind::Pos).await;
+                d
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.gateway.id().to_string())
+            .status();
+        let _ = self.gateway.wait();
+        drop(self.dir);
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+fn print_latency(label: &str, h: &Histogram<u64>) {
+    println!(
+        "{label} µs: p50 {} p99 {} p999 {} max {} (n = {})",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        h.len()
+    );
+}
+
+/// Raw limit: the same rows into a copy of `txns` (same indexes), 100-row multi-row
+/// INSERT per commit, from `connections` connections for `seconds`.
+async fn raw_insert_rate(url: &str, connections: usize, seconds: u64) -> f64 {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "DROP TABLE IF EXISTS raw_txns; CREATE TABLE raw_txns (LIKE txns INCLUDING ALL)",
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..100)
+        .map(|r| {
+            let cols: Vec<String> = (1..=3).map(|k| format!("${}", r * 3 + k)).collect();
+            format!("({}, {}, 1, {}, 1, 1, 100, 0, 1, 0, 0, 0, 1795000000000, 16909060, 1001, 1, 0, 0, 0, 1795000000500, 20261127)", cols[0], cols[1], cols[2])
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO raw_txns (device_id, seq, kind, card_no, card_counter, counter_kind, amount_fen, \
+         list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
+         merchant_id, status, reason, subsidy_fen, points_awarded, received_at_ms, business_date) VALUES {}",
+        values.join(",")
+    );
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..connections as i64 {
+        let (url, sql) = (url.to_owned(), sql.clone());
+        tasks.push(tokio::spawn(async move {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let stmt = c.prepare(&sql).await.unwrap();
+            let mut rows = 0i64;
+            while Instant::now() < deadline {
+                // Each row: device w, seq k, its own card (unique card counters, as in
+                // real traffic).
+                let keys: Vec<(i64, i64)> = (0..100)
+                    .map(|r| (rows + r, w * 1_000_000_000_000 + rows + r))
+                    .collect();
+                let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                for (k, card) in &keys {
+                    p.push(&w);
+                    p.push(k);
+                    p.push(card);
+                }
+                c.execute(&stmt, &p).await.unwrap();
+                rows += 100;
+            }
+            rows
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn closed(rig: &Rig, devices: u64, seconds: u64, window: u64) -> f64 {
+    let ds = rig.connect(0..devices).await;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = ds
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut d)| {
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let mut seq = 1u64;
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    for _ in 0..window {
+                        d.send(book_purchase(
+                            d.id,
+                            seq,
+                            (i as u64) * 100_000_000 + seq,
+                            1,
+                            100,
+                        ))
+                        .await;
+                        seq += 1;
+                    }
+                    for _ in 0..window {
+                        assert_eq!(d.ack().await.status, TxnStatus::Stored);
+                        h.record(sent.elapsed().as_micros() as u64).unwrap();
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let mut h = histogram();
+    for t in tasks {
+        h.add(t.await.unwrap()).unwrap();
+    }
+    let rate = h.len() as f64 / started.elapsed().as_secs_f64();
+    println!("closed loop: {devices} devices × window {window}, {seconds} s");
+    println!("gateway stored txn/s: {rate:.0}");
+    print_latency("ack latency (from window start)", &h);
+    rate
+}
+
+/// Warm-up excluded from the open-loop histogram.
+const WARMUP_MS: u64 = 2_000;
+
+async fn open(rig: &Rig, devices: u64, rate: u64, seconds: u64) -> f64 {
+    let ds = rig.connect(0..devices).await;
+    let interval = Duration::from_nanos(1_000_000_000 * devices / rate);
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(500);
+    let end = t0 + Duration::from_secs(seconds);
+    let measure_from = t0 + Duration::from_millis(WARMUP_MS);
+    let tasks: Vec<_> = ds
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let id = d.id;
+            let (mut sink, mut stream) = d.framed.split();
+            let intended: Arc<Mutex<HashMap<u64, tokio::time::Instant>>> = Arc::default();
+            let sent_at = Arc::clone(&intended);
+            // Spread the devices' phases over one interval.
+            let phase = interval.mul_f64(i as f64 / devices as f64);
+            let writer = tokio::spawn(async move {
+                let mut seq = 1u64;
+                let mut next = t0 + phase;
+                while next < end {
+                    tokio::time::sleep_until(next).await;
+                    sent_at.lock().unwrap().insert(seq, next);
+                    let t = book_purchase(id, seq, (i as u64) * 100_000_000 + seq, 1, 100);
+                    sink.send(Message::Txn(t)).await.unwrap();
+                    seq += 1;
+                    next += interval;
+                }
+                seq - 1
+            });
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let mut acked = 0u64;
+                loop {
+                    let frame = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+                    let Ok(Some(Ok(Message::TxnAck(a)))) = frame else {
+                        break;
+                    };
+                    assert_eq!(a.status, TxnStatus::Stored);
+                    acked += 1;
+                    let now = tokio::time::Instant::now();
+                    if let Some(at) = intended.lock().unwrap().remove(&a.seq.get()) {
+                        if at >= measure_from {
+                            h.record(now.duration_since(at).as_micros().max(1) as u64)
+                                .unwrap();
+                        }
+                    }
+                    if writer.is_finished() && intended.lock().unwrap().is_empty() {
+                        break;
+                    }
+                }
+                let sent = writer.await.unwrap();
+                (sent, acked, h)
+            })
+        })
+        .collect();
+    let mut h = histogram();
+    let (mut sent, mut acked) = (0, 0);
+    for t in tasks {
+        let (s, a, hh) = t.await.unwrap();
+        sent += s;
+        acked += a;
+        h.add(hh).unwrap();
+    }
+    let achieved = acked as f64 / seconds as f64;
+    println!("open loop: {devices} devices, offered {rate} txn/s for {seconds} s");
+    println!("sent {sent}, acked STORED {acked} ({achieved:.0} txn/s)");
+    print_latency("ack latency (from intended send, after warm-up)", &h);
+    achieved
+}
+
+async fn idle(rig: &Rig, devices: u64) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rig.rss_kib();
+    let started = Instant::now();
+    let ds = rig.connect(0..devices).await;
+    let connect_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = rig.rss_kib();
+    println!("idle: {devices} sessions connected (mTLS + HELLO/WELCOME) in {connect_s:.1} s");
+    println!(
+        "gateway RSS {before} KiB before, {after} KiB with the sessions: {:.2} KiB per session",
+        (after.saturating_sub(before)) as f64 / devices as f64
+    );
+    drop(ds);
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().unwrap())
-        .collect();
-    let devices = args.first().copied().unwrap_or(200);
-    let seconds = args.get(1).copied().unwrap_or(10);
-    let window = args.get(2).copied().unwrap_or(32);
-
-    let mut env = TestEnv::postgres().await;
-    let mut csv = String::from("device_id,kind,merchant_id,operator,active\n");
-    for i in 0..devices {
-        csv.push_str(&format!("{},POS,1001,,1\n", 400_000_000_000 + i));
-    }
-    std::fs::write(&env.config.registry.devices_path, csv).unwrap();
-    env.config.admin.enabled = false;
-    let gw = env.start();
-    let addr = gw.device_addr;
-
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for i in 0..devices {
-        let id = DeviceId(400_000_000_000 + i);
-        let cert = env.device_cert(id);
-        let mut d = TestDevice::connect(addr, &env.ca_pem(), Some(&cert), id)
-            .await
-            .unwrap();
-        d.hello_as(DeviceKind::Pos).await;
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let (mut seq, mut stored) = (1u64, 0u64);
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                for _ in 0..window {
-                    d.send(book_purchase(id, seq, i * 10_000_000 + seq, 1, 100))
-                        .await;
-                    seq += 1;
-                }
-                for _ in 0..window {
-                    match d.recv().await {
-                        Recv::Frame(Message::TxnAck(a)) if a.status == TxnStatus::Stored => {
-                            stored += 1;
-                            hist.record(sent.elapsed().as_micros() as u64).unwrap();
-                        }
-                        other => panic!("{other:?}"),
-                    }
-                }
-            }
-            (stored, hist)
-        }));
-    }
-    let started = Instant::now();
-    let mut total = 0;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for t in tasks {
-        let (n, h) = t.await.unwrap();
-        total += n;
-        hist.add(h).unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    gw.shutdown().unwrap();
-    let gateway_rate = total as f64 / elapsed;
-
-    // The limit: the same PostgreSQL, the same rows, 100-row INSERTs per commit.
-    let (client, conn) =
-        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute("CREATE TABLE raw_txns (LIKE txns INCLUDING ALL)")
-        .await
-        .unwrap();
-    let mut values = String::new();
-    for r in 0..100 {
-        if r > 0 {
-            values.push(',');
+    let args = Args::parse();
+    let devices = match args.mode {
+        Mode::Closed { devices, .. } | Mode::Open { devices, .. } | Mode::Idle { devices } => {
+            devices
         }
-        let b = r * 21;
-        values.push('(');
-        values.push_str(
-            &(1..=21)
-                .map(|c| format!("${}", b + c))
-                .collect::<Vec<_>>()
-                .join(","),
+    };
+    let rig = Rig::start(&args.gateway_bin, devices, args.writers).await;
+    let gateway_rate = match args.mode {
+        Mode::Closed {
+            devices,
+            seconds,
+            window,
+        } => Some(closed(&rig, devices, seconds, window).await),
+        Mode::Open {
+            devices,
+            rate,
+            seconds,
+        } => Some(open(&rig, devices, rate, seconds).await),
+        Mode::Idle { devices } => {
+            idle(&rig, devices).await;
+            None
+        }
+    };
+    rig.print_gateway_means().await;
+    if let Some(rate) = gateway_rate {
+        let raw1 = raw_insert_rate(&rig.url, 1, 10).await;
+        let raw4 = raw_insert_rate(&rig.url, 4, 10).await;
+        println!("raw 100-row INSERT rows/s: {raw1:.0} (1 connection), {raw4:.0} (4 connections)");
+        println!(
+            "ratio gateway / raw: {:.2} (vs 1 connection), {:.2} (vs 4)",
+            rate / raw1,
+            rate / raw4
         );
-        values.push(')');
     }
-    let stmt = client
-        .prepare(&format!(
-            "INSERT INTO raw_txns (device_id, seq, kind, card_no, card_counter, counter_kind, \
-             amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
-             occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
-             received_at_ms, business_date) VALUES {values}"
-        ))
-        .await
-        .unwrap();
-    let raw_deadline = Instant::now() + Duration::from_secs(seconds.min(10));
-    let raw_started = Instant::now();
-    let mut raw_rows = 0i64;
-    while Instant::now() < raw_deadline {
-        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
-        for r in 0..100i64 {
-            let k = raw_rows + r;
-            params.extend([
-                Box::new(1i64) as Box<dyn tokio_postgres::types::ToSql + Sync + Send>,
-                Box::new(k),
-                Box::new(1i16),
-                Box::new(k),
-                Box::new(1i64),
-                Box::new(1i16),
-                Box::new(100i64),
-                Box::new(0i64),
-                Box::new(1i16),
-                Box::new(0i64),
-                Box::new(0i64),
-                Box::new(0i64),
-                Box::new(0i64),
-                Box::new(0i32),
-                Box::new(Some(1001i64)),
-                Box::new(1i16),
-                Box::new(0i16),
-                Box::new(0i64),
-                Box::new(0i64),
-                Box::new(0i64),
-                Box::new(20261127i32),
-            ]);
-        }
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        client.execute(&stmt, &refs).await.unwrap();
-        raw_rows += 100;
-    }
-    let raw_rate = raw_rows as f64 / raw_started.elapsed().as_secs_f64();
-
-    println!("devices {devices}, window {window}, {seconds} s");
-    println!("gateway stored txn/s     {gateway_rate:>10.0}");
-    println!("raw 100-row INSERT rows/s {raw_rate:>9.0}");
-    println!("ratio                    {:>10.2}", gateway_rate / raw_rate);
-    println!(
-        "ack latency µs  p50 {}  p99 {}  p999 {}  max {}",
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        hist.value_at_quantile(0.999),
-        hist.max()
-    );
+    rig.stop();
 }

@@ -329,3 +329,46 @@ async fn store_outage_gives_store_unavailable_and_loses_nothing() {
     let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
     assert_eq!(store.count_txns(POS).await.unwrap(), (2, 0));
 }
+
+/// A plain HTTP/1.1 GET against the admin server: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_report_the_sessions_work() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let admin = gw.admin_addr.unwrap();
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    let mut d = env.session(&gw, POS).await;
+    d.send(book_purchase(POS, 1, 4242, 1, 100)).await;
+    assert_eq!(d.ack().await.status, TxnStatus::Stored);
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "wenxiao_sessions{kind=\"POS\"}",
+        "wenxiao_frames_received_total{type=\"TXN\"}",
+        "wenxiao_frames_sent_total{type=\"TXN_ACK\"}",
+        "wenxiao_txns_total{status=\"STORED\",reason=\"NONE\"}",
+        "wenxiao_ingest_batch_rows",
+        "wenxiao_store_commit_seconds",
+        "wenxiao_txn_ack_seconds",
+        "wenxiao_ingest_queue_txns",
+    ] {
+        assert!(
+            body.contains(needle),
+            "{needle} missing from /metrics:\n{body}"
+        );
+    }
+}
