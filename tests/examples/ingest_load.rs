@@ -286,7 +286,7 @@ async fn raw_insert_rate(url: &str, connections: usize, seconds: u64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..connections as i64 {
+    for w in 0..i64::try_from(connections).unwrap() {
         let (url, sql) = (url.to_owned(), sql.clone());
         tasks.push(tokio::spawn(async move {
             let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -407,11 +407,10 @@ async fn open(rig: &Rig, devices: u64, rate: u64, seconds: u64) -> f64 {
                     assert_eq!(a.status, TxnStatus::Stored);
                     acked += 1;
                     let now = tokio::time::Instant::now();
-                    if let Some(at) = intended.lock().unwrap().remove(&a.seq.get()) {
-                        if at >= measure_from {
-                            h.record(now.duration_since(at).as_micros().max(1) as u64)
-                                .unwrap();
-                        }
+                    let at = intended.lock().unwrap().remove(&a.seq.get());
+                    if let Some(at) = at.filter(|at| *at >= measure_from) {
+                        h.record(now.duration_since(at).as_micros().max(1) as u64)
+                            .unwrap();
                     }
                     if writer.is_finished() && intended.lock().unwrap().is_empty() {
                         break;
