@@ -45,6 +45,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Where the embedded store, the development PKI and run files live.
     pub data_dir: PathBuf,
+    /// The subsidy, points and budget policy file.
+    pub policy_path: PathBuf,
     /// The device listener.
     pub server: ServerConfig,
     /// TLS material.
@@ -69,6 +71,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            policy_path: PathBuf::from("config/policy.toml"),
             server: ServerConfig::default(),
             tls: TlsConfig::default(),
             session: SessionConfig::default(),

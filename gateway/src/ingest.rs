@@ -8,7 +8,8 @@
 
 use crate::config::IngestConfig;
 use crate::metrics as m;
-use crate::store::{AnyStore, IngestTxn, Store, TxnAnswer};
+use crate::policy::Policy;
+use crate::store::{AnyStore, BudgetCtx, IngestTxn, Store, TxnAnswer};
 use actix::{Message, Recipient};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +52,11 @@ pub type IngestSender = mpsc::Sender<IngestItem>;
 pub fn start(
     store: AnyStore,
     config: &IngestConfig,
+    policy: &Policy,
 ) -> (IngestSender, Vec<tokio::task::JoinHandle<()>>) {
+    // Writers draw on consecutive budget shards from a random start, so the writers of
+    // several gateway nodes spread over the shards too.
+    let first_shard = usize::from(rand::random::<u8>());
     let (tx, rx) = mpsc::channel(config.queue_txns_max);
     let rx = Arc::new(Mutex::new(rx));
     let writers = match store {
@@ -59,8 +64,9 @@ pub fn start(
         AnyStore::Postgres(_) => config.writers,
     };
     let handles = (0..writers)
-        .map(|_| {
+        .map(|n| {
             let w = Writer {
+                budget: BudgetCtx::new(policy, first_shard + n),
                 store: store.clone(),
                 rx: Arc::clone(&rx),
                 config: config.clone(),
@@ -73,6 +79,7 @@ pub fn start(
 }
 
 struct Writer {
+    budget: BudgetCtx,
     store: AnyStore,
     rx: Arc<Mutex<mpsc::Receiver<IngestItem>>>,
     config: IngestConfig,
@@ -135,7 +142,7 @@ impl Writer {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.config.store_wait_ms);
         loop {
-            match self.store.ingest(batch).await {
+            match self.store.ingest(batch, &self.budget).await {
                 Ok(answers) => {
                     metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed());
                     metrics::histogram!(m::INGEST_BATCH_ROWS).record(batch.len() as f64);

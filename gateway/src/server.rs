@@ -172,6 +172,7 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         .context("migrate the store")?;
     let registry = store_rt.block_on(load_or_import_registry(&store, &config))?;
     let keys = config.master_keys()?;
+    let policy = crate::policy::Policy::load(&config.policy_path).context("load the policy")?;
     let tls_config = tls::server_config(
         &read(&config.tls.device_ca_cert_path)?,
         &read(&config.tls.server_cert_path)?,
@@ -179,10 +180,11 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
     )?;
     let (ingest_tx, writers) = {
         let _enter = store_rt.enter();
-        ingest::start(store.clone(), &config.ingest)
+        ingest::start(store.clone(), &config.ingest, &policy)
     };
     let shared = Arc::new(Shared::new(
         config.clone(),
+        policy,
         registry,
         keys,
         store.clone(),

@@ -44,6 +44,8 @@ type Writer = FramedWrite<Message, WriteHalf<Tls>, WxCodec>;
 pub struct Shared {
     /// Configuration.
     pub config: Config,
+    /// Subsidy, points and budget policy.
+    pub policy: crate::policy::Policy,
     /// The registry, replaced whole on reload.
     pub registry: RwLock<Arc<Registry>>,
     /// Master keys for TAC checks.
@@ -67,6 +69,7 @@ impl Shared {
     /// Shared state for a gateway starting now.
     pub fn new(
         config: Config,
+        policy: crate::policy::Policy,
         registry: Registry,
         keys: MasterKeys,
         store: AnyStore,
@@ -79,6 +82,7 @@ impl Shared {
         let start = u64::try_from(clock::now_ms()).unwrap_or(0);
         Self {
             config,
+            policy,
             registry: RwLock::new(Arc::new(registry)),
             keys,
             store,
@@ -408,11 +412,14 @@ impl Session {
             &self.shared.config.txn,
             &self.shared.keys,
         ) {
-            Ok(()) => Proposal::Store {
-                reason: Reason::None,
-                subsidy_fen: Fen::ZERO,
-                points_awarded: Points(0),
-            },
+            Ok(()) => {
+                let subsidy = provisional_subsidy(&txn, merchant.as_ref(), &self.shared.policy);
+                Proposal::Store {
+                    reason: subsidy.reason,
+                    subsidy_fen: subsidy.fen,
+                    points_awarded: Points(0),
+                }
+            }
             Err(reason) => Proposal::Reject(reason),
         };
         let item = IngestItem {
@@ -473,6 +480,36 @@ impl Session {
                 tracing::warn!(error = %e, %device, "stored_seq checkpoint failed");
             }
         });
+    }
+}
+
+/// The subsidy a valid TXN asks of the budget (the store grants it, or less).
+fn provisional_subsidy(
+    txn: &Txn,
+    merchant: Option<&Merchant>,
+    policy: &crate::policy::Policy,
+) -> crate::rules::Subsidy {
+    let none = crate::rules::Subsidy {
+        fen: Fen::ZERO,
+        reason: Reason::None,
+    };
+    match (txn.kind, merchant) {
+        (wenxiao_protocol::TxnKind::Purchase, Some(m)) => crate::rules::purchase_subsidy(
+            &crate::rules::PurchaseFacts {
+                category: m.category,
+                item: txn.item,
+                paid_fen: txn.amount_fen,
+                list_price_fen: txn.list_price_fen,
+                points_used: txn.points_used,
+                // The card blacklist (hot list) arrives with the points and credits work.
+                card_blacklisted: false,
+                merchant_suspended: !m.active,
+            },
+            policy,
+        ),
+        // Sign-ins, top-ups and refunds ask nothing of the budget; refund reversals come
+        // with clearing.
+        _ => none,
     }
 }
 

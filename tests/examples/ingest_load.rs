@@ -115,7 +115,7 @@ impl Rig {
             .unwrap()
             .port();
         let config = format!(
-            "data_dir = {d:?}\n\
+            "data_dir = {d:?}\npolicy_path = {policy:?}\n\
              [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
              [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
              [session]\nheartbeat_s = 600\n\
@@ -124,6 +124,7 @@ impl Rig {
              [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n",
             d = dir.path(),
+            policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml"),
             ca = pki.join("ca.pem"),
             cert = pki.join("server.pem"),
             key = pki.join("server.key"),

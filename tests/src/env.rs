@@ -83,6 +83,8 @@ impl TestEnv {
         config.tls.device_ca_cert_path = pki.join("ca.pem");
         config.tls.server_cert_path = pki.join("server.pem");
         config.tls.server_key_path = pki.join("server.key");
+        config.policy_path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml");
         config.registry.merchants_path = reg.join("merchants.csv");
         config.registry.devices_path = reg.join("devices.csv");
         config.session.drain_timeout_ms = 2_000;

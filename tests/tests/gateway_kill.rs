@@ -32,13 +32,14 @@ fn free_port() -> u16 {
 fn write_config(env: &TestEnv, port: u16) -> std::path::PathBuf {
     let c = &env.config;
     let text = format!(
-        "data_dir = {data:?}\n\
+        "data_dir = {data:?}\npolicy_path = {policy:?}\n\
          [server]\nlisten_addr = \"127.0.0.1:{port}\"\nworkers = 2\n\
          [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
          [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
          [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
          [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n",
         data = c.data_dir,
+        policy = c.policy_path,
         ca = c.tls.device_ca_cert_path,
         cert = c.tls.server_cert_path,
         key = c.tls.server_key_path,

@@ -160,6 +160,9 @@ async fn txn_answers(env: TestEnv) {
     for _ in 1..=20 {
         let a = d.ack().await;
         assert_eq!(a.status, TxnStatus::Stored);
+        // The provisional subsidy: 10 % of a bookstore's paid amount.
+        let amount = 100 * i64::try_from(a.seq.get()).unwrap();
+        assert_eq!((a.subsidy_fen, a.reason), (Fen(amount / 10), Reason::None));
         seqs.push(a.seq.get());
     }
     seqs.sort_unstable();
@@ -371,4 +374,29 @@ async fn metrics_and_health_endpoints_report_the_sessions_work() {
             "{needle} missing from /metrics:\n{body}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cinema_acks_carry_the_subsidy_of_the_agreed_price() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let mut d = env.session(&gw, CINEMA_POS).await;
+    let mut film = book_purchase(CINEMA_POS, 1, 501, 1, 3_000);
+    film.item = Item::FilmDomestic;
+    film.list_price_fen = Fen(4_000);
+    d.send(sign(CINEMA_POS, film)).await;
+    let a = d.ack().await;
+    assert_eq!(
+        (a.status, a.subsidy_fen, a.reason),
+        (TxnStatus::Stored, Fen(400), Reason::None)
+    );
+    let mut foreign = book_purchase(CINEMA_POS, 2, 502, 1, 3_000);
+    foreign.item = Item::FilmForeign;
+    foreign.list_price_fen = Fen(4_000);
+    d.send(sign(CINEMA_POS, foreign)).await;
+    let a = d.ack().await;
+    assert_eq!(
+        (a.status, a.subsidy_fen, a.reason),
+        (TxnStatus::Stored, Fen(0), Reason::NotEligible)
+    );
 }

@@ -9,10 +9,17 @@
 
 use std::path::Path;
 use wenxiao_gateway::registry::{MerchantId, Registry};
-use wenxiao_gateway::store::{IngestTxn, Proposal, Store, TxnAnswer};
+use wenxiao_gateway::store::{BudgetCtx, IngestTxn, Proposal, Store, TxnAnswer};
 use wenxiao_protocol::*;
 
 const DEVICE: DeviceId = DeviceId(310_100_000_001);
+
+/// Caps no ordinary test reaches.
+const B: BudgetCtx = BudgetCtx {
+    monthly_cap: Fen(1_000_000_000),
+    programme_cap: Fen(1_000_000_000),
+    shard: 0,
+};
 
 fn txn(seq: u64, card: u64, counter: u32, amount: i64) -> Txn {
     Txn {
@@ -63,10 +70,10 @@ async fn new_rows_are_stored_and_resends_are_duplicates(s: &impl Store) {
         ingest(DEVICE, txn(2, 11, 1, 8800), STORE_880),
     ];
     assert_eq!(
-        s.ingest(&batch).await.unwrap(),
+        s.ingest(&batch, &B).await.unwrap(),
         vec![stored(880), stored(880)]
     );
-    let again = s.ingest(&batch).await.unwrap();
+    let again = s.ingest(&batch, &B).await.unwrap();
     assert!(
         again
             .iter()
@@ -76,16 +83,16 @@ async fn new_rows_are_stored_and_resends_are_duplicates(s: &impl Store) {
 }
 
 async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &impl Store) {
-    s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)])
+    s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)], &B)
         .await
         .unwrap();
     let other = ingest(DEVICE, txn(1, 10, 1, 9900), STORE_880);
-    let a = s.ingest(&[other]).await.unwrap();
+    let a = s.ingest(&[other], &B).await.unwrap();
     assert_eq!(a, vec![TxnAnswer::rejected(Reason::SeqConflict)]);
     // Same answer when re-sent; the original is still the stored one.
-    assert_eq!(s.ingest(&[other]).await.unwrap(), a);
+    assert_eq!(s.ingest(&[other], &B).await.unwrap(), a);
     let orig = s
-        .ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)])
+        .ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)], &B)
         .await
         .unwrap();
     assert_eq!(orig[0].status, TxnStatus::Duplicate);
@@ -93,24 +100,24 @@ async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &impl Sto
 }
 
 async fn card_counter_replay_is_rejected_and_recorded(s: &impl Store) {
-    s.ingest(&[ingest(DEVICE, txn(1, 10, 7, 100), STORE_880)])
+    s.ingest(&[ingest(DEVICE, txn(1, 10, 7, 100), STORE_880)], &B)
         .await
         .unwrap();
     let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
     assert_eq!(
-        s.ingest(&[replay]).await.unwrap(),
+        s.ingest(&[replay], &B).await.unwrap(),
         vec![TxnAnswer::rejected(Reason::CardCounterReplay)]
     );
     // A re-send of the rejected transaction gets the same answer, and nothing doubles.
     assert_eq!(
-        s.ingest(&[replay]).await.unwrap(),
+        s.ingest(&[replay], &B).await.unwrap(),
         vec![TxnAnswer::rejected(Reason::CardCounterReplay)]
     );
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 1));
     // The same counter from another device is a replay too; another card's is not.
     let other_device = ingest(DeviceId(2), txn(1, 10, 7, 100), STORE_880);
     let other_card = ingest(DeviceId(2), txn(2, 11, 7, 100), STORE_880);
-    let a = s.ingest(&[other_device, other_card]).await.unwrap();
+    let a = s.ingest(&[other_device, other_card], &B).await.unwrap();
     assert_eq!(
         a,
         vec![TxnAnswer::rejected(Reason::CardCounterReplay), stored(880)]
@@ -122,7 +129,7 @@ async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
     let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
     let conflict = ingest(DEVICE, txn(1, 10, 7, 999), STORE_880);
     let a = s
-        .ingest(&[first, replay, first, conflict, replay])
+        .ingest(&[first, replay, first, conflict, replay], &B)
         .await
         .unwrap();
     assert_eq!(a[0], stored(880));
@@ -136,17 +143,17 @@ async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
 async fn rejected_proposals_are_recorded_and_answered_again(s: &impl Store) {
     let bad = ingest(DEVICE, txn(1, 10, 1, 100), Proposal::Reject(Reason::BadMac));
     assert_eq!(
-        s.ingest(&[bad]).await.unwrap(),
+        s.ingest(&[bad], &B).await.unwrap(),
         vec![TxnAnswer::rejected(Reason::BadMac)]
     );
     assert_eq!(
-        s.ingest(&[bad]).await.unwrap(),
+        s.ingest(&[bad], &B).await.unwrap(),
         vec![TxnAnswer::rejected(Reason::BadMac)]
     );
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (0, 1));
     // A rejected transaction does not hold its card counter.
     let good = ingest(DEVICE, txn(2, 10, 1, 100), STORE_880);
-    assert_eq!(s.ingest(&[good]).await.unwrap(), vec![stored(880)]);
+    assert_eq!(s.ingest(&[good], &B).await.unwrap(), vec![stored(880)]);
 }
 
 async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
@@ -155,12 +162,15 @@ async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
         .iter()
         .map(|&q| ingest(DEVICE, txn(q, 100 + q, 1, 100), STORE_880))
         .collect();
-    s.ingest(&rows).await.unwrap();
-    s.ingest(&[ingest(
-        DEVICE,
-        txn(4, 1, 1, 1),
-        Proposal::Reject(Reason::InvalidField),
-    )])
+    s.ingest(&rows, &B).await.unwrap();
+    s.ingest(
+        &[ingest(
+            DEVICE,
+            txn(4, 1, 1, 1),
+            Proposal::Reject(Reason::InvalidField),
+        )],
+        &B,
+    )
     .await
     .unwrap();
     assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(5));
@@ -170,7 +180,7 @@ async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
     s.checkpoint_stored_seq(DEVICE, Seq::new(2).unwrap())
         .await
         .unwrap();
-    s.ingest(&[ingest(DEVICE, txn(6, 200, 1, 1), STORE_880)])
+    s.ingest(&[ingest(DEVICE, txn(6, 200, 1, 1), STORE_880)], &B)
         .await
         .unwrap();
     assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(6));
@@ -205,7 +215,7 @@ async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + Clone)) {
                         )
                     })
                     .collect();
-                let a = s.ingest(&rows).await.unwrap();
+                let a = s.ingest(&rows, &B).await.unwrap();
                 stored_n += a.iter().filter(|x| x.status == TxnStatus::Stored).count();
                 assert!(
                     a.iter().all(|x| x.status != TxnStatus::Rejected),
@@ -222,6 +232,146 @@ async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + Clone)) {
     assert_eq!(total, 500);
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (500, 0));
     assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(500));
+}
+
+fn want(device: DeviceId, seq: u64, card: u64, subsidy: i64, date: u32) -> IngestTxn {
+    IngestTxn {
+        business_date: BusinessDate::new(date).unwrap(),
+        ..ingest(
+            device,
+            txn(seq, card, 1, subsidy * 10),
+            Proposal::Store {
+                reason: Reason::None,
+                subsidy_fen: Fen(subsidy),
+                points_awarded: Points(0),
+            },
+        )
+    }
+}
+
+async fn the_budget_pays_in_order_exactly_to_the_cap(s: &impl Store) {
+    let caps = BudgetCtx {
+        monthly_cap: Fen(2_000),
+        programme_cap: Fen(3_000),
+        shard: 3,
+    };
+    let a = s
+        .ingest(
+            &[
+                want(DEVICE, 1, 1, 880, 20261130),
+                want(DEVICE, 2, 2, 880, 20261130),
+                want(DEVICE, 3, 3, 880, 20261130),
+                want(DEVICE, 4, 4, 880, 20261130),
+            ],
+            &caps,
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i64, Reason)> = a.iter().map(|x| (x.subsidy_fen.get(), x.reason)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (880, Reason::None),
+            (880, Reason::None),
+            (240, Reason::BudgetExhausted),
+            (0, Reason::BudgetExhausted)
+        ]
+    );
+    assert!(a.iter().all(|x| x.status == TxnStatus::Stored));
+    assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(2_000));
+    // The stored rows carry the granted figure: a re-send is answered with it.
+    let again = s
+        .ingest(&[want(DEVICE, 3, 3, 880, 20261130)], &caps)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].status, again[0].subsidy_fen, again[0].reason),
+        (TxnStatus::Duplicate, Fen(240), Reason::BudgetExhausted)
+    );
+    // Midnight of the month: December has its own cap, but the programme has 1,000 left.
+    let dec = s
+        .ingest(
+            &[
+                want(DEVICE, 5, 5, 880, 20261201),
+                want(DEVICE, 6, 6, 880, 20261201),
+            ],
+            &caps,
+        )
+        .await
+        .unwrap();
+    assert_eq!(dec[0].subsidy_fen, Fen(880));
+    assert_eq!(
+        (dec[1].subsidy_fen, dec[1].reason),
+        (Fen(120), Reason::BudgetExhausted)
+    );
+    assert_eq!(s.budget_granted(202612).await.unwrap(), Fen(1_000));
+    assert_eq!(s.budget_granted(0).await.unwrap(), Fen(3_000));
+}
+
+async fn concurrent_writers_never_exceed_the_budget(s: &(impl Store + Clone)) {
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let caps = BudgetCtx {
+                monthly_cap: Fen(12_345),
+                programme_cap: Fen(1_000_000),
+                shard: i32::try_from(w).unwrap(),
+            };
+            let mut granted = 0;
+            for b in 0..5u64 {
+                let rows: Vec<_> = (0..10u64)
+                    .map(|q| {
+                        want(
+                            DeviceId(100 + w),
+                            b * 10 + q + 1,
+                            w * 1_000 + b * 10 + q,
+                            100,
+                            20261115,
+                        )
+                    })
+                    .collect();
+                for a in s.ingest(&rows, &caps).await.unwrap() {
+                    assert_eq!(a.status, TxnStatus::Stored);
+                    granted += a.subsidy_fen.get();
+                }
+            }
+            granted
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    // 400 purchases want 40,000; exactly the cap is granted, to the fen.
+    assert_eq!(total, 12_345);
+    assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(12_345));
+}
+
+async fn a_shard_that_borrowed_leaves_no_phantom_room(s: &impl Store) {
+    // Cap 800 over 8 shards of 100. Shard 0 takes 500 (borrowing 400 from the others);
+    // then every other shard asks for 100: only 300 remain in all.
+    let caps = |shard| BudgetCtx {
+        monthly_cap: Fen(800),
+        programme_cap: Fen(1_000_000),
+        shard,
+    };
+    let first = s
+        .ingest(&[want(DEVICE, 1, 1, 500, 20261110)], &caps(0))
+        .await
+        .unwrap();
+    assert_eq!(first[0].subsidy_fen, Fen(500));
+    let mut total = 500;
+    for shard in 1..8 {
+        let q = u64::try_from(shard).unwrap() + 1;
+        let a = s
+            .ingest(&[want(DEVICE, q, q, 100, 20261110)], &caps(shard))
+            .await
+            .unwrap();
+        total += a[0].subsidy_fen.get();
+    }
+    assert_eq!(total, 800);
+    assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(800));
 }
 
 macro_rules! conformance {
@@ -250,6 +400,9 @@ conformance!(
     stored_seq_counts_contiguous_answered_seqs,
     registry_round_trips,
     many_concurrent_batches_store_each_txn_once,
+    the_budget_pays_in_order_exactly_to_the_cap,
+    concurrent_writers_never_exceed_the_budget,
+    a_shard_that_borrowed_leaves_no_phantom_room,
 );
 
 conformance!(
@@ -263,4 +416,7 @@ conformance!(
     stored_seq_counts_contiguous_answered_seqs,
     registry_round_trips,
     many_concurrent_batches_store_each_txn_once,
+    the_budget_pays_in_order_exactly_to_the_cap,
+    concurrent_writers_never_exceed_the_budget,
+    a_shard_that_borrowed_leaves_no_phantom_room,
 );

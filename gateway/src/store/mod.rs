@@ -108,10 +108,17 @@ pub trait Store: Send + Sync + 'static {
     /// (recorded as evidence), REJECTED `CARD_COUNTER_REPLAY` when the card already has a
     /// stored transaction with that counter value, REJECTED with the proposal's reason
     /// otherwise (recorded).
+    /// Stored rows with a subsidy draw it from the month's and the programme's budget in
+    /// the same transaction, in batch order: a row the budget cannot pay in full gets what
+    /// is left, with BUDGET_EXHAUSTED. The total granted never exceeds either cap.
     fn ingest(
         &self,
         batch: &[IngestTxn],
+        budget: &BudgetCtx,
     ) -> impl Future<Output = Result<Vec<TxnAnswer>, StoreError>> + Send;
+
+    /// What a budget (a month `yyyymm`, or [`PROGRAMME_BUDGET_KEY`]) has granted.
+    fn budget_granted(&self, key: i32) -> impl Future<Output = Result<Fen, StoreError>> + Send;
 
     /// The highest S such that every seq 1..=S of the device is recorded; `None` for 0.
     fn stored_seq(
@@ -168,8 +175,15 @@ impl Store for AnyStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         delegate!(self, s => s.migrate())
     }
-    async fn ingest(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, StoreError> {
-        delegate!(self, s => s.ingest(batch))
+    async fn ingest(
+        &self,
+        batch: &[IngestTxn],
+        budget: &BudgetCtx,
+    ) -> Result<Vec<TxnAnswer>, StoreError> {
+        delegate!(self, s => s.ingest(batch, budget))
+    }
+    async fn budget_granted(&self, key: i32) -> Result<Fen, StoreError> {
+        delegate!(self, s => s.budget_granted(key))
     }
     async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
         delegate!(self, s => s.stored_seq(device_id))
@@ -400,8 +414,218 @@ pub(crate) fn advance_watermark(mut watermark: u64, page: &[i64]) -> (u64, bool)
 pub(crate) const SEQ_PAGE_ROWS: i64 = 10_000;
 
 /// Migrations, in order: (version, PostgreSQL text, SQLite text).
-pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    include_str!("migrations/pg_0001_init.sql"),
-    include_str!("migrations/sqlite_0001_init.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        include_str!("migrations/pg_0001_init.sql"),
+        include_str!("migrations/sqlite_0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("migrations/pg_0002_budget.sql"),
+        include_str!("migrations/sqlite_0002_budget.sql"),
+    ),
+];
+
+// ---------------------------------------------------------------------------------------
+// The budget, enforced at ingest.
+// ---------------------------------------------------------------------------------------
+
+/// Shards per budget: enough that 4–8 writers rarely share one.
+pub const BUDGET_SHARDS: i32 = 8;
+const BUDGET_SHARDS_USIZE: usize = 8;
+/// The budget key of the whole programme; months use `yyyymm`.
+pub const PROGRAMME_BUDGET_KEY: i32 = 0;
+
+/// The caps the store enforces, and which shard this caller draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetCtx {
+    /// Cap of each calendar month.
+    pub monthly_cap: Fen,
+    /// Cap of the programme.
+    pub programme_cap: Fen,
+    /// This writer's shard, `0..BUDGET_SHARDS`.
+    pub shard: i32,
+}
+
+impl BudgetCtx {
+    /// Caps from the policy, drawing from `shard` (reduced modulo [`BUDGET_SHARDS`]).
+    pub fn new(policy: &crate::policy::Policy, shard: usize) -> Self {
+        Self {
+            monthly_cap: policy.monthly_cap(),
+            programme_cap: policy.programme_total(),
+            shard: i32::try_from(shard % BUDGET_SHARDS_USIZE).unwrap_or(0),
+        }
+    }
+
+    /// The cap of one shard of a budget of `cap`: an even split, the remainder on shard 0.
+    pub(crate) fn shard_cap(cap: Fen, shard: i32) -> i64 {
+        let n = i64::from(BUDGET_SHARDS);
+        cap.get() / n + if shard == 0 { cap.get() % n } else { 0 }
+    }
+}
+
+/// The rows of a batch that were just stored with a subsidy, grouped by month in
+/// ascending order (the lock order), each month's rows in batch order.
+pub(crate) fn budget_wants(
+    batch: &[IngestTxn],
+    answers: &[Option<TxnAnswer>],
+) -> std::collections::BTreeMap<i32, Vec<(usize, i64)>> {
+    let mut by_month: std::collections::BTreeMap<i32, Vec<(usize, i64)>> = Default::default();
+    for (i, (t, a)) in batch.iter().zip(answers).enumerate() {
+        if let Some(a) = a
+            && a.status == TxnStatus::Stored
+            && a.subsidy_fen.get() > 0
+        {
+            let month = i32::try_from(t.business_date.get() / 100).unwrap_or(i32::MAX);
+            by_month
+                .entry(month)
+                .or_default()
+                .push((i, a.subsidy_fen.get()));
+        }
+    }
+    by_month
+}
+
+/// Shares `granted` among `wants` in order: each row gets what it wants while the grant
+/// lasts, so at exhaustion earlier receipts are served first and one row may be cut.
+pub(crate) fn distribute(wants: &[(usize, i64)], mut granted: i64) -> Vec<(usize, i64)> {
+    wants
+        .iter()
+        .map(|&(i, want)| {
+            let g = want.min(granted).max(0);
+            granted -= g;
+            (i, g)
+        })
+        .collect()
+}
+
+/// The slow path of a budget grant, over every shard of one budget (locked): moves
+/// unused cap from other shards to `own` until `want` fits or nothing is left, and grants.
+/// Every shard keeps `granted ≤ cap` and the caps keep their sum (the budget's cap), so
+/// the fast path — a shard granting within its own cap — can never overspend.
+/// `shards` holds (shard, cap, granted); returns the grant and the shards whose cap
+/// changed, with their new cap.
+pub(crate) fn rebalance(shards: &[(i32, i64, i64)], own: i32, want: i64) -> (i64, Vec<(i32, i64)>) {
+    let own_room = shards
+        .iter()
+        .find(|s| s.0 == own)
+        .map_or(0, |s| (s.1 - s.2).max(0));
+    let mut need = (want - own_room).max(0);
+    let mut moved = 0;
+    let mut new_caps = Vec::new();
+    for &(shard, cap, granted) in shards {
+        if need == 0 {
+            break;
+        }
+        if shard == own {
+            continue;
+        }
+        let take = need.min((cap - granted).max(0));
+        if take > 0 {
+            new_caps.push((shard, cap - take));
+            need -= take;
+            moved += take;
+        }
+    }
+    if moved > 0
+        && let Some(&(_, cap, _)) = shards.iter().find(|s| s.0 == own)
+    {
+        new_caps.push((own, cap + moved));
+    }
+    (want.min(own_room + moved), new_caps)
+}
+
+/// Month grants after the programme's: when the programme granted less than the months
+/// together, the shortfall comes off the latest months first.
+pub(crate) fn cut_to_programme(
+    month_grants: &mut [(i32, i64)],
+    programme_granted: i64,
+) -> Vec<(i32, i64)> {
+    let total: i64 = month_grants.iter().map(|m| m.1).sum();
+    let mut short = total - programme_granted;
+    let mut given_back = Vec::new();
+    for (month, g) in month_grants.iter_mut().rev() {
+        if short <= 0 {
+            break;
+        }
+        let cut = short.min(*g);
+        *g -= cut;
+        short -= cut;
+        given_back.push((*month, cut));
+    }
+    given_back
+}
+
+/// Applies grants to answers; returns the rows whose stored subsidy must be lowered. A
+/// re-send of such a row later in the same batch was answered from the row before the
+/// cut: it gets the lowered figure too.
+pub(crate) fn apply_grants(
+    grants: &[(usize, i64)],
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+) -> Vec<(usize, TxnAnswer)> {
+    let mut reduced = Vec::new();
+    for &(i, g) in grants {
+        if let Some(Some(a)) = answers.get_mut(i)
+            && g < a.subsidy_fen.get()
+        {
+            a.subsidy_fen = Fen(g);
+            a.reason = Reason::BudgetExhausted;
+            reduced.push((i, *a));
+        }
+    }
+    for &(i, cut) in &reduced {
+        let Some(t) = batch.get(i) else { continue };
+        for (u, a) in batch.iter().zip(answers.iter_mut()).skip(i + 1) {
+            if let Some(a) = a
+                && a.status == TxnStatus::Duplicate
+                && u.device_id == t.device_id
+                && u.txn.seq == t.txn.seq
+            {
+                a.subsidy_fen = cut.subsidy_fen;
+                a.reason = cut.reason;
+            }
+        }
+    }
+    reduced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn rebalancing_keeps_every_shard_within_its_cap(
+            rows in proptest::collection::vec((0i64..1_000, 0i64..1_000), 8),
+            own in 0i32..8,
+            want in 0i64..5_000,
+        ) {
+            let shards: Vec<(i32, i64, i64)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, &(cap, g))| (i32::try_from(i).unwrap(), cap, g.min(cap)))
+                .collect();
+            let room: i64 = shards.iter().map(|s| s.1 - s.2).sum();
+            let (granted, new_caps) = rebalance(&shards, own, want);
+            prop_assert!(granted >= 0 && granted <= want && granted <= room);
+            let mut after = shards.clone();
+            for (s, cap) in new_caps {
+                if let Some(x) = after.iter_mut().find(|x| x.0 == s) {
+                    x.1 = cap;
+                }
+            }
+            if let Some(x) = after.iter_mut().find(|x| x.0 == own) {
+                x.2 += granted;
+            }
+            let caps_before: i64 = shards.iter().map(|s| s.1).sum();
+            let caps_after: i64 = after.iter().map(|s| s.1).sum();
+            prop_assert_eq!(caps_before, caps_after);
+            prop_assert!(after.iter().all(|s| s.2 <= s.1), "{:?}", after);
+            // Nothing is refused while any shard has room for it.
+            prop_assert_eq!(granted, want.min(room));
+        }
+    }
+}

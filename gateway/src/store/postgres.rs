@@ -5,9 +5,11 @@
 //! size), then, only for the rows it did not insert — re-sends and replays, rare in normal
 //! traffic — a lookup by key and the answers that follow from it.
 
+use super::rebalance;
 use super::{
-    IngestTxn, MIGRATIONS, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer, TxnRow, advance_watermark,
-    answer_resend, db_u64, from_db_u64, recorded_from_columns, txn_payload,
+    BUDGET_SHARDS, BudgetCtx, IngestTxn, MIGRATIONS, PROGRAMME_BUDGET_KEY, SEQ_PAGE_ROWS, Store,
+    StoreError, TxnAnswer, TxnRow, advance_watermark, answer_resend, apply_grants, budget_wants,
+    cut_to_programme, db_u64, distribute, from_db_u64, recorded_from_columns, txn_payload,
 };
 use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -231,6 +233,140 @@ async fn answer_recorded(
     Ok(missing)
 }
 
+/// Takes up to `want` from budget `key`: from this writer's shard while it has room
+/// (one row locked), else from all shards' common remainder (all rows locked, in order).
+async fn take_budget(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: i32,
+    cap: wenxiao_protocol::Fen,
+    shard: i32,
+    want: i64,
+) -> Result<i64, StoreError> {
+    if want <= 0 {
+        return Ok(0);
+    }
+    let ensure = tx
+        .prepare_cached(
+            "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
+             SELECT $1, s, $2::int8 / $3 + CASE WHEN s = 0 THEN $2::int8 % $3 ELSE 0 END, 0 \
+             FROM generate_series(0, $3 - 1) AS s ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&ensure, &[&key, &cap.get(), &BUDGET_SHARDS])
+        .await?;
+    let fast = tx
+        .prepare_cached(
+            "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
+             WHERE budget_key = $1 AND shard = $2 AND granted_fen + $3 <= cap_fen",
+        )
+        .await?;
+    if tx.execute(&fast, &[&key, &shard, &want]).await? == 1 {
+        return Ok(want);
+    }
+    let all = tx
+        .prepare_cached(
+            "SELECT shard, cap_fen, granted_fen FROM budget_shards WHERE budget_key = $1 \
+             ORDER BY shard FOR UPDATE",
+        )
+        .await?;
+    let shards: Vec<(i32, i64, i64)> = tx
+        .query(&all, &[&key])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let (granted, new_caps) = rebalance(&shards, shard, want);
+    let set_cap = tx
+        .prepare_cached(
+            "UPDATE budget_shards SET cap_fen = $3 WHERE budget_key = $1 AND shard = $2",
+        )
+        .await?;
+    for (s, cap) in new_caps {
+        tx.execute(&set_cap, &[&key, &s, &cap]).await?;
+    }
+    if granted > 0 {
+        add_budget(tx, key, shard, granted).await?;
+    }
+    Ok(granted)
+}
+
+async fn add_budget(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: i32,
+    shard: i32,
+    fen: i64,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
+             WHERE budget_key = $1 AND shard = $2",
+        )
+        .await?;
+    tx.execute(&stmt, &[&key, &shard, &fen]).await?;
+    Ok(())
+}
+
+/// Draws the batch's stored subsidies from the budget and lowers the rows it cannot pay.
+async fn apply_budget(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    budget: &BudgetCtx,
+) -> Result<(), StoreError> {
+    let wants = budget_wants(batch, answers);
+    if wants.is_empty() {
+        return Ok(());
+    }
+    // Months in ascending order, then the programme: one lock order for every writer.
+    let mut month_grants = Vec::with_capacity(wants.len());
+    for (&month, rows) in &wants {
+        let want = rows.iter().map(|r| r.1).sum();
+        month_grants.push((
+            month,
+            take_budget(tx, month, budget.monthly_cap, budget.shard, want).await?,
+        ));
+    }
+    let sum: i64 = month_grants.iter().map(|m| m.1).sum();
+    let programme = take_budget(
+        tx,
+        PROGRAMME_BUDGET_KEY,
+        budget.programme_cap,
+        budget.shard,
+        sum,
+    )
+    .await?;
+    for (month, cut) in cut_to_programme(&mut month_grants, programme) {
+        add_budget(tx, month, budget.shard, -cut).await?;
+    }
+    let mut reduced = Vec::new();
+    for (month, granted) in month_grants {
+        if let Some(rows) = wants.get(&month) {
+            reduced.extend(apply_grants(&distribute(rows, granted), batch, answers));
+        }
+    }
+    if reduced.is_empty() {
+        return Ok(());
+    }
+    let (mut d, mut q, mut f, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, a) in reduced {
+        let Some(t) = batch.get(i) else { continue };
+        let (dev, seq) = key(t);
+        d.push(dev);
+        q.push(seq);
+        f.push(a.subsidy_fen.get());
+        r.push(i16::try_from(a.reason.code()).unwrap_or(i16::MAX));
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE txns SET subsidy_fen = u.s, reason = u.r \
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int2[]) AS u(d, q, s, r) \
+             WHERE txns.device_id = u.d AND txns.seq = u.q",
+        )
+        .await?;
+    tx.execute(&stmt, &[&d, &q, &f, &r]).await?;
+    Ok(())
+}
+
 async fn read_registry(client: &deadpool_postgres::Object) -> Result<Registry, StoreError> {
     let bad = |what: &str, v: i16| StoreError::Corrupt(format!("{what} = {v}"));
     let mut merchants = Vec::new();
@@ -310,7 +446,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn ingest(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, StoreError> {
+    async fn ingest(
+        &self,
+        batch: &[IngestTxn],
+        budget: &BudgetCtx,
+    ) -> Result<Vec<TxnAnswer>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut answers = vec![None; batch.len()];
@@ -333,12 +473,25 @@ impl Store for PgStore {
                 "batch row {i} neither inserted nor found"
             )));
         }
+        apply_budget(&tx, batch, &mut answers, budget).await?;
         tx.commit().await?;
         answers
             .into_iter()
             .enumerate()
             .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
             .collect()
+    }
+
+    async fn budget_granted(&self, key: i32) -> Result<wenxiao_protocol::Fen, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COALESCE(SUM(granted_fen), 0)::int8 FROM budget_shards WHERE budget_key = $1",
+                &[&key],
+            )
+            .await?;
+        Ok(wenxiao_protocol::Fen(row.get(0)))
     }
 
     async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {

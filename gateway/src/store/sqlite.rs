@@ -2,9 +2,12 @@
 //! has reached the disk before it returns. SQLite has one writer at a time, so there is one
 //! write connection; reads use a second connection and never block on the writer.
 
+use super::rebalance;
 use super::{
-    IngestTxn, MIGRATIONS, Proposal, Recorded, Resend, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer,
-    TxnRow, advance_watermark, answer_resend, db_u64, recorded_from_columns, txn_payload,
+    BUDGET_SHARDS, BudgetCtx, IngestTxn, MIGRATIONS, PROGRAMME_BUDGET_KEY, Proposal, Recorded,
+    Resend, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer, TxnRow, advance_watermark, answer_resend,
+    apply_grants, budget_wants, cut_to_programme, db_u64, distribute, recorded_from_columns,
+    txn_payload,
 };
 use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -180,6 +183,111 @@ fn ingest_one(tx: &rusqlite::Transaction<'_>, t: &IngestTxn) -> Result<TxnAnswer
     }
 }
 
+/// As the PostgreSQL store's `take_budget`; SQLite's single writer makes every
+/// transaction exclusive, so the locks are implicit.
+fn take_budget(
+    tx: &rusqlite::Transaction<'_>,
+    key: i32,
+    cap: wenxiao_protocol::Fen,
+    shard: i32,
+    want: i64,
+) -> Result<i64, StoreError> {
+    if want <= 0 {
+        return Ok(0);
+    }
+    for s in 0..BUDGET_SHARDS {
+        tx.prepare_cached(
+            "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
+             VALUES (?1, ?2, ?3, 0) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![key, s, BudgetCtx::shard_cap(cap, s)])?;
+    }
+    let fast = tx
+        .prepare_cached(
+            "UPDATE budget_shards SET granted_fen = granted_fen + ?3 \
+             WHERE budget_key = ?1 AND shard = ?2 AND granted_fen + ?3 <= cap_fen",
+        )?
+        .execute(params![key, shard, want])?;
+    if fast == 1 {
+        return Ok(want);
+    }
+    let shards: Vec<(i32, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT shard, cap_fen, granted_fen FROM budget_shards WHERE budget_key = ?1 \
+             ORDER BY shard",
+        )?
+        .query_map([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let (granted, new_caps) = rebalance(&shards, shard, want);
+    for (s, cap) in new_caps {
+        tx.prepare_cached(
+            "UPDATE budget_shards SET cap_fen = ?3 WHERE budget_key = ?1 AND shard = ?2",
+        )?
+        .execute(params![key, s, cap])?;
+    }
+    add_budget(tx, key, shard, granted)?;
+    Ok(granted)
+}
+
+fn add_budget(
+    tx: &rusqlite::Transaction<'_>,
+    key: i32,
+    shard: i32,
+    fen: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE budget_shards SET granted_fen = granted_fen + ?3 WHERE budget_key = ?1 AND shard = ?2",
+    )?
+    .execute(params![key, shard, fen])?;
+    Ok(())
+}
+
+fn apply_budget(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    budget: &BudgetCtx,
+) -> Result<(), StoreError> {
+    let wants = budget_wants(batch, answers);
+    let mut month_grants = Vec::with_capacity(wants.len());
+    for (&month, rows) in &wants {
+        let want = rows.iter().map(|r| r.1).sum();
+        month_grants.push((
+            month,
+            take_budget(tx, month, budget.monthly_cap, budget.shard, want)?,
+        ));
+    }
+    let sum: i64 = month_grants.iter().map(|m| m.1).sum();
+    let programme = take_budget(
+        tx,
+        PROGRAMME_BUDGET_KEY,
+        budget.programme_cap,
+        budget.shard,
+        sum,
+    )?;
+    for (month, cut) in cut_to_programme(&mut month_grants, programme) {
+        add_budget(tx, month, budget.shard, -cut)?;
+    }
+    for (month, granted) in month_grants {
+        let Some(rows) = wants.get(&month) else {
+            continue;
+        };
+        for (i, a) in apply_grants(&distribute(rows, granted), batch, answers) {
+            let Some(t) = batch.get(i) else { continue };
+            tx.prepare_cached(
+                "UPDATE txns SET subsidy_fen = ?3, reason = ?4 WHERE device_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![
+                db_u64(t.device_id.get()),
+                db_u64(t.txn.seq.get()),
+                a.subsidy_fen.get(),
+                i16::try_from(a.reason.code()).unwrap_or(i16::MAX)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 fn code<T>(v: i16, what: &str, f: fn(i16) -> Option<T>) -> Result<T, StoreError> {
     f(v).ok_or_else(|| StoreError::Corrupt(format!("{what} = {v}")))
 }
@@ -214,16 +322,35 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ingest(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, StoreError> {
-        let batch = batch.to_vec();
+    async fn ingest(
+        &self,
+        batch: &[IngestTxn],
+        budget: &BudgetCtx,
+    ) -> Result<Vec<TxnAnswer>, StoreError> {
+        let (batch, budget) = (batch.to_vec(), *budget);
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let answers = batch
+            // A row's answer is `Some` once decided; a re-sent row's is never STORED, so
+            // only new rows draw on the budget.
+            let mut answers = batch
                 .iter()
-                .map(|t| ingest_one(&tx, t))
+                .map(|t| ingest_one(&tx, t).map(Some))
                 .collect::<Result<Vec<_>, _>>()?;
+            apply_budget(&tx, &batch, &mut answers, &budget)?;
             tx.commit()?;
-            Ok(answers)
+            Ok(answers.into_iter().flatten().collect())
+        })
+        .await
+    }
+
+    async fn budget_granted(&self, key: i32) -> Result<wenxiao_protocol::Fen, StoreError> {
+        Self::with(&self.reader, move |conn| {
+            let v: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(granted_fen), 0) FROM budget_shards WHERE budget_key = ?1",
+                [key],
+                |r| r.get(0),
+            )?;
+            Ok(wenxiao_protocol::Fen(v))
         })
         .await
     }
