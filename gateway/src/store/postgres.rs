@@ -23,6 +23,9 @@ use wenxiao_protocol::{DeviceId, DeviceKind, Reason, Seq};
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Budget keys whose shard rows are known to be committed, so their creation is not
+    /// attempted at every batch.
+    known_budgets: std::sync::Arc<std::sync::Mutex<HashSet<i32>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -54,7 +57,10 @@ impl PgStore {
             .create_timeout(wait)
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            known_budgets: Default::default(),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -245,15 +251,7 @@ async fn take_budget(
     if want <= 0 {
         return Ok(0);
     }
-    let ensure = tx
-        .prepare_cached(
-            "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
-             SELECT $1, s, $2::int8 / $3 + CASE WHEN s = 0 THEN $2::int8 % $3 ELSE 0 END, 0 \
-             FROM generate_series(0, $3 - 1) AS s ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    tx.execute(&ensure, &[&key, &cap.get(), &BUDGET_SHARDS])
-        .await?;
+    ensure_budget(tx, key, cap).await?;
     let fast = tx
         .prepare_cached(
             "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
@@ -263,6 +261,34 @@ async fn take_budget(
     if tx.execute(&fast, &[&key, &shard, &want]).await? == 1 {
         return Ok(want);
     }
+    take_budget_slow(tx, key, shard, want).await
+}
+
+/// Creates the shard rows of budget `key` if they do not exist.
+async fn ensure_budget(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: i32,
+    cap: wenxiao_protocol::Fen,
+) -> Result<(), StoreError> {
+    let ensure = tx
+        .prepare_cached(
+            "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
+             SELECT $1, s, $2::int8 / $3 + CASE WHEN s = 0 THEN $2::int8 % $3 ELSE 0 END, 0 \
+             FROM generate_series(0, $3 - 1) AS s ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&ensure, &[&key, &cap.get(), &BUDGET_SHARDS])
+        .await?;
+    Ok(())
+}
+
+/// The slow path: every shard of the budget locked in order, unused cap moved to ours.
+async fn take_budget_slow(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: i32,
+    shard: i32,
+    want: i64,
+) -> Result<i64, StoreError> {
     let all = tx
         .prepare_cached(
             "SELECT shard, cap_fen, granted_fen FROM budget_shards WHERE budget_key = $1 \
@@ -307,15 +333,45 @@ async fn add_budget(
 }
 
 /// Draws the batch's stored subsidies from the budget and lowers the rows it cannot pay.
+/// Grants from this writer's month shard and programme shard at once, each only if it
+/// fits; the programme's update runs only when the month's did (month first: the lock
+/// order). Returns the two update counts.
+const FAST_BOTH: &str = "WITH m AS (UPDATE budget_shards SET granted_fen = granted_fen + $3 \
+    WHERE budget_key = $1 AND shard = $2 AND granted_fen + $3 <= cap_fen RETURNING 1), \
+    p AS (UPDATE budget_shards SET granted_fen = granted_fen + $3 \
+    WHERE budget_key = 0 AND shard = $2 AND granted_fen + $3 <= cap_fen \
+    AND EXISTS (SELECT 1 FROM m) RETURNING 1) \
+    SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM p)";
+
 async fn apply_budget(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
     budget: &BudgetCtx,
+    known: &std::sync::Mutex<HashSet<i32>>,
 ) -> Result<(), StoreError> {
     let wants = budget_wants(batch, answers);
     if wants.is_empty() {
         return Ok(());
+    }
+    // The common case, one month and room in both of this writer's shards, costs one
+    // statement (the shard rows are known to exist after the month's first commit).
+    if let (1, Some((&month, rows))) = (wants.len(), wants.iter().next()) {
+        let want: i64 = rows.iter().map(|r| r.1).sum();
+        let known = known
+            .lock()
+            .map(|k| k.contains(&month) && k.contains(&PROGRAMME_BUDGET_KEY))
+            .unwrap_or(false);
+        if known {
+            let stmt = tx.prepare_cached(FAST_BOTH).await?;
+            let row = tx.query_one(&stmt, &[&month, &budget.shard, &want]).await?;
+            match (row.get::<_, i64>(0), row.get::<_, i64>(1)) {
+                (1, 1) => return Ok(()),
+                // The month had room but the programme's shard did not: undo, go slow.
+                (1, _) => add_budget(tx, month, budget.shard, -want).await?,
+                _ => {}
+            }
+        }
     }
     // Months in ascending order, then the programme: one lock order for every writer.
     let mut month_grants = Vec::with_capacity(wants.len());
@@ -473,8 +529,16 @@ impl Store for PgStore {
                 "batch row {i} neither inserted nor found"
             )));
         }
-        apply_budget(&tx, batch, &mut answers, budget).await?;
+        apply_budget(&tx, batch, &mut answers, budget, &self.known_budgets).await?;
         tx.commit().await?;
+        // Only now are the budget rows this batch may have created surely there.
+        let months = super::budget_wants(batch, &answers);
+        if !months.is_empty() {
+            if let Ok(mut k) = self.known_budgets.lock() {
+                k.insert(PROGRAMME_BUDGET_KEY);
+                k.extend(months.keys());
+            }
+        }
         answers
             .into_iter()
             .enumerate()
