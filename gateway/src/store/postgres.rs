@@ -533,11 +533,11 @@ impl Store for PgStore {
         tx.commit().await?;
         // Only now are the budget rows this batch may have created surely there.
         let months = super::budget_wants(batch, &answers);
-        if !months.is_empty() {
-            if let Ok(mut k) = self.known_budgets.lock() {
-                k.insert(PROGRAMME_BUDGET_KEY);
-                k.extend(months.keys());
-            }
+        if !months.is_empty()
+            && let Ok(mut k) = self.known_budgets.lock()
+        {
+            k.insert(PROGRAMME_BUDGET_KEY);
+            k.extend(months.keys());
         }
         answers
             .into_iter()
