@@ -239,7 +239,8 @@ fn want(device: DeviceId, seq: u64, card: u64, subsidy: i64, date: u32) -> Inges
         business_date: BusinessDate::new(date).unwrap(),
         ..ingest(
             device,
-            txn(seq, card, 1, subsidy * 10),
+            // The card's counter follows the seq, so one card can buy several times.
+            txn(seq, card, u32::try_from(seq).unwrap(), subsidy * 10),
             Proposal::Store {
                 reason: Reason::None,
                 subsidy_fen: Fen(subsidy),
@@ -374,6 +375,131 @@ async fn a_shard_that_borrowed_leaves_no_phantom_room(s: &impl Store) {
     assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(800));
 }
 
+fn refund(seq: u64, card: u64, counter: u32, amount: i64, of: u64, date: u32) -> IngestTxn {
+    let mut t = txn(seq, card, counter, amount);
+    t.kind = TxnKind::Refund;
+    t.refund_of_seq = Seq::new(of);
+    IngestTxn {
+        business_date: BusinessDate::new(date).unwrap(),
+        ..ingest(
+            DEVICE,
+            t,
+            Proposal::Store {
+                reason: Reason::None,
+                subsidy_fen: Fen(0),
+                points_awarded: Points(0),
+            },
+        )
+    }
+}
+
+async fn import_shipped_registry(s: &impl Store) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
+    let r = Registry::from_csv(&dir.join("merchants.csv"), &dir.join("devices.csv")).unwrap();
+    s.import_registry(&r).await.unwrap();
+}
+
+async fn clearing_credits_each_card_once_and_is_idempotent(s: &impl Store) {
+    import_shipped_registry(s).await;
+    let d = BusinessDate::new(20261127).unwrap();
+    s.ingest(
+        &[
+            want(DEVICE, 1, 10, 880, 20261127),
+            want(DEVICE, 2, 10, 120, 20261127),
+            want(DEVICE, 3, 11, 1_005, 20261127),
+            want(DEVICE, 4, 12, 300, 20261126),   // another day
+            refund(5, 11, 2, 5_000, 3, 20261127), // half of the 10,050 purchase
+            ingest(DEVICE, txn(6, 13, 1, 100), Proposal::Reject(Reason::BadMac)),
+        ],
+        &B,
+    )
+    .await
+    .unwrap();
+    let first = s.clear_day(d, 10, 1).await.unwrap();
+    // Card 10: 880 + 120; card 11: 1,005 − round(1,005 × 5,000 / 10,050) = 1,005 − 500.
+    assert_eq!(first.credit_count, 2);
+    assert_eq!(first.credit_fen, Fen(1_000 + 505));
+    assert_eq!(first.subsidy_fen, Fen(1_505));
+    assert_eq!(first.txn_count, 4);
+    assert!(!first.approved);
+    let report = s.clearing_report(d).await.unwrap().unwrap();
+    let credits: Vec<(u64, u64, i64)> = report
+        .credits
+        .iter()
+        .map(|c| (c.credit_id.get(), c.card_no.get(), c.amount_fen.get()))
+        .collect();
+    assert_eq!(
+        credits,
+        vec![
+            (202611270000000001, 10, 1_000),
+            (202611270000000002, 11, 505)
+        ]
+    );
+    let m = report.merchants.first().unwrap();
+    assert_eq!(
+        (m.txn_count, m.sales_fen, m.refunds_fen, m.subsidy_fen),
+        (4, Fen(8_800 + 1_200 + 10_050), Fen(5_000), Fen(2_005))
+    );
+    assert_eq!(report.statistics.len(), 1);
+    // Running it again changes nothing, even with more rows of that day arriving late.
+    s.ingest(&[want(DEVICE, 7, 14, 50, 20261127)], &B)
+        .await
+        .unwrap();
+    assert_eq!(s.clear_day(d, 10, 2).await.unwrap(), first);
+    assert_eq!(s.clearing_report(d).await.unwrap().unwrap(), report);
+    // Approval releases once.
+    assert!(s.approve_day(d, 3).await.unwrap());
+    assert!(s.approve_day(d, 4).await.unwrap());
+    assert!(
+        s.clearing_report(d)
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .approved
+    );
+    assert!(
+        !s.approve_day(BusinessDate::new(20261128).unwrap(), 5)
+            .await
+            .unwrap()
+    );
+}
+
+async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &impl Store) {
+    s.ingest(&[want(DEVICE, 1, 10, 1_000, 20261201)], &B)
+        .await
+        .unwrap();
+    let day1 = s
+        .clear_day(BusinessDate::new(20261201).unwrap(), 10, 1)
+        .await
+        .unwrap();
+    assert_eq!(day1.credit_fen, Fen(1_000));
+    // Day 2: the purchase is refunded in full (reversal 1,000) and a small one earns 300.
+    s.ingest(
+        &[
+            refund(2, 10, 2, 10_000, 1, 20261202),
+            want(DEVICE, 3, 10, 300, 20261202),
+        ],
+        &B,
+    )
+    .await
+    .unwrap();
+    let day2 = s
+        .clear_day(BusinessDate::new(20261202).unwrap(), 10, 2)
+        .await
+        .unwrap();
+    assert_eq!((day2.credit_count, day2.subsidy_fen), (0, Fen(-700)));
+    // Day 3: 900 earned, 700 owed → 200 credited.
+    s.ingest(&[want(DEVICE, 4, 10, 900, 20261203)], &B)
+        .await
+        .unwrap();
+    let day3 = s
+        .clear_day(BusinessDate::new(20261203).unwrap(), 10, 3)
+        .await
+        .unwrap();
+    assert_eq!(day3.credit_fen, Fen(200));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -403,6 +529,8 @@ conformance!(
     the_budget_pays_in_order_exactly_to_the_cap,
     concurrent_writers_never_exceed_the_budget,
     a_shard_that_borrowed_leaves_no_phantom_room,
+    clearing_credits_each_card_once_and_is_idempotent,
+    refunds_beyond_a_days_credit_are_owed_and_recovered,
 );
 
 conformance!(
@@ -419,4 +547,6 @@ conformance!(
     the_budget_pays_in_order_exactly_to_the_cap,
     concurrent_writers_never_exceed_the_budget,
     a_shard_that_borrowed_leaves_no_phantom_room,
+    clearing_credits_each_card_once_and_is_idempotent,
+    refunds_beyond_a_days_credit_are_owed_and_recovered,
 );

@@ -5,6 +5,7 @@
 //! validated TXNs, and returns one answer per TXN. Nothing is answered before the
 //! transaction has committed, so a STORED answer is a durable row.
 
+mod clearing_sql;
 mod postgres;
 mod sqlite;
 
@@ -146,11 +147,107 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store can serve queries (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Clears business day `date` (idempotent: a second run changes nothing and returns
+    /// the first run's summary). `fen_per_point` values redeemed points for merchants.
+    fn clear_day(
+        &self,
+        date: BusinessDate,
+        fen_per_point: i64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<ClearingSummary, StoreError>> + Send;
+
+    /// The audit step: releases the day's credits. False when the day is not cleared;
+    /// approving twice changes nothing.
+    fn approve_day(
+        &self,
+        date: BusinessDate,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Everything a cleared day produced, in key order (for the settlement files).
+    fn clearing_report(
+        &self,
+        date: BusinessDate,
+    ) -> impl Future<Output = Result<Option<ClearingReport>, StoreError>> + Send;
+
     /// Number of rows recorded for a device: (stored, rejected). For tests and audits.
     fn count_txns(
         &self,
         device_id: DeviceId,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+}
+
+/// The outcome of a day's clearing run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClearingSummary {
+    /// The day.
+    pub business_date: BusinessDate,
+    /// False once the audit step released the credits.
+    pub approved: bool,
+    /// Stored transactions of the day.
+    pub txn_count: i64,
+    /// Purchase subsidies minus refund reversals.
+    pub subsidy_fen: Fen,
+    /// Cards credited.
+    pub credit_count: i64,
+    /// Total credited (the subsidy, less what cards owed from earlier refunds).
+    pub credit_fen: Fen,
+}
+
+/// One credit of a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditRow {
+    /// Its id.
+    pub credit_id: wenxiao_protocol::CreditId,
+    /// The card.
+    pub card_no: CardNo,
+    /// The amount.
+    pub amount_fen: Fen,
+}
+
+/// One merchant's settlement of a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MerchantSettlement {
+    /// The merchant.
+    pub merchant_id: MerchantId,
+    /// Stored purchases and refunds.
+    pub txn_count: i64,
+    /// Purchases, card part.
+    pub sales_fen: Fen,
+    /// Refunds.
+    pub refunds_fen: Fen,
+    /// Points redeemed, reimbursed to the merchant.
+    pub points_fen: Fen,
+    /// Subsidies earned by its sales.
+    pub subsidy_fen: Fen,
+}
+
+/// One line of a day's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatisticsRow {
+    /// District code.
+    pub district: i16,
+    /// Category code.
+    pub category: i16,
+    /// Stored transactions.
+    pub txn_count: i64,
+    /// Purchases, card part.
+    pub sales_fen: Fen,
+    /// Subsidies.
+    pub subsidy_fen: Fen,
+}
+
+/// Everything a cleared day produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearingReport {
+    /// The run.
+    pub summary: ClearingSummary,
+    /// Credits by id.
+    pub credits: Vec<CreditRow>,
+    /// Merchant settlements by merchant.
+    pub merchants: Vec<MerchantSettlement>,
+    /// Statistics by district and category.
+    pub statistics: Vec<StatisticsRow>,
 }
 
 /// The store chosen by configuration.
@@ -202,6 +299,23 @@ impl Store for AnyStore {
     }
     async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
         delegate!(self, s => s.count_txns(device_id))
+    }
+    async fn clear_day(
+        &self,
+        date: BusinessDate,
+        fen_per_point: i64,
+        now_ms: i64,
+    ) -> Result<ClearingSummary, StoreError> {
+        delegate!(self, s => s.clear_day(date, fen_per_point, now_ms))
+    }
+    async fn approve_day(&self, date: BusinessDate, now_ms: i64) -> Result<bool, StoreError> {
+        delegate!(self, s => s.approve_day(date, now_ms))
+    }
+    async fn clearing_report(
+        &self,
+        date: BusinessDate,
+    ) -> Result<Option<ClearingReport>, StoreError> {
+        delegate!(self, s => s.clearing_report(date))
     }
 }
 
@@ -424,6 +538,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         2,
         include_str!("migrations/pg_0002_budget.sql"),
         include_str!("migrations/sqlite_0002_budget.sql"),
+    ),
+    (
+        3,
+        include_str!("migrations/pg_0003_clearing.sql"),
+        include_str!("migrations/sqlite_0003_clearing.sql"),
     ),
 ];
 

@@ -468,6 +468,30 @@ async fn read_registry(client: &deadpool_postgres::Object) -> Result<Registry, S
     Registry::new(merchants, devices).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+fn summary_from(
+    date: wenxiao_protocol::BusinessDate,
+    r: &tokio_postgres::Row,
+) -> super::ClearingSummary {
+    super::ClearingSummary {
+        business_date: date,
+        approved: r.get::<_, i16>(0) == 2,
+        txn_count: r.get(1),
+        subsidy_fen: wenxiao_protocol::Fen(r.get(2)),
+        credit_count: r.get(3),
+        credit_fen: wenxiao_protocol::Fen(r.get(4)),
+    }
+}
+
+const SELECT_RUN: &str = "SELECT status, txn_count, subsidy_fen, credit_count, credit_fen \
+    FROM clearing_runs WHERE business_date = $1";
+
+fn date_param(date: wenxiao_protocol::BusinessDate) -> i32 {
+    i32::try_from(date.get()).unwrap_or(i32::MAX)
+}
+
+/// Serialises clearing runs of one day across nodes (offset from the migration lock).
+const CLEARING_LOCK_BASE: i64 = 0x5758_0000_0000;
+
 /// Serialises migrations across gateway nodes sharing one database.
 const MIGRATION_LOCK_KEY: i64 = 0x5758_0001;
 
@@ -661,6 +685,144 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.client().await?.query_one("SELECT 1", &[]).await?;
         Ok(())
+    }
+
+    async fn clear_day(
+        &self,
+        date: wenxiao_protocol::BusinessDate,
+        fen_per_point: i64,
+        now_ms: i64,
+    ) -> Result<super::ClearingSummary, StoreError> {
+        use super::clearing_sql as q;
+        use tokio_postgres::types::Type;
+        let d = date_param(date);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&(CLEARING_LOCK_BASE + i64::from(d))],
+        )
+        .await?;
+        if let Some(r) = tx.query_opt(SELECT_RUN, &[&d]).await? {
+            return Ok(summary_from(date, &r));
+        }
+        tx.batch_execute(
+            "CREATE TEMP TABLE clearing_nets (card_no BIGINT PRIMARY KEY, net_fen BIGINT NOT NULL) \
+             ON COMMIT DROP",
+        )
+        .await?;
+        for sql in [
+            q::DAY_NETS,
+            q::CREDITS,
+            q::DEBTS_PAID,
+            q::DEBTS_OWED,
+            q::MERCHANTS,
+            q::STATISTICS,
+            q::RUN,
+        ] {
+            let stmt = tx
+                .prepare_typed(sql, &[Type::INT4, Type::INT8, Type::INT8])
+                .await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&d, &fen_per_point, &now_ms];
+            let n = stmt.params().len();
+            tx.execute(&stmt, params.get(..n).unwrap_or(&params))
+                .await?;
+        }
+        let r = tx.query_one(SELECT_RUN, &[&d]).await?;
+        tx.commit().await?;
+        Ok(summary_from(date, &r))
+    }
+
+    async fn approve_day(
+        &self,
+        date: wenxiao_protocol::BusinessDate,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let d = date_param(date);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if tx.query_opt(SELECT_RUN, &[&d]).await?.is_none() {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE clearing_runs SET status = 2, approved_at_ms = $2 \
+             WHERE business_date = $1 AND status = 1",
+            &[&d, &now_ms],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE credits SET status = 2 WHERE business_date = $1 AND status = 1",
+            &[&d],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn clearing_report(
+        &self,
+        date: wenxiao_protocol::BusinessDate,
+    ) -> Result<Option<super::ClearingReport>, StoreError> {
+        use wenxiao_protocol::{CardNo, CreditId, Fen};
+        let d = date_param(date);
+        let client = self.client().await?;
+        let Some(r) = client.query_opt(SELECT_RUN, &[&d]).await? else {
+            return Ok(None);
+        };
+        let credits = client
+            .query(
+                "SELECT credit_id, card_no, amount_fen FROM credits \
+                 WHERE business_date = $1 ORDER BY credit_id",
+                &[&d],
+            )
+            .await?
+            .iter()
+            .map(|r| super::CreditRow {
+                credit_id: CreditId(from_db_u64(r.get(0))),
+                card_no: CardNo(from_db_u64(r.get(1))),
+                amount_fen: Fen(r.get(2)),
+            })
+            .collect();
+        let merchants = client
+            .query(
+                "SELECT merchant_id, txn_count, sales_fen, refunds_fen, points_fen, subsidy_fen \
+                 FROM merchant_settlements WHERE business_date = $1 ORDER BY merchant_id",
+                &[&d],
+            )
+            .await?
+            .iter()
+            .map(|r| super::MerchantSettlement {
+                merchant_id: MerchantId(r.get(0)),
+                txn_count: r.get(1),
+                sales_fen: Fen(r.get(2)),
+                refunds_fen: Fen(r.get(3)),
+                points_fen: Fen(r.get(4)),
+                subsidy_fen: Fen(r.get(5)),
+            })
+            .collect();
+        let statistics = client
+            .query(
+                "SELECT district, category, txn_count, sales_fen, subsidy_fen FROM day_statistics \
+                 WHERE business_date = $1 ORDER BY district, category",
+                &[&d],
+            )
+            .await?
+            .iter()
+            .map(|r| super::StatisticsRow {
+                district: r.get(0),
+                category: r.get(1),
+                txn_count: r.get(2),
+                sales_fen: Fen(r.get(3)),
+                subsidy_fen: Fen(r.get(4)),
+            })
+            .collect();
+        Ok(Some(super::ClearingReport {
+            summary: summary_from(date, &r),
+            credits,
+            merchants,
+            statistics,
+        }))
     }
 
     async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {

@@ -288,6 +288,27 @@ fn apply_budget(
     Ok(())
 }
 
+const SELECT_RUN: &str = "SELECT status, txn_count, subsidy_fen, credit_count, credit_fen \
+    FROM clearing_runs WHERE business_date = ?1";
+
+fn read_run(
+    conn: &Connection,
+    date: wenxiao_protocol::BusinessDate,
+) -> Result<Option<super::ClearingSummary>, StoreError> {
+    Ok(conn
+        .query_row(SELECT_RUN, [date.get()], |r| {
+            Ok(super::ClearingSummary {
+                business_date: date,
+                approved: r.get::<_, i16>(0)? == 2,
+                txn_count: r.get(1)?,
+                subsidy_fen: wenxiao_protocol::Fen(r.get(2)?),
+                credit_count: r.get(3)?,
+                credit_fen: wenxiao_protocol::Fen(r.get(4)?),
+            })
+        })
+        .optional()?)
+}
+
 fn code<T>(v: i16, what: &str, f: fn(i16) -> Option<T>) -> Result<T, StoreError> {
     f(v).ok_or_else(|| StoreError::Corrupt(format!("{what} = {v}")))
 }
@@ -502,6 +523,125 @@ impl Store for SqliteStore {
         Self::with(&self.reader, |conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn clear_day(
+        &self,
+        date: wenxiao_protocol::BusinessDate,
+        fen_per_point: i64,
+        now_ms: i64,
+    ) -> Result<super::ClearingSummary, StoreError> {
+        use super::clearing_sql as q;
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(summary) = read_run(&tx, date)? {
+                return Ok(summary);
+            }
+            tx.execute_batch(
+                "CREATE TEMP TABLE clearing_nets (card_no INTEGER PRIMARY KEY, net_fen INTEGER NOT NULL)",
+            )?;
+            let values = [i64::from(date.get()), fen_per_point, now_ms];
+            for sql in [q::DAY_NETS, q::CREDITS, q::DEBTS_PAID, q::DEBTS_OWED, q::MERCHANTS, q::STATISTICS, q::RUN] {
+                let mut stmt = tx.prepare(&q::sqlite(sql))?;
+                let n = stmt.parameter_count();
+                stmt.execute(rusqlite::params_from_iter(values.iter().take(n)))?;
+            }
+            tx.execute_batch("DROP TABLE temp.clearing_nets")?;
+            let summary = read_run(&tx, date)?
+                .ok_or_else(|| StoreError::Corrupt("clearing run row missing".to_owned()))?;
+            tx.commit()?;
+            Ok(summary)
+        })
+        .await
+    }
+
+    async fn approve_day(
+        &self,
+        date: wenxiao_protocol::BusinessDate,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if read_run(&tx, date)?.is_none() {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE clearing_runs SET status = 2, approved_at_ms = ?2 \
+                 WHERE business_date = ?1 AND status = 1",
+                params![date.get(), now_ms],
+            )?;
+            tx.execute(
+                "UPDATE credits SET status = 2 WHERE business_date = ?1 AND status = 1",
+                [date.get()],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn clearing_report(
+        &self,
+        date: wenxiao_protocol::BusinessDate,
+    ) -> Result<Option<super::ClearingReport>, StoreError> {
+        use wenxiao_protocol::{CardNo, CreditId, Fen};
+        Self::with(&self.reader, move |conn| {
+            let Some(summary) = read_run(conn, date)? else {
+                return Ok(None);
+            };
+            let d = date.get();
+            let credits = conn
+                .prepare(
+                    "SELECT credit_id, card_no, amount_fen FROM credits \
+                     WHERE business_date = ?1 ORDER BY credit_id",
+                )?
+                .query_map([d], |r| {
+                    Ok(super::CreditRow {
+                        credit_id: CreditId(super::from_db_u64(r.get(0)?)),
+                        card_no: CardNo(super::from_db_u64(r.get(1)?)),
+                        amount_fen: Fen(r.get(2)?),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let merchants = conn
+                .prepare(
+                    "SELECT merchant_id, txn_count, sales_fen, refunds_fen, points_fen, subsidy_fen \
+                     FROM merchant_settlements WHERE business_date = ?1 ORDER BY merchant_id",
+                )?
+                .query_map([d], |r| {
+                    Ok(super::MerchantSettlement {
+                        merchant_id: MerchantId(r.get(0)?),
+                        txn_count: r.get(1)?,
+                        sales_fen: Fen(r.get(2)?),
+                        refunds_fen: Fen(r.get(3)?),
+                        points_fen: Fen(r.get(4)?),
+                        subsidy_fen: Fen(r.get(5)?),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let statistics = conn
+                .prepare(
+                    "SELECT district, category, txn_count, sales_fen, subsidy_fen FROM day_statistics \
+                     WHERE business_date = ?1 ORDER BY district, category",
+                )?
+                .query_map([d], |r| {
+                    Ok(super::StatisticsRow {
+                        district: r.get(0)?,
+                        category: r.get(1)?,
+                        txn_count: r.get(2)?,
+                        sales_fen: Fen(r.get(3)?),
+                        subsidy_fen: Fen(r.get(4)?),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Some(super::ClearingReport {
+                summary,
+                credits,
+                merchants,
+                statistics,
+            }))
         })
         .await
     }
