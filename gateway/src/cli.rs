@@ -40,6 +40,26 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Daily clearing and settlement.
+    Clearing {
+        #[command(subcommand)]
+        command: ClearingCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClearingCommand {
+    /// Clear business day DATE (yyyymmdd) and write its settlement files. Running it again
+    /// changes nothing and rewrites the same files.
+    Run {
+        #[arg(long)]
+        date: u32,
+    },
+    /// The audit step: release DATE's credits for loading.
+    Approve {
+        #[arg(long)]
+        date: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("store migrated");
             Ok(())
         }),
+        Command::Clearing { command } => clearing(&config, command),
         Command::Registry {
             command: RegistryCommand::Import { merchants, devices },
         } => {
@@ -150,6 +171,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn clearing(config: &Config, command: ClearingCommand) -> anyhow::Result<()> {
+    let policy = crate::policy::Policy::load(&config.policy_path)?;
+    let (date, approve_only) = match command {
+        ClearingCommand::Run { date } => (date, false),
+        ClearingCommand::Approve { date } => (date, true),
+    };
+    let date = wenxiao_protocol::BusinessDate::new(date)?;
+    let dir = config.data_dir.join(&config.clearing.settlement_dir);
+    let auto = config.clearing.auto_approve;
+    with_store(config, |store| async move {
+        store.migrate().await?;
+        let now = crate::clock::now_ms();
+        if approve_only {
+            anyhow::ensure!(
+                store.approve_day(date, now).await?,
+                "{date} is not cleared yet"
+            );
+        } else {
+            store
+                .clear_day(date, policy.points.fen_per_point, now)
+                .await?;
+            if auto {
+                store.approve_day(date, now).await?;
+            }
+        }
+        let report = store
+            .clearing_report(date)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{date} is not cleared"))?;
+        let s = report.summary;
+        println!(
+            "{date}: {} transactions, subsidy {} yuan, {} credits totalling {} yuan, {}",
+            s.txn_count,
+            s.subsidy_fen,
+            s.credit_count,
+            s.credit_fen,
+            if s.approved {
+                "approved"
+            } else {
+                "awaiting approval"
+            }
+        );
+        for f in crate::clearing::write_settlement_files(&report, &dir)? {
+            println!("{}", f.display());
+        }
+        Ok(())
+    })
 }
 
 fn with_store<F, Fut>(config: &Config, f: F) -> anyhow::Result<()>

@@ -65,6 +65,28 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Registry files for `registry import` (and for a first start on an empty store).
     pub registry: RegistryConfig,
+    /// The daily clearing.
+    pub clearing: ClearingConfig,
+}
+
+/// `[clearing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClearingConfig {
+    /// Approve each day as soon as it is cleared (simulator and demos only: production
+    /// credits wait for the audit group's `clearing approve`).
+    pub auto_approve: bool,
+    /// Settlement files go to `settlement_dir/yyyymmdd/`; relative to `data_dir`.
+    pub settlement_dir: PathBuf,
+}
+
+impl Default for ClearingConfig {
+    fn default() -> Self {
+        Self {
+            auto_approve: false,
+            settlement_dir: PathBuf::from("settlement"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -81,6 +103,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             admin: AdminConfig::default(),
             registry: RegistryConfig::default(),
+            clearing: ClearingConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! ingest into PostgreSQL or SQLite, and (later) the subsidy rules and clearing.
 
 pub mod admin;
+pub mod clearing;
 pub mod cli;
 pub mod clock;
 pub mod config;

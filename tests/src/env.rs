@@ -137,6 +137,34 @@ impl TestEnv {
         d
     }
 
+    /// Writes the configuration as a TOML file for a gateway process listening on `port`.
+    pub fn write_config_file(&self, port: u16) -> PathBuf {
+        let c = &self.config;
+        let text = format!(
+            "data_dir = {data:?}\npolicy_path = {policy:?}\n\
+             [server]\nlisten_addr = \"127.0.0.1:{port}\"\nworkers = 2\n\
+             [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
+             [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
+             [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
+             [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n",
+            data = c.data_dir,
+            policy = c.policy_path,
+            ca = c.tls.device_ca_cert_path,
+            cert = c.tls.server_cert_path,
+            key = c.tls.server_key_path,
+            kind = match c.store.kind {
+                wenxiao_gateway::config::StoreKind::Sqlite => "sqlite",
+                wenxiao_gateway::config::StoreKind::Postgres => "postgres",
+            },
+            url = c.store.postgres_url,
+            m = c.registry.merchants_path,
+            d = c.registry.devices_path,
+        );
+        let path = self.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     /// The data directory.
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_owned()

@@ -29,33 +29,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(env: &TestEnv, port: u16) -> std::path::PathBuf {
-    let c = &env.config;
-    let text = format!(
-        "data_dir = {data:?}\npolicy_path = {policy:?}\n\
-         [server]\nlisten_addr = \"127.0.0.1:{port}\"\nworkers = 2\n\
-         [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
-         [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
-         [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
-         [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n",
-        data = c.data_dir,
-        policy = c.policy_path,
-        ca = c.tls.device_ca_cert_path,
-        cert = c.tls.server_cert_path,
-        key = c.tls.server_key_path,
-        kind = match c.store.kind {
-            wenxiao_gateway::config::StoreKind::Sqlite => "sqlite",
-            wenxiao_gateway::config::StoreKind::Postgres => "postgres",
-        },
-        url = c.store.postgres_url,
-        m = c.registry.merchants_path,
-        d = c.registry.devices_path,
-    );
-    let path = env.path().join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn start_process(config: &std::path::Path) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
         .arg("--config")
@@ -165,7 +138,7 @@ async fn resend_all(env: &TestEnv, addr: std::net::SocketAddr, id: DeviceId, j: 
 }
 
 async fn kill_under_load_and_restart(env: TestEnv) {
-    let config = write_config(&env, free_port());
+    let config = env.write_config_file(free_port());
     let mut gateway = start_process(&config);
     let addr: std::net::SocketAddr = {
         let text = std::fs::read_to_string(&config).unwrap();

@@ -1,0 +1,129 @@
+//! Settlement files of a cleared business day: CSV, one header row, the rows in key
+//! order, and a control-total line (`TOTAL,…`) the receiving side checks. Money in fen.
+//! Regenerating the files of a day gives the same bytes.
+
+use crate::registry::{Category, District};
+use crate::store::ClearingReport;
+use std::path::{Path, PathBuf};
+
+/// Writing a file failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct FileError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+fn district_name(code: i16) -> String {
+    District::from_code(code).map_or_else(|| code.to_string(), |d| format!("{d:?}"))
+}
+
+fn category_name(code: i16) -> String {
+    Category::from_code(code).map_or_else(|| code.to_string(), |c| format!("{c:?}"))
+}
+
+fn write(path: &Path, text: &str) -> Result<PathBuf, FileError> {
+    let err = |source| FileError {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // Write then rename, so a reader never sees half a file.
+    let tmp = path.with_extension("csv.tmp");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(path.to_owned())
+}
+
+/// The four files of a day, under `dir/yyyymmdd/`: card credits (for the card company),
+/// merchant settlement (card company → merchants), bureau settlement (culture bureau →
+/// card company) and statistics by district and category.
+pub fn write_settlement_files(
+    report: &ClearingReport,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, FileError> {
+    let s = &report.summary;
+    let day = dir.join(s.business_date.get().to_string());
+    let mut files = Vec::new();
+
+    let mut cards = String::from("credit_id,card_no,amount_fen\n");
+    let mut sum = 0i64;
+    for c in &report.credits {
+        cards.push_str(&format!(
+            "{},{},{}\n",
+            c.credit_id,
+            c.card_no,
+            c.amount_fen.get()
+        ));
+        sum += c.amount_fen.get();
+    }
+    cards.push_str(&format!("TOTAL,{},{sum}\n", report.credits.len()));
+    files.push(write(&day.join("card_credits.csv"), &cards)?);
+
+    let mut merchants = String::from(
+        "merchant_id,txn_count,sales_fen,refunds_fen,points_fen,payable_fen,subsidy_fen\n",
+    );
+    let mut t = [0i64; 6];
+    for m in &report.merchants {
+        // What the card company pays the merchant: card sales less refunds, plus the
+        // points its customers redeemed.
+        let payable = m.sales_fen.get() - m.refunds_fen.get() + m.points_fen.get();
+        let row = [
+            m.txn_count,
+            m.sales_fen.get(),
+            m.refunds_fen.get(),
+            m.points_fen.get(),
+            payable,
+            m.subsidy_fen.get(),
+        ];
+        merchants.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            m.merchant_id.0, row[0], row[1], row[2], row[3], row[4], row[5]
+        ));
+        for (acc, v) in t.iter_mut().zip(row) {
+            *acc += v;
+        }
+    }
+    merchants.push_str(&format!(
+        "TOTAL,{},{},{},{},{},{}\n",
+        t[0], t[1], t[2], t[3], t[4], t[5]
+    ));
+    files.push(write(&day.join("merchant_settlement.csv"), &merchants)?);
+
+    let bureau = format!(
+        "business_date,txn_count,subsidy_fen,credit_count,credit_fen,approved\n\
+         {},{},{},{},{},{}\nTOTAL,{},{},{},{},\n",
+        s.business_date.get(),
+        s.txn_count,
+        s.subsidy_fen.get(),
+        s.credit_count,
+        s.credit_fen.get(),
+        u8::from(s.approved),
+        s.txn_count,
+        s.subsidy_fen.get(),
+        s.credit_count,
+        s.credit_fen.get(),
+    );
+    files.push(write(&day.join("bureau_settlement.csv"), &bureau)?);
+
+    let mut stats = String::from("district,category,txn_count,sales_fen,subsidy_fen\n");
+    let mut t = [0i64; 3];
+    for r in &report.statistics {
+        stats.push_str(&format!(
+            "{},{},{},{},{}\n",
+            district_name(r.district),
+            category_name(r.category),
+            r.txn_count,
+            r.sales_fen.get(),
+            r.subsidy_fen.get()
+        ));
+        t[0] += r.txn_count;
+        t[1] += r.sales_fen.get();
+        t[2] += r.subsidy_fen.get();
+    }
+    stats.push_str(&format!("TOTAL,,{},{},{}\n", t[0], t[1], t[2]));
+    files.push(write(&day.join("statistics.csv"), &stats)?);
+    Ok(files)
+}

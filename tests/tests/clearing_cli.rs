@@ -1,0 +1,72 @@
+//! `wenxiao-gateway clearing run` and `approve` as a process, on the store a gateway
+//! wrote: settlement files with control totals, the same bytes on a second run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::process::Command;
+use wenxiao_protocol::*;
+use wenxiao_tests::device::book_purchase;
+use wenxiao_tests::env::{POS, TestEnv};
+
+fn gateway(config: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn control_total(file: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with("TOTAL,"), "{}: {last}", file.display());
+    last.split(',').map(str::to_owned).collect()
+}
+
+async fn clear_what_a_gateway_stored(env: TestEnv) {
+    let gw = env.start();
+    let mut d = env.session(&gw, POS).await;
+    for seq in 1..=3u64 {
+        d.send(book_purchase(POS, seq, 7_000 + seq, 1, 8_800)).await;
+        assert_eq!(d.ack().await.subsidy_fen, Fen(880));
+    }
+    drop(d);
+    gw.shutdown().unwrap();
+    let date = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+        .unwrap()
+        .get()
+        .to_string();
+    let config = env.write_config_file(0);
+    let out = gateway(&config, &["clearing", "run", "--date", &date]);
+    assert!(out.contains("3 credits totalling 26.40 yuan"), "{out}");
+    assert!(out.contains("awaiting approval"), "{out}");
+    let day = env.path().join("settlement").join(&date);
+    let cards = day.join("card_credits.csv");
+    assert_eq!(control_total(&cards), ["TOTAL", "3", "2640"]);
+    assert_eq!(control_total(&day.join("merchant_settlement.csv"))[1..4], ["3", "26400", "0"]);
+    assert_eq!(control_total(&day.join("statistics.csv"))[2..], ["3", "26400", "2640"]);
+    let first = std::fs::read(&cards).unwrap();
+    // Idempotent: a second run reports and writes the same.
+    gateway(&config, &["clearing", "run", "--date", &date]);
+    assert_eq!(std::fs::read(&cards).unwrap(), first);
+    let out = gateway(&config, &["clearing", "approve", "--date", &date]);
+    assert!(out.contains("approved"), "{out}");
+    let bureau = std::fs::read_to_string(day.join("bureau_settlement.csv")).unwrap();
+    assert!(bureau.lines().nth(1).unwrap().ends_with(",1"), "{bureau}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_cli_sqlite() {
+    clear_what_a_gateway_stored(TestEnv::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_cli_postgres() {
+    clear_what_a_gateway_stored(TestEnv::postgres().await).await;
+}
