@@ -1,6 +1,11 @@
 //! `wenxiao-gateway clearing run` and `approve` as a process, on the store a gateway
 //! wrote: settlement files with control totals, the same bytes on a second run.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 use wenxiao_protocol::*;
@@ -49,8 +54,14 @@ async fn clear_what_a_gateway_stored(env: TestEnv) {
     let day = env.path().join("settlement").join(&date);
     let cards = day.join("card_credits.csv");
     assert_eq!(control_total(&cards), ["TOTAL", "3", "2640"]);
-    assert_eq!(control_total(&day.join("merchant_settlement.csv"))[1..4], ["3", "26400", "0"]);
-    assert_eq!(control_total(&day.join("statistics.csv"))[2..], ["3", "26400", "2640"]);
+    assert_eq!(
+        control_total(&day.join("merchant_settlement.csv"))[1..4],
+        ["3", "26400", "0"]
+    );
+    assert_eq!(
+        control_total(&day.join("statistics.csv"))[2..],
+        ["3", "26400", "2640"]
+    );
     let first = std::fs::read(&cards).unwrap();
     // Idempotent: a second run reports and writes the same.
     gateway(&config, &["clearing", "run", "--date", &date]);

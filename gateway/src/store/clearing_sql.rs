@@ -6,16 +6,16 @@
 /// refund's reversal — the original purchase's subsidy in proportion to the amount
 /// refunded, rounded half-up in integers ((2·s·r + a) div 2a), all of it for a full refund.
 pub(crate) const DAY_NETS: &str = "INSERT INTO clearing_nets (card_no, net_fen) \
-    SELECT t.card_no, SUM(CASE \
-        WHEN t.kind = 1 THEN t.subsidy_fen \
-        WHEN t.kind = 4 AND o.amount_fen > 0 THEN \
+    SELECT card_no, SUM(net_fen) FROM ( \
+        SELECT card_no, subsidy_fen AS net_fen FROM txns \
+        WHERE business_date = $1 AND status = 1 AND kind = 1 \
+        UNION ALL \
+        SELECT t.card_no, \
             -((o.subsidy_fen * LEAST(t.amount_fen, o.amount_fen) * 2 + o.amount_fen) / (2 * o.amount_fen)) \
-        ELSE 0 END) \
-    FROM txns t \
-    LEFT JOIN txns o ON t.kind = 4 AND o.device_id = t.device_id AND o.seq = t.refund_of_seq \
-        AND o.status = 1 AND o.kind = 1 \
-    WHERE t.business_date = $1 AND t.status = 1 \
-    GROUP BY t.card_no";
+        FROM txns t JOIN txns o ON o.device_id = t.device_id AND o.seq = t.refund_of_seq \
+            AND o.status = 1 AND o.kind = 1 AND o.amount_fen > 0 \
+        WHERE t.business_date = $1 AND t.status = 1 AND t.kind = 4 \
+    ) AS day GROUP BY card_no";
 
 /// Credits: each card's net after what it owed; ids are the date and the card's rank.
 pub(crate) const CREDITS: &str = "INSERT INTO credits (credit_id, business_date, card_no, amount_fen, status) \

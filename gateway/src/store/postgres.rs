@@ -706,8 +706,11 @@ impl Store for PgStore {
         if let Some(r) = tx.query_opt(SELECT_RUN, &[&d]).await? {
             return Ok(summary_from(date, &r));
         }
+        // One card per row by construction (GROUP BY), so the scratch table needs no index;
+        // sorts and hashes of a few million rows fit in memory instead of spilling.
         tx.batch_execute(
-            "CREATE TEMP TABLE clearing_nets (card_no BIGINT PRIMARY KEY, net_fen BIGINT NOT NULL) \
+            "SET LOCAL work_mem = '256MB'; \
+             CREATE TEMP TABLE clearing_nets (card_no BIGINT NOT NULL, net_fen BIGINT NOT NULL) \
              ON COMMIT DROP",
         )
         .await?;
@@ -726,8 +729,16 @@ impl Store for PgStore {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
                 [&d, &fen_per_point, &now_ms];
             let n = stmt.params().len();
-            tx.execute(&stmt, params.get(..n).unwrap_or(&params))
+            let started = std::time::Instant::now();
+            let rows = tx
+                .execute(&stmt, params.get(..n).unwrap_or(&params))
                 .await?;
+            tracing::debug!(
+                rows,
+                ms = started.elapsed().as_millis(),
+                sql = sql.get(..40).unwrap_or(sql),
+                "clearing step"
+            );
         }
         let r = tx.query_one(SELECT_RUN, &[&d]).await?;
         tx.commit().await?;

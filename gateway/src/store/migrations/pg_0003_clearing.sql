@@ -18,8 +18,7 @@ CREATE TABLE credits (
     business_date INTEGER  NOT NULL,
     card_no       BIGINT   NOT NULL,
     amount_fen    BIGINT   NOT NULL,
-    status        SMALLINT NOT NULL,        -- 1 cleared, 2 released, 3 loaded, 4 parked
-    UNIQUE (business_date, card_no)
+    status        SMALLINT NOT NULL         -- 1 cleared, 2 released, 3 loaded, 4 parked
 );
 CREATE INDEX credits_card ON credits (card_no, status);
 
