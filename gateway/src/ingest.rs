@@ -9,7 +9,7 @@
 use crate::config::IngestConfig;
 use crate::metrics as m;
 use crate::policy::Policy;
-use crate::store::{AnyStore, BudgetCtx, IngestTxn, Store, TxnAnswer};
+use crate::store::{AnyStore, IngestCtx, IngestTxn, Store, TxnAnswer};
 use actix::{Message, Recipient};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ pub fn start(
     let handles = (0..writers)
         .map(|n| {
             let w = Writer {
-                budget: BudgetCtx::new(policy, first_shard + n),
+                budget: IngestCtx::new(policy, first_shard + n),
                 store: store.clone(),
                 rx: Arc::clone(&rx),
                 config: config.clone(),
@@ -79,7 +79,7 @@ pub fn start(
 }
 
 struct Writer {
-    budget: BudgetCtx,
+    budget: IngestCtx,
     store: AnyStore,
     rx: Arc<Mutex<mpsc::Receiver<IngestItem>>>,
     config: IngestConfig,

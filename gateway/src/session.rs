@@ -178,6 +178,7 @@ pub struct Session {
     in_flight: usize,
     seqs: SeqTracker,
     draining: bool,
+    auths_in_flight: usize,
     welcomed_kind: Option<&'static str>,
     _permit: OwnedSemaphorePermit,
 }
@@ -226,6 +227,7 @@ impl Session {
                     checkpointed: 0,
                 },
                 draining: false,
+                auths_in_flight: 0,
                 welcomed_kind: None,
                 _permit: permit,
             }
@@ -459,6 +461,99 @@ impl Session {
         }
     }
 
+    /// POINTS_AUTH: the 50 % cap is checked here (pure), the balance and the hold in the
+    /// store. The answer is sent when the store replies; other frames go on meanwhile.
+    fn on_points_auth(&mut self, p: wenxiao_protocol::PointsAuth, ctx: &mut Context<Self>) {
+        use wenxiao_protocol::{AuthStatus, PointsAuthResult};
+        let Phase::Active { device, .. } = &self.phase else {
+            return;
+        };
+        let decline = |reason| {
+            Message::PointsAuthResult(PointsAuthResult {
+                req_id: p.req_id,
+                status: AuthStatus::Declined,
+                reason,
+                hold_id: None,
+                points_approved: Points(0),
+                points_balance: Points(0),
+                expires_at_ms: UnixMillis(0),
+            })
+        };
+        if device.kind != wenxiao_protocol::DeviceKind::Pos {
+            return self.send(decline(Reason::KindNotAllowed));
+        }
+        let policy = &self.shared.policy.points;
+        if let Err(reason) =
+            crate::rules::check_points_use(p.purchase_fen, p.points, Points(u32::MAX), policy)
+        {
+            return self.send(decline(reason));
+        }
+        if self.auths_in_flight >= usize::from(self.shared.config.session.max_in_flight) {
+            return self.fail(
+                ctx,
+                ErrorCode::TooManyInFlight,
+                "too many POINTS_AUTH in flight",
+            );
+        }
+        self.auths_in_flight += 1;
+        let now = clock::now_ms();
+        let request = crate::store::HoldRequest {
+            card_no: p.card_no,
+            device_id: device.device_id,
+            points: p.points,
+            purchase_fen: p.purchase_fen,
+            now_ms: now,
+            expires_at_ms: now.saturating_add(policy.hold_ttl_ms),
+        };
+        let store = self.shared.store.clone();
+        let task = self
+            .shared
+            .store_rt
+            .spawn(async move { store.create_hold(request).await });
+        ctx.spawn(
+            actix::fut::wrap_future(task).map(move |res, act: &mut Session, ctx| {
+                act.auths_in_flight = act.auths_in_flight.saturating_sub(1);
+                let outcome = match res {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "points hold failed");
+                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "points hold task failed");
+                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                };
+                if matches!(act.phase, Phase::Closing) {
+                    return;
+                }
+                let result = match outcome {
+                    crate::store::HoldOutcome::Approved { hold_id, available } => {
+                        PointsAuthResult {
+                            req_id: p.req_id,
+                            status: AuthStatus::Approved,
+                            reason: Reason::None,
+                            hold_id: Some(hold_id),
+                            points_approved: p.points,
+                            points_balance: available,
+                            expires_at_ms: UnixMillis(request.expires_at_ms),
+                        }
+                    }
+                    crate::store::HoldOutcome::Insufficient { available } => PointsAuthResult {
+                        req_id: p.req_id,
+                        status: AuthStatus::Declined,
+                        reason: Reason::InsufficientPoints,
+                        hold_id: None,
+                        points_approved: Points(0),
+                        points_balance: available,
+                        expires_at_ms: UnixMillis(0),
+                    },
+                };
+                act.send(Message::PointsAuthResult(result));
+            }),
+        );
+    }
+
     fn send_drain(&mut self) {
         let after = self.shared.config.session.drain_reconnect_after_ms;
         self.send(Message::Drain(Drain {
@@ -585,6 +680,7 @@ impl StreamHandler<Result<Message, CodecError>> for Session {
                 }));
             }
             (_, Message::Txn(t)) => self.on_txn(t, ctx),
+            (_, Message::PointsAuth(p)) => self.on_points_auth(p, ctx),
             // Points, credits and hot lists arrive with the clearing issue; until then a
             // device that uses them is told plainly rather than left waiting.
             (_, m) => {

@@ -17,6 +17,8 @@ pub const POS2: DeviceId = DeviceId(310_100_000_002);
 pub const CINEMA_POS: DeviceId = DeviceId(310_100_000_003);
 /// A top-up kiosk.
 pub const KIOSK: DeviceId = DeviceId(310_200_000_001);
+/// A public venue's sign-in reader.
+pub const READER: DeviceId = DeviceId(310_400_000_001);
 /// A disabled POS terminal.
 pub const DISABLED_POS: DeviceId = DeviceId(310_100_000_009);
 /// A device id not in the registry.
@@ -25,7 +27,8 @@ pub const UNKNOWN: DeviceId = DeviceId(999);
 const MERCHANTS: &str = "merchant_id,name,category,district,active\n\
 1001,Test bookstore,BOOKSTORE,ERQI,1\n\
 1002,Test cinema,CINEMA,JINSHUI,1\n\
-1003,Test outlet,SERVICE_OUTLET,ZHONGYUAN,1\n";
+1003,Test outlet,SERVICE_OUTLET,ZHONGYUAN,1\n\
+1004,Test library,PUBLIC_VENUE,HUIJI,1\n";
 
 const DEVICES: &str = "device_id,kind,merchant_id,operator,active\n\
 310100000001,POS,1001,,1\n\
@@ -33,7 +36,8 @@ const DEVICES: &str = "device_id,kind,merchant_id,operator,active\n\
 310100000003,POS,1002,,1\n\
 310100000009,POS,1001,,0\n\
 310200000001,KIOSK,1003,,1\n\
-310300000001,OTA_ENDPOINT,,CHINA_MOBILE,1\n";
+310300000001,OTA_ENDPOINT,,CHINA_MOBILE,1\n\
+310400000001,SIGNIN_READER,1004,,1\n";
 
 /// Everything a test needs around one gateway.
 pub struct TestEnv {

@@ -400,3 +400,88 @@ async fn cinema_acks_carry_the_subsidy_of_the_agreed_price() {
         (TxnStatus::Stored, Fen(0), Reason::NotEligible)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_from_sign_ins_pay_part_of_a_purchase() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let mut reader = env.session(&gw, READER).await;
+    let mut visit = book_purchase(READER, 1, 900, 1, 0);
+    visit.kind = TxnKind::SignIn;
+    visit.item = Item::None;
+    reader.send(sign_txn(visit)).await;
+    let a = reader.ack().await;
+    assert_eq!(
+        (a.status, a.points_awarded),
+        (TxnStatus::Stored, Points(10))
+    );
+    let mut again = visit;
+    again.seq = Seq::new(2).unwrap();
+    again.card_counter = CardCounter(2);
+    reader.send(sign_txn(again)).await;
+    let a = reader.ack().await;
+    assert_eq!(
+        (a.reason, a.points_awarded),
+        (Reason::DailyLimitReached, Points(0))
+    );
+
+    let mut pos = env.session(&gw, POS).await;
+    // 20 points are more than the card has.
+    pos.send(PointsAuth {
+        req_id: ReqId(1),
+        card_no: CardNo(900),
+        purchase_fen: Fen(1_000),
+        points: Points(20),
+    })
+    .await;
+    let Message::PointsAuthResult(r) = pos.frame().await else {
+        panic!()
+    };
+    assert_eq!(
+        (r.status, r.reason, r.points_balance),
+        (AuthStatus::Declined, Reason::InsufficientPoints, Points(10))
+    );
+    // 60 points on a ¥1 purchase would pay more than 50 %.
+    pos.send(PointsAuth {
+        req_id: ReqId(2),
+        card_no: CardNo(900),
+        purchase_fen: Fen(100),
+        points: Points(6),
+    })
+    .await;
+    let Message::PointsAuthResult(r) = pos.frame().await else {
+        panic!()
+    };
+    assert_eq!(r.reason, Reason::PointsCapExceeded);
+    pos.send(PointsAuth {
+        req_id: ReqId(3),
+        card_no: CardNo(900),
+        purchase_fen: Fen(1_000),
+        points: Points(10),
+    })
+    .await;
+    let Message::PointsAuthResult(r) = pos.frame().await else {
+        panic!()
+    };
+    assert_eq!(
+        (r.req_id, r.status, r.points_approved, r.points_balance),
+        (ReqId(3), AuthStatus::Approved, Points(10), Points(0))
+    );
+    // The purchase: ¥9 by card, ¥1 in points; the subsidy is 10 % of the ¥9 paid.
+    let mut buy = book_purchase(POS, 1, 900, 3, 900);
+    buy.points_hold_id = r.hold_id;
+    buy.points_used = Points(10);
+    pos.send(sign(POS, buy)).await;
+    let a = pos.ack().await;
+    assert_eq!((a.status, a.subsidy_fen), (TxnStatus::Stored, Fen(90)));
+    // The hold is spent: quoting it again is refused.
+    let mut twice = buy;
+    twice.seq = Seq::new(2).unwrap();
+    twice.card_counter = CardCounter(4);
+    pos.send(sign(POS, twice)).await;
+    assert_eq!(pos.ack().await.reason, Reason::HoldInvalid);
+}
+
+fn sign_txn(t: Txn) -> Txn {
+    sign(READER, t)
+}

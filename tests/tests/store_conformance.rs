@@ -9,16 +9,19 @@
 
 use std::path::Path;
 use wenxiao_gateway::registry::{MerchantId, Registry};
-use wenxiao_gateway::store::{BudgetCtx, IngestTxn, Proposal, Store, TxnAnswer};
+use wenxiao_gateway::store::{
+    HoldOutcome, HoldRequest, IngestCtx, IngestTxn, Proposal, Store, TxnAnswer,
+};
 use wenxiao_protocol::*;
 
 const DEVICE: DeviceId = DeviceId(310_100_000_001);
 
 /// Caps no ordinary test reaches.
-const B: BudgetCtx = BudgetCtx {
+const B: IngestCtx = IngestCtx {
     monthly_cap: Fen(1_000_000_000),
     programme_cap: Fen(1_000_000_000),
     shard: 0,
+    sign_in_points: Points(10),
 };
 
 fn txn(seq: u64, card: u64, counter: u32, amount: i64) -> Txn {
@@ -251,10 +254,11 @@ fn want(device: DeviceId, seq: u64, card: u64, subsidy: i64, date: u32) -> Inges
 }
 
 async fn the_budget_pays_in_order_exactly_to_the_cap(s: &impl Store) {
-    let caps = BudgetCtx {
+    let caps = IngestCtx {
         monthly_cap: Fen(2_000),
         programme_cap: Fen(3_000),
         shard: 3,
+        sign_in_points: Points(10),
     };
     let a = s
         .ingest(
@@ -314,10 +318,11 @@ async fn concurrent_writers_never_exceed_the_budget(s: &(impl Store + Clone)) {
     for w in 0..8u64 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            let caps = BudgetCtx {
+            let caps = IngestCtx {
                 monthly_cap: Fen(12_345),
                 programme_cap: Fen(1_000_000),
                 shard: i32::try_from(w).unwrap(),
+                sign_in_points: Points(10),
             };
             let mut granted = 0;
             for b in 0..5u64 {
@@ -352,10 +357,11 @@ async fn concurrent_writers_never_exceed_the_budget(s: &(impl Store + Clone)) {
 async fn a_shard_that_borrowed_leaves_no_phantom_room(s: &impl Store) {
     // Cap 800 over 8 shards of 100. Shard 0 takes 500 (borrowing 400 from the others);
     // then every other shard asks for 100: only 300 remain in all.
-    let caps = |shard| BudgetCtx {
+    let caps = |shard| IngestCtx {
         monthly_cap: Fen(800),
         programme_cap: Fen(1_000_000),
         shard,
+        sign_in_points: Points(10),
     };
     let first = s
         .ingest(&[want(DEVICE, 1, 1, 500, 20261110)], &caps(0))
@@ -500,6 +506,136 @@ async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &impl Store) {
     assert_eq!(day3.credit_fen, Fen(200));
 }
 
+fn sign_in(seq: u64, card: u64, date: u32) -> IngestTxn {
+    let mut t = txn(seq, card, u32::try_from(seq).unwrap(), 0);
+    t.kind = TxnKind::SignIn;
+    t.item = Item::None;
+    IngestTxn {
+        business_date: BusinessDate::new(date).unwrap(),
+        merchant_id: Some(MerchantId(1071)),
+        ..ingest(
+            DeviceId(310_400_000_001),
+            t,
+            Proposal::Store {
+                reason: Reason::None,
+                subsidy_fen: Fen(0),
+                points_awarded: Points(0),
+            },
+        )
+    }
+}
+
+async fn sign_ins_earn_points_once_per_card_and_day(s: &impl Store) {
+    let a = s
+        .ingest(
+            &[
+                sign_in(1, 50, 20261127),
+                sign_in(2, 50, 20261127),
+                sign_in(3, 51, 20261127),
+            ],
+            &B,
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = a
+        .iter()
+        .map(|x| (x.status, x.reason, x.points_awarded))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (TxnStatus::Stored, Reason::None, Points(10)),
+            (TxnStatus::Stored, Reason::DailyLimitReached, Points(0)),
+            (TxnStatus::Stored, Reason::None, Points(10)),
+        ]
+    );
+    // A re-send is answered as first recorded; the next day earns again.
+    let again = s.ingest(&[sign_in(2, 50, 20261127)], &B).await.unwrap();
+    assert_eq!(
+        (again[0].status, again[0].reason),
+        (TxnStatus::Duplicate, Reason::DailyLimitReached)
+    );
+    s.ingest(&[sign_in(4, 50, 20261128)], &B).await.unwrap();
+    assert_eq!(
+        s.points_balance(CardNo(50)).await.unwrap(),
+        (Points(20), Points(0))
+    );
+}
+
+fn hold(card: u64, points: u32, now: i64) -> HoldRequest {
+    HoldRequest {
+        card_no: CardNo(card),
+        device_id: DEVICE,
+        points: Points(points),
+        purchase_fen: Fen(10_000),
+        now_ms: now,
+        expires_at_ms: now + 600_000,
+    }
+}
+
+fn purchase_with(seq: u64, card: u64, hold: HoldId, points: u32, received: i64) -> IngestTxn {
+    let mut t = txn(seq, card, u32::try_from(seq).unwrap(), 8_500);
+    t.points_hold_id = Some(hold);
+    t.points_used = Points(points);
+    IngestTxn {
+        received_at_ms: received,
+        ..ingest(DEVICE, t, STORE_880)
+    }
+}
+
+async fn a_purchase_consumes_its_hold_exactly_once(s: &impl Store) {
+    s.ingest(&[sign_in(1, 60, 20261101), sign_in(2, 60, 20261102)], &B)
+        .await
+        .unwrap();
+    let now = 1_795_000_000_000;
+    let HoldOutcome::Approved { hold_id, available } =
+        s.create_hold(hold(60, 15, now)).await.unwrap()
+    else {
+        panic!("hold refused");
+    };
+    assert_eq!(available, Points(5));
+    assert_eq!(
+        s.create_hold(hold(60, 10, now)).await.unwrap(),
+        HoldOutcome::Insufficient {
+            available: Points(5)
+        }
+    );
+    let a = s
+        .ingest(&[purchase_with(10, 60, hold_id, 15, now + 1)], &B)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a[0].status, a[0].subsidy_fen),
+        (TxnStatus::Stored, Fen(880))
+    );
+    assert_eq!(
+        s.points_balance(CardNo(60)).await.unwrap(),
+        (Points(5), Points(0))
+    );
+    // The same hold again, for another purchase: refused, and takes no budget.
+    let b = s
+        .ingest(&[purchase_with(11, 60, hold_id, 15, now + 2)], &B)
+        .await
+        .unwrap();
+    assert_eq!(b[0], TxnAnswer::rejected(Reason::HoldInvalid));
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 1));
+    // A hold that expired before its purchase arrived is invalid, and is released.
+    let HoldOutcome::Approved { hold_id: late, .. } =
+        s.create_hold(hold(60, 5, now)).await.unwrap()
+    else {
+        panic!("hold refused");
+    };
+    let c = s
+        .ingest(&[purchase_with(12, 60, late, 5, now + 600_001)], &B)
+        .await
+        .unwrap();
+    assert_eq!(c[0], TxnAnswer::rejected(Reason::HoldInvalid));
+    assert!(matches!(
+        s.create_hold(hold(60, 5, now + 600_001)).await.unwrap(),
+        HoldOutcome::Approved { .. }
+    ));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -531,6 +667,8 @@ conformance!(
     a_shard_that_borrowed_leaves_no_phantom_room,
     clearing_credits_each_card_once_and_is_idempotent,
     refunds_beyond_a_days_credit_are_owed_and_recovered,
+    sign_ins_earn_points_once_per_card_and_day,
+    a_purchase_consumes_its_hold_exactly_once,
 );
 
 conformance!(
@@ -549,4 +687,6 @@ conformance!(
     a_shard_that_borrowed_leaves_no_phantom_room,
     clearing_credits_each_card_once_and_is_idempotent,
     refunds_beyond_a_days_credit_are_owed_and_recovered,
+    sign_ins_earn_points_once_per_card_and_day,
+    a_purchase_consumes_its_hold_exactly_once,
 );

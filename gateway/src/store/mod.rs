@@ -115,7 +115,7 @@ pub trait Store: Send + Sync + 'static {
     fn ingest(
         &self,
         batch: &[IngestTxn],
-        budget: &BudgetCtx,
+        budget: &IngestCtx,
     ) -> impl Future<Output = Result<Vec<TxnAnswer>, StoreError>> + Send;
 
     /// What a budget (a month `yyyymm`, or [`PROGRAMME_BUDGET_KEY`]) has granted.
@@ -170,11 +170,97 @@ pub trait Store: Send + Sync + 'static {
         date: BusinessDate,
     ) -> impl Future<Output = Result<Option<ClearingReport>, StoreError>> + Send;
 
+    /// POINTS_AUTH: holds `points` of the card for a purchase, if the card has them free
+    /// (holds past their expiry are released first). The 50 % cap is the caller's check.
+    fn create_hold(
+        &self,
+        request: HoldRequest,
+    ) -> impl Future<Output = Result<HoldOutcome, StoreError>> + Send;
+
+    /// A card's points: (balance, held).
+    fn points_balance(
+        &self,
+        card_no: CardNo,
+    ) -> impl Future<Output = Result<(Points, Points), StoreError>> + Send;
+
     /// Number of rows recorded for a device: (stored, rejected). For tests and audits.
     fn count_txns(
         &self,
         device_id: DeviceId,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+}
+
+/// A POINTS_AUTH to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// The card.
+    pub card_no: CardNo,
+    /// The POS asking.
+    pub device_id: DeviceId,
+    /// Points to hold.
+    pub points: Points,
+    /// The whole purchase.
+    pub purchase_fen: Fen,
+    /// Now (expired holds are released against it).
+    pub now_ms: i64,
+    /// When the new hold lapses.
+    pub expires_at_ms: i64,
+}
+
+/// The answer to a POINTS_AUTH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Held.
+    Approved {
+        /// The hold to quote in the TXN.
+        hold_id: HoldId,
+        /// Points still free after the hold.
+        available: Points,
+    },
+    /// Not enough free points.
+    Insufficient {
+        /// Points free.
+        available: Points,
+    },
+}
+
+/// A points effect of the batch on one row, decided in the ingest transaction.
+pub(crate) enum PointsEffect {
+    /// The purchase consumed its hold.
+    HoldConsumed,
+    /// The hold is unknown, expired, consumed, or for another card, device or amount.
+    HoldInvalid,
+    /// The sign-in earned points.
+    Awarded(Points),
+    /// The card already signed in today.
+    DailyLimit,
+}
+
+/// Rows newly stored in this batch that use a hold or sign in, in batch order.
+pub(crate) fn points_rows(batch: &[IngestTxn], answers: &[Option<TxnAnswer>]) -> Vec<usize> {
+    batch
+        .iter()
+        .zip(answers)
+        .enumerate()
+        .filter(|(_, (t, a))| {
+            a.is_some_and(|a| a.status == TxnStatus::Stored)
+                && (t.txn.points_hold_id.is_some() || t.txn.kind == TxnKind::SignIn)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The answer after a points effect.
+pub(crate) fn apply_points(answer: &mut TxnAnswer, effect: &PointsEffect) {
+    match effect {
+        PointsEffect::HoldConsumed => {}
+        PointsEffect::HoldInvalid => *answer = TxnAnswer::rejected(Reason::HoldInvalid),
+        PointsEffect::Awarded(p) => answer.points_awarded = *p,
+        PointsEffect::DailyLimit => {
+            answer.points_awarded = Points(0);
+            answer.reason = Reason::DailyLimitReached;
+        }
+    }
 }
 
 /// The outcome of a day's clearing run.
@@ -275,7 +361,7 @@ impl Store for AnyStore {
     async fn ingest(
         &self,
         batch: &[IngestTxn],
-        budget: &BudgetCtx,
+        budget: &IngestCtx,
     ) -> Result<Vec<TxnAnswer>, StoreError> {
         delegate!(self, s => s.ingest(batch, budget))
     }
@@ -307,6 +393,12 @@ impl Store for AnyStore {
         now_ms: i64,
     ) -> Result<ClearingSummary, StoreError> {
         delegate!(self, s => s.clear_day(date, fen_per_point, now_ms))
+    }
+    async fn create_hold(&self, request: HoldRequest) -> Result<HoldOutcome, StoreError> {
+        delegate!(self, s => s.create_hold(request))
+    }
+    async fn points_balance(&self, card_no: CardNo) -> Result<(Points, Points), StoreError> {
+        delegate!(self, s => s.points_balance(card_no))
     }
     async fn approve_day(&self, date: BusinessDate, now_ms: i64) -> Result<bool, StoreError> {
         delegate!(self, s => s.approve_day(date, now_ms))
@@ -544,6 +636,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/pg_0003_clearing.sql"),
         include_str!("migrations/sqlite_0003_clearing.sql"),
     ),
+    (
+        4,
+        include_str!("migrations/pg_0004_points.sql"),
+        include_str!("migrations/sqlite_0004_points.sql"),
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -556,24 +653,28 @@ const BUDGET_SHARDS_USIZE: usize = 8;
 /// The budget key of the whole programme; months use `yyyymm`.
 pub const PROGRAMME_BUDGET_KEY: i32 = 0;
 
-/// The caps the store enforces, and which shard this caller draws from.
+/// What an ingest transaction needs besides the rows: the budget caps, which budget shard
+/// this writer draws from, and the points a sign-in earns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetCtx {
+pub struct IngestCtx {
     /// Cap of each calendar month.
     pub monthly_cap: Fen,
     /// Cap of the programme.
     pub programme_cap: Fen,
     /// This writer's shard, `0..BUDGET_SHARDS`.
     pub shard: i32,
+    /// Points for a card's first sign-in of a day.
+    pub sign_in_points: Points,
 }
 
-impl BudgetCtx {
+impl IngestCtx {
     /// Caps from the policy, drawing from `shard` (reduced modulo [`BUDGET_SHARDS`]).
     pub fn new(policy: &crate::policy::Policy, shard: usize) -> Self {
         Self {
             monthly_cap: policy.monthly_cap(),
             programme_cap: policy.programme_total(),
             shard: i32::try_from(shard % BUDGET_SHARDS_USIZE).unwrap_or(0),
+            sign_in_points: Points(policy.points.sign_in_points),
         }
     }
 

@@ -7,7 +7,7 @@
 
 use super::rebalance;
 use super::{
-    BUDGET_SHARDS, BudgetCtx, IngestTxn, MIGRATIONS, PROGRAMME_BUDGET_KEY, SEQ_PAGE_ROWS, Store,
+    BUDGET_SHARDS, IngestCtx, IngestTxn, MIGRATIONS, PROGRAMME_BUDGET_KEY, SEQ_PAGE_ROWS, Store,
     StoreError, TxnAnswer, TxnRow, advance_watermark, answer_resend, apply_grants, budget_wants,
     cut_to_programme, db_u64, distribute, from_db_u64, recorded_from_columns, txn_payload,
 };
@@ -333,6 +333,114 @@ async fn add_budget(
 }
 
 /// Draws the batch's stored subsidies from the budget and lowers the rows it cannot pay.
+/// Releases a card's holds past their expiry.
+async fn release_expired_holds(
+    tx: &deadpool_postgres::Transaction<'_>,
+    card: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let released: i64 = tx
+        .query(
+            "UPDATE points_holds SET status = 3 \
+             WHERE card_no = $1 AND status = 1 AND expires_at_ms <= $2 RETURNING points",
+            &[&card, &now_ms],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .sum();
+    if released > 0 {
+        tx.execute(
+            "UPDATE points_accounts SET held = held - $2 WHERE card_no = $1",
+            &[&card, &released],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Consumes holds and awards sign-in points for the batch's new rows; rows whose hold is
+/// not valid become REJECTED HOLD_INVALID (before the budget, so they take none of it).
+async fn apply_points_effects(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    ctx: &IngestCtx,
+) -> Result<(), StoreError> {
+    for i in super::points_rows(batch, answers) {
+        let (Some(t), Some(Some(answer))) = (batch.get(i), answers.get_mut(i)) else {
+            continue;
+        };
+        let card = db_u64(t.txn.card_no.get());
+        let effect = if let Some(hold) = t.txn.points_hold_id {
+            let points = i64::from(t.txn.points_used.get());
+            let n = tx
+                .execute(
+                    "UPDATE points_holds SET status = 2, consumed_seq = $5 \
+                     WHERE hold_id = $1 AND card_no = $2 AND device_id = $3 AND points = $4 \
+                     AND status = 1 AND expires_at_ms > $6",
+                    &[
+                        &db_u64(hold.get()),
+                        &card,
+                        &db_u64(t.device_id.get()),
+                        &points,
+                        &db_u64(t.txn.seq.get()),
+                        &t.received_at_ms,
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "UPDATE points_accounts SET balance = balance - $2, held = held - $2 \
+                     WHERE card_no = $1",
+                    &[&card, &points],
+                )
+                .await?;
+                super::PointsEffect::HoldConsumed
+            } else {
+                super::PointsEffect::HoldInvalid
+            }
+        } else {
+            let day = i32::try_from(t.business_date.get()).unwrap_or(i32::MAX);
+            let points = i64::from(ctx.sign_in_points.get());
+            let n = tx
+                .execute(
+                    "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+                     VALUES ($1, $2, 1, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&card, &day, &t.merchant_id.map_or(0, |m| m.0), &points],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, $2, 0) \
+                     ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + $2",
+                    &[&card, &points],
+                )
+                .await?;
+                super::PointsEffect::Awarded(ctx.sign_in_points)
+            } else {
+                super::PointsEffect::DailyLimit
+            }
+        };
+        super::apply_points(answer, &effect);
+        let (d, q) = key(t);
+        tx.execute(
+            "UPDATE txns SET status = $3, reason = $4, subsidy_fen = $5, points_awarded = $6 \
+             WHERE device_id = $1 AND seq = $2",
+            &[
+                &d,
+                &q,
+                &i16::from(answer.status.code()),
+                &i16::try_from(answer.reason.code()).unwrap_or(i16::MAX),
+                &answer.subsidy_fen.get(),
+                &i64::from(answer.points_awarded.get()),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Grants from this writer's month shard and programme shard at once, each only if it
 /// fits; the programme's update runs only when the month's did (month first: the lock
 /// order). Returns the two update counts.
@@ -347,7 +455,7 @@ async fn apply_budget(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
-    budget: &BudgetCtx,
+    budget: &IngestCtx,
     known: &std::sync::Mutex<HashSet<i32>>,
 ) -> Result<(), StoreError> {
     let wants = budget_wants(batch, answers);
@@ -529,7 +637,7 @@ impl Store for PgStore {
     async fn ingest(
         &self,
         batch: &[IngestTxn],
-        budget: &BudgetCtx,
+        budget: &IngestCtx,
     ) -> Result<Vec<TxnAnswer>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -553,6 +661,7 @@ impl Store for PgStore {
                 "batch row {i} neither inserted nor found"
             )));
         }
+        apply_points_effects(&tx, batch, &mut answers, budget).await?;
         apply_budget(&tx, batch, &mut answers, budget, &self.known_budgets).await?;
         tx.commit().await?;
         // Only now are the budget rows this batch may have created surely there.
@@ -834,6 +943,82 @@ impl Store for PgStore {
             merchants,
             statistics,
         }))
+    }
+
+    async fn create_hold(&self, r: super::HoldRequest) -> Result<super::HoldOutcome, StoreError> {
+        use wenxiao_protocol::{HoldId, Points};
+        let card = db_u64(r.card_no.get());
+        let points = i64::from(r.points.get());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, 0, 0) \
+             ON CONFLICT DO NOTHING",
+            &[&card],
+        )
+        .await?;
+        release_expired_holds(&tx, card, r.now_ms).await?;
+        let free = |v: i64| Points(u32::try_from(v.max(0)).unwrap_or(u32::MAX));
+        let held = tx
+            .query_opt(
+                "UPDATE points_accounts SET held = held + $2 \
+                 WHERE card_no = $1 AND balance - held >= $2 RETURNING balance - held",
+                &[&card, &points],
+            )
+            .await?;
+        let outcome = match held {
+            None => {
+                let row = tx
+                    .query_one(
+                        "SELECT balance - held FROM points_accounts WHERE card_no = $1",
+                        &[&card],
+                    )
+                    .await?;
+                super::HoldOutcome::Insufficient {
+                    available: free(row.get(0)),
+                }
+            }
+            Some(row) => {
+                let id: i64 = tx
+                    .query_one(
+                        "INSERT INTO points_holds (card_no, device_id, points, purchase_fen, \
+                         expires_at_ms, status) VALUES ($1, $2, $3, $4, $5, 1) RETURNING hold_id",
+                        &[
+                            &card,
+                            &db_u64(r.device_id.get()),
+                            &points,
+                            &r.purchase_fen.get(),
+                            &r.expires_at_ms,
+                        ],
+                    )
+                    .await?
+                    .get(0);
+                let hold_id = HoldId::new(from_db_u64(id))
+                    .ok_or_else(|| StoreError::Corrupt("hold id 0".to_owned()))?;
+                super::HoldOutcome::Approved {
+                    hold_id,
+                    available: free(row.get(0)),
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn points_balance(
+        &self,
+        card_no: wenxiao_protocol::CardNo,
+    ) -> Result<(wenxiao_protocol::Points, wenxiao_protocol::Points), StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT balance, held FROM points_accounts WHERE card_no = $1",
+                &[&db_u64(card_no.get())],
+            )
+            .await?;
+        let p = |v: i64| wenxiao_protocol::Points(u32::try_from(v.max(0)).unwrap_or(u32::MAX));
+        Ok(row.map_or((p(0), p(0)), |r| (p(r.get(0)), p(r.get(1)))))
     }
 
     async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {

@@ -4,7 +4,7 @@
 
 use super::rebalance;
 use super::{
-    BUDGET_SHARDS, BudgetCtx, IngestTxn, MIGRATIONS, PROGRAMME_BUDGET_KEY, Proposal, Recorded,
+    BUDGET_SHARDS, IngestCtx, IngestTxn, MIGRATIONS, PROGRAMME_BUDGET_KEY, Proposal, Recorded,
     Resend, SEQ_PAGE_ROWS, Store, StoreError, TxnAnswer, TxnRow, advance_watermark, answer_resend,
     apply_grants, budget_wants, cut_to_programme, db_u64, distribute, recorded_from_columns,
     txn_payload,
@@ -200,7 +200,7 @@ fn take_budget(
             "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
              VALUES (?1, ?2, ?3, 0) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![key, s, BudgetCtx::shard_cap(cap, s)])?;
+        .execute(params![key, s, IngestCtx::shard_cap(cap, s)])?;
     }
     let fast = tx
         .prepare_cached(
@@ -246,7 +246,7 @@ fn apply_budget(
     tx: &rusqlite::Transaction<'_>,
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
-    budget: &BudgetCtx,
+    budget: &IngestCtx,
 ) -> Result<(), StoreError> {
     let wants = budget_wants(batch, answers);
     let mut month_grants = Vec::with_capacity(wants.len());
@@ -284,6 +284,108 @@ fn apply_budget(
                 i16::try_from(a.reason.code()).unwrap_or(i16::MAX)
             ])?;
         }
+    }
+    Ok(())
+}
+
+fn release_expired_holds(
+    tx: &rusqlite::Transaction<'_>,
+    card: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let released: i64 = tx
+        .prepare_cached(
+            "UPDATE points_holds SET status = 3 \
+             WHERE card_no = ?1 AND status = 1 AND expires_at_ms <= ?2 RETURNING points",
+        )?
+        .query_map(params![card, now_ms], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .sum();
+    if released > 0 {
+        tx.execute(
+            "UPDATE points_accounts SET held = held - ?2 WHERE card_no = ?1",
+            params![card, released],
+        )?;
+    }
+    Ok(())
+}
+
+/// As the PostgreSQL store's `apply_points_effects`.
+fn apply_points_effects(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    ctx: &IngestCtx,
+) -> Result<(), StoreError> {
+    for i in super::points_rows(batch, answers) {
+        let (Some(t), Some(Some(answer))) = (batch.get(i), answers.get_mut(i)) else {
+            continue;
+        };
+        let card = db_u64(t.txn.card_no.get());
+        let effect = if let Some(hold) = t.txn.points_hold_id {
+            let points = i64::from(t.txn.points_used.get());
+            let n = tx
+                .prepare_cached(
+                    "UPDATE points_holds SET status = 2, consumed_seq = ?5 \
+                     WHERE hold_id = ?1 AND card_no = ?2 AND device_id = ?3 AND points = ?4 \
+                     AND status = 1 AND expires_at_ms > ?6",
+                )?
+                .execute(params![
+                    db_u64(hold.get()),
+                    card,
+                    db_u64(t.device_id.get()),
+                    points,
+                    db_u64(t.txn.seq.get()),
+                    t.received_at_ms
+                ])?;
+            if n == 1 {
+                tx.execute(
+                    "UPDATE points_accounts SET balance = balance - ?2, held = held - ?2 \
+                     WHERE card_no = ?1",
+                    params![card, points],
+                )?;
+                super::PointsEffect::HoldConsumed
+            } else {
+                super::PointsEffect::HoldInvalid
+            }
+        } else {
+            let points = i64::from(ctx.sign_in_points.get());
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+                     VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    card,
+                    t.business_date.get(),
+                    t.merchant_id.map_or(0, |m| m.0),
+                    points
+                ])?;
+            if n == 1 {
+                tx.prepare_cached(
+                    "INSERT INTO points_accounts (card_no, balance, held) VALUES (?1, ?2, 0) \
+                     ON CONFLICT (card_no) DO UPDATE SET balance = balance + ?2",
+                )?
+                .execute(params![card, points])?;
+                super::PointsEffect::Awarded(ctx.sign_in_points)
+            } else {
+                super::PointsEffect::DailyLimit
+            }
+        };
+        super::apply_points(answer, &effect);
+        tx.prepare_cached(
+            "UPDATE txns SET status = ?3, reason = ?4, subsidy_fen = ?5, points_awarded = ?6 \
+             WHERE device_id = ?1 AND seq = ?2",
+        )?
+        .execute(params![
+            db_u64(t.device_id.get()),
+            db_u64(t.txn.seq.get()),
+            answer.status.code(),
+            answer.reason.code(),
+            answer.subsidy_fen.get(),
+            answer.points_awarded.get()
+        ])?;
     }
     Ok(())
 }
@@ -346,7 +448,7 @@ impl Store for SqliteStore {
     async fn ingest(
         &self,
         batch: &[IngestTxn],
-        budget: &BudgetCtx,
+        budget: &IngestCtx,
     ) -> Result<Vec<TxnAnswer>, StoreError> {
         let (batch, budget) = (batch.to_vec(), *budget);
         Self::with(&self.writer, move |conn| {
@@ -357,6 +459,7 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|t| ingest_one(&tx, t).map(Some))
                 .collect::<Result<Vec<_>, _>>()?;
+            apply_points_effects(&tx, &batch, &mut answers, &budget)?;
             apply_budget(&tx, &batch, &mut answers, &budget)?;
             tx.commit()?;
             Ok(answers.into_iter().flatten().collect())
@@ -642,6 +745,83 @@ impl Store for SqliteStore {
                 merchants,
                 statistics,
             }))
+        })
+        .await
+    }
+
+    async fn create_hold(&self, r: super::HoldRequest) -> Result<super::HoldOutcome, StoreError> {
+        use wenxiao_protocol::{HoldId, Points};
+        Self::with(&self.writer, move |conn| {
+            let card = db_u64(r.card_no.get());
+            let points = i64::from(r.points.get());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO points_accounts (card_no, balance, held) VALUES (?1, 0, 0) \
+                 ON CONFLICT DO NOTHING",
+                [card],
+            )?;
+            release_expired_holds(&tx, card, r.now_ms)?;
+            let free = |v: i64| Points(u32::try_from(v.max(0)).unwrap_or(u32::MAX));
+            let held: Option<i64> = tx
+                .query_row(
+                    "UPDATE points_accounts SET held = held + ?2 \
+                     WHERE card_no = ?1 AND balance - held >= ?2 RETURNING balance - held",
+                    params![card, points],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let outcome = match held {
+                None => {
+                    let available: i64 = tx.query_row(
+                        "SELECT balance - held FROM points_accounts WHERE card_no = ?1",
+                        [card],
+                        |row| row.get(0),
+                    )?;
+                    super::HoldOutcome::Insufficient {
+                        available: free(available),
+                    }
+                }
+                Some(available) => {
+                    let id: i64 = tx.query_row(
+                        "INSERT INTO points_holds (card_no, device_id, points, purchase_fen, \
+                         expires_at_ms, status) VALUES (?1, ?2, ?3, ?4, ?5, 1) RETURNING hold_id",
+                        params![
+                            card,
+                            db_u64(r.device_id.get()),
+                            points,
+                            r.purchase_fen.get(),
+                            r.expires_at_ms
+                        ],
+                        |row| row.get(0),
+                    )?;
+                    let hold_id = HoldId::new(super::from_db_u64(id))
+                        .ok_or_else(|| StoreError::Corrupt("hold id 0".to_owned()))?;
+                    super::HoldOutcome::Approved {
+                        hold_id,
+                        available: free(available),
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn points_balance(
+        &self,
+        card_no: wenxiao_protocol::CardNo,
+    ) -> Result<(wenxiao_protocol::Points, wenxiao_protocol::Points), StoreError> {
+        Self::with(&self.reader, move |conn| {
+            let row: Option<(i64, i64)> = conn
+                .query_row(
+                    "SELECT balance, held FROM points_accounts WHERE card_no = ?1",
+                    [db_u64(card_no.get())],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let p = |v: i64| wenxiao_protocol::Points(u32::try_from(v.max(0)).unwrap_or(u32::MAX));
+            Ok(row.map_or((p(0), p(0)), |(b, h)| (p(b), p(h))))
         })
         .await
     }
