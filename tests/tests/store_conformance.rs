@@ -10,7 +10,8 @@
 use std::path::Path;
 use wenxiao_gateway::registry::{MerchantId, Registry};
 use wenxiao_gateway::store::{
-    HoldOutcome, HoldRequest, IngestCtx, IngestTxn, Proposal, Store, TxnAnswer,
+    CardSeen, HoldOutcome, HoldRequest, IngestCtx, IngestTxn, LoadDecision, LoadInitRequest,
+    Proposal, ResultReport, Store, TxnAnswer,
 };
 use wenxiao_protocol::*;
 
@@ -636,6 +637,257 @@ async fn a_purchase_consumes_its_hold_exactly_once(s: &impl Store) {
     ));
 }
 
+const POS_A: DeviceId = DeviceId(310_100_000_005);
+const POS_B: DeviceId = DeviceId(310_100_000_006);
+
+/// Clears and approves a day in which `card` earned `subsidy`; returns the credit.
+async fn released_credit(s: &impl Store, seq: u64, card: u64, subsidy: i64, date: u32) -> CreditId {
+    s.ingest(&[want(DEVICE, seq, card, subsidy, date)], &B)
+        .await
+        .unwrap();
+    let d = BusinessDate::new(date).unwrap();
+    s.clear_day(d, 10, 1).await.unwrap();
+    assert!(s.approve_day(d, 2).await.unwrap());
+    let report = s.clearing_report(d).await.unwrap().unwrap();
+    report
+        .credits
+        .iter()
+        .find(|c| c.card_no == CardNo(card))
+        .unwrap()
+        .credit_id
+}
+
+fn seen(card: u64, online_seq: u16, device: DeviceId, now: i64) -> CardSeen {
+    CardSeen {
+        card_no: CardNo(card),
+        online_seq: OnlineSeq(online_seq),
+        device_id: device,
+        now_ms: now,
+        binding_timeout_ms: 300_000,
+    }
+}
+
+fn init(
+    credit: CreditId,
+    card: u64,
+    online_seq: u16,
+    device: DeviceId,
+    host_time: i64,
+) -> LoadInitRequest {
+    LoadInitRequest {
+        credit_id: credit,
+        card_no: CardNo(card),
+        online_seq: OnlineSeq(online_seq),
+        device_id: device,
+        host_time_ms: host_time,
+    }
+}
+
+fn result(credit: CreditId, card: u64, outcome: CreditOutcome, device: DeviceId) -> ResultReport {
+    ResultReport {
+        credit_id: credit,
+        card_no: CardNo(card),
+        outcome,
+        device_id: device,
+        now_ms: 9,
+    }
+}
+
+async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &impl Store) {
+    let c = released_credit(s, 1, 70, 880, 20261127).await;
+    let offered = s.card_presented(seen(70, 5, POS_A, 100)).await.unwrap();
+    assert_eq!(
+        offered
+            .iter()
+            .map(|o| (o.credit_id, o.amount_fen))
+            .collect::<Vec<_>>(),
+        vec![(c, Fen(880))]
+    );
+    // Bound to A: not offered at B, and B may not load it.
+    assert!(
+        s.card_presented(seen(70, 5, POS_B, 101))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.begin_load(init(c, 70, 5, POS_B, 1), |_| true)
+            .await
+            .unwrap(),
+        LoadDecision::Declined(Reason::CreditNotYours)
+    );
+    assert_eq!(
+        s.begin_load(init(c, 70, 5, POS_A, 1), |_| false)
+            .await
+            .unwrap(),
+        LoadDecision::Declined(Reason::BadMac)
+    );
+    assert_eq!(
+        s.begin_load(init(c, 71, 5, POS_A, 1), |_| true)
+            .await
+            .unwrap(),
+        LoadDecision::Declined(Reason::CreditNotYours)
+    );
+    let approved = LoadDecision::Approved {
+        amount_fen: Fen(880),
+        host_time_ms: 1_000,
+    };
+    assert_eq!(
+        s.begin_load(init(c, 70, 5, POS_A, 1_000), |a| a == Fen(880))
+            .await
+            .unwrap(),
+        approved
+    );
+    // A re-sent LOAD_INIT gets the recorded host time (the same MAC2); another counter is in doubt.
+    assert_eq!(
+        s.begin_load(init(c, 70, 5, POS_A, 2_000), |_| true)
+            .await
+            .unwrap(),
+        approved
+    );
+    assert_eq!(
+        s.begin_load(init(c, 70, 6, POS_A, 2_000), |_| true)
+            .await
+            .unwrap(),
+        LoadDecision::Declined(Reason::CreditInDoubt)
+    );
+    // A TAC that does not verify changes nothing.
+    assert_eq!(
+        s.finish_load(result(c, 70, CreditOutcome::Loaded, POS_A), |_| false)
+            .await
+            .unwrap(),
+        (ResultStatus::Rejected, Reason::BadMac)
+    );
+    // The card comes back unchanged: the attempt was void, the credit is offered again.
+    let again = s.card_presented(seen(70, 5, POS_B, 200)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        s.begin_load(init(c, 70, 5, POS_B, 3_000), |_| true)
+            .await
+            .unwrap(),
+        LoadDecision::Approved {
+            amount_fen: Fen(880),
+            host_time_ms: 3_000
+        }
+    );
+    // The result was lost, but the card shows the load: loaded, final, offered nowhere.
+    assert!(
+        s.card_presented(seen(70, 6, POS_A, 300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.credit_state(c).await.unwrap(), Some((3, Fen(880))));
+    assert_eq!(
+        s.finish_load(result(c, 70, CreditOutcome::Loaded, POS_B), |_| true)
+            .await
+            .unwrap(),
+        (ResultStatus::Duplicate, Reason::None)
+    );
+    assert_eq!(
+        s.begin_load(init(c, 70, 6, POS_A, 4_000), |_| true)
+            .await
+            .unwrap(),
+        LoadDecision::Declined(Reason::UnknownCredit)
+    );
+}
+
+async fn results_are_idempotent_and_retry_final_behave(s: &impl Store) {
+    let c = released_credit(s, 1, 80, 500, 20261127).await;
+    s.card_presented(seen(80, 1, POS_A, 1)).await.unwrap();
+    // RETRY before LOAD_AUTH releases it to any device.
+    assert_eq!(
+        s.finish_load(result(c, 80, CreditOutcome::NotLoadedRetry, POS_A), |_| {
+            true
+        })
+        .await
+        .unwrap(),
+        (ResultStatus::Recorded, Reason::None)
+    );
+    assert_eq!(
+        s.card_presented(seen(80, 1, POS_B, 2)).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        s.begin_load(init(c, 80, 1, POS_B, 10), |_| true)
+            .await
+            .unwrap(),
+        LoadDecision::Approved {
+            amount_fen: Fen(500),
+            host_time_ms: 10
+        }
+    );
+    // RETRY after LOAD_AUTH keeps it in doubt: no other device gets it.
+    s.finish_load(result(c, 80, CreditOutcome::NotLoadedRetry, POS_B), |_| {
+        true
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.finish_load(result(c, 80, CreditOutcome::Loaded, POS_B), |a| a
+            .online_seq
+            == OnlineSeq(1)
+            && a.host_time_ms == 10)
+            .await
+            .unwrap(),
+        (ResultStatus::Recorded, Reason::None)
+    );
+    assert_eq!(
+        s.finish_load(result(c, 80, CreditOutcome::Loaded, POS_B), |_| true)
+            .await
+            .unwrap(),
+        (ResultStatus::Duplicate, Reason::None)
+    );
+    assert_eq!(
+        s.finish_load(
+            result(CreditId(1), 80, CreditOutcome::Loaded, POS_B),
+            |_| true
+        )
+        .await
+        .unwrap(),
+        (ResultStatus::Rejected, Reason::UnknownCredit)
+    );
+    // FINAL parks.
+    let d = released_credit(s, 2, 81, 300, 20261128).await;
+    s.card_presented(seen(81, 1, POS_A, 1)).await.unwrap();
+    assert_eq!(
+        s.finish_load(result(d, 81, CreditOutcome::NotLoadedFinal, POS_A), |_| {
+            true
+        })
+        .await
+        .unwrap(),
+        (ResultStatus::Recorded, Reason::None)
+    );
+    assert_eq!(s.credit_state(d).await.unwrap(), Some((4, Fen(300))));
+    assert!(
+        s.card_presented(seen(81, 1, POS_A, 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_top_up_that_took_the_counter_voids_the_attempt(s: &impl Store) {
+    let c = released_credit(s, 1, 90, 700, 20261127).await;
+    s.card_presented(seen(90, 7, POS_A, 1)).await.unwrap();
+    s.begin_load(init(c, 90, 7, POS_A, 5), |_| true)
+        .await
+        .unwrap();
+    // The card went to a kiosk and was topped up: the kiosk's TXN holds online counter 8.
+    let mut top_up = txn(50, 90, 8, 10_000);
+    top_up.kind = TxnKind::TopUp;
+    top_up.item = Item::None;
+    s.ingest(&[ingest(DeviceId(310_200_000_001), top_up, STORE_880)], &B)
+        .await
+        .unwrap();
+    // Counter 8 now: taken by the top-up, so the credit did not load; offered again.
+    assert_eq!(
+        s.card_presented(seen(90, 8, POS_A, 2)).await.unwrap().len(),
+        1
+    );
+    assert_eq!(s.credit_state(c).await.unwrap(), Some((2, Fen(700))));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -669,6 +921,9 @@ conformance!(
     refunds_beyond_a_days_credit_are_owed_and_recovered,
     sign_ins_earn_points_once_per_card_and_day,
     a_purchase_consumes_its_hold_exactly_once,
+    a_credit_loads_once_through_offer_attempt_and_settlement,
+    results_are_idempotent_and_retry_final_behave,
+    a_top_up_that_took_the_counter_voids_the_attempt,
 );
 
 conformance!(
@@ -689,4 +944,7 @@ conformance!(
     refunds_beyond_a_days_credit_are_owed_and_recovered,
     sign_ins_earn_points_once_per_card_and_day,
     a_purchase_consumes_its_hold_exactly_once,
+    a_credit_loads_once_through_offer_attempt_and_settlement,
+    results_are_idempotent_and_retry_final_behave,
+    a_top_up_that_took_the_counter_voids_the_attempt,
 );

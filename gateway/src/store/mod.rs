@@ -177,6 +177,43 @@ pub trait Store: Send + Sync + 'static {
         request: HoldRequest,
     ) -> impl Future<Output = Result<HoldOutcome, StoreError>> + Send;
 
+    /// CARD_PRESENTED: settles the card's credit in doubt by its online counter, then
+    /// binds to `device` and returns up to 16 released credits of the card (none while
+    /// one stays in doubt).
+    fn card_presented(
+        &self,
+        seen: CardSeen,
+    ) -> impl Future<Output = Result<Vec<wenxiao_protocol::OfferedCredit>, StoreError>> + Send;
+
+    /// LOAD_INIT: checks the credit is released, bound to this device and card, that no
+    /// other load of the card is in doubt, and MAC1 (`mac1_ok` is given the amount), then
+    /// records the attempt — all before the caller sends LOAD_AUTH.
+    fn begin_load<F>(
+        &self,
+        request: LoadInitRequest,
+        mac1_ok: F,
+    ) -> impl Future<Output = Result<LoadDecision, StoreError>> + Send
+    where
+        F: FnOnce(Fen) -> bool + Send + 'static;
+
+    /// CREDIT_RESULT: idempotent by credit id. LOADED needs a recorded attempt and a TAC
+    /// that verifies against it (`tac_ok`); NOT_LOADED_RETRY releases a credit with no
+    /// attempt (one with an attempt stays in doubt until the card is seen);
+    /// NOT_LOADED_FINAL parks it.
+    fn finish_load<F>(
+        &self,
+        report: ResultReport,
+        tac_ok: F,
+    ) -> impl Future<Output = Result<(wenxiao_protocol::ResultStatus, Reason), StoreError>> + Send
+    where
+        F: FnOnce(&LoadAttempt) -> bool + Send + 'static;
+
+    /// A credit's status code and amount (for tests and audits).
+    fn credit_state(
+        &self,
+        credit_id: wenxiao_protocol::CreditId,
+    ) -> impl Future<Output = Result<Option<(i16, Fen)>, StoreError>> + Send;
+
     /// A card's points: (balance, held).
     fn points_balance(
         &self,
@@ -188,6 +225,206 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device_id: DeviceId,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+}
+
+/// Credit statuses in the `credits` table (1, cleared and waiting for the audit step, is
+/// only ever written by the clearing SQL).
+pub(crate) mod credit_status {
+    /// Released: may be offered, bound, loaded.
+    pub(crate) const RELEASED: i16 = 2;
+    /// Loaded onto the card: final.
+    pub(crate) const LOADED: i16 = 3;
+    /// Parked for staff (NOT_LOADED_FINAL).
+    pub(crate) const PARKED: i16 = 4;
+}
+
+/// A card on a POS or kiosk reader (CARD_PRESENTED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardSeen {
+    /// The card.
+    pub card_no: CardNo,
+    /// Its online (load) counter now.
+    pub online_seq: wenxiao_protocol::OnlineSeq,
+    /// The device it is on.
+    pub device_id: DeviceId,
+    /// Now.
+    pub now_ms: i64,
+    /// A binding with no attempt lapses after this long.
+    pub binding_timeout_ms: i64,
+}
+
+/// A LOAD_INIT whose fields parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadInitRequest {
+    /// The credit.
+    pub credit_id: wenxiao_protocol::CreditId,
+    /// The card.
+    pub card_no: CardNo,
+    /// The card's online counter before the load.
+    pub online_seq: wenxiao_protocol::OnlineSeq,
+    /// The loading device.
+    pub device_id: DeviceId,
+    /// The host time MAC2 will carry, unless an attempt is already recorded.
+    pub host_time_ms: i64,
+}
+
+/// The answer to a LOAD_INIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadDecision {
+    /// The attempt is recorded: send LOAD_AUTH with MAC2 over these.
+    Approved {
+        /// The credit's amount.
+        amount_fen: Fen,
+        /// The host time of the recorded attempt (the original one for a re-sent
+        /// LOAD_INIT, so MAC2 comes out the same).
+        host_time_ms: i64,
+    },
+    /// DECLINED with this reason.
+    Declined(Reason),
+}
+
+/// The recorded attempt a load TAC is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadAttempt {
+    /// The credit's amount.
+    pub amount_fen: Fen,
+    /// The card's online counter before the load.
+    pub online_seq: wenxiao_protocol::OnlineSeq,
+    /// The host time in MAC2.
+    pub host_time_ms: i64,
+}
+
+/// A CREDIT_RESULT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultReport {
+    /// The credit.
+    pub credit_id: wenxiao_protocol::CreditId,
+    /// The card.
+    pub card_no: CardNo,
+    /// The reported outcome.
+    pub outcome: wenxiao_protocol::CreditOutcome,
+    /// The reporting device.
+    pub device_id: DeviceId,
+    /// Now.
+    pub now_ms: i64,
+}
+
+/// What `card_presented` found for a credit in doubt, given the card's online counter:
+/// the attempt recorded `attempt` (the counter before the load). `counter_taken` says
+/// whether a recorded top-up or refund of the card already holds `attempt + 1`.
+pub(crate) enum Settlement {
+    /// The card applied the load.
+    Loaded,
+    /// It did not: the attempt is void and the credit may be offered again.
+    Void,
+    /// The counter says neither (it went backwards): stays in doubt, for staff.
+    Unknown,
+}
+
+pub(crate) fn settle(attempt: i32, online_seq_now: i32, counter_taken: bool) -> Settlement {
+    if online_seq_now == attempt || (online_seq_now > attempt && counter_taken) {
+        Settlement::Void
+    } else if online_seq_now > attempt {
+        Settlement::Loaded
+    } else {
+        Settlement::Unknown
+    }
+}
+
+/// A `credits` row as the load exchange sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CreditView {
+    pub card_no: i64,
+    pub status: i16,
+    pub amount_fen: i64,
+    pub bound_device: Option<i64>,
+    /// (online_seq before the load, host time) of a recorded attempt.
+    pub attempt: Option<(i32, i64)>,
+}
+
+/// The first part of LOAD_INIT's checks, on the credit's own row.
+pub(crate) enum BeginCheck {
+    Decline(Reason),
+    /// The same LOAD_INIT again (its LOAD_AUTH was lost): approve with the recorded time.
+    Again {
+        amount_fen: i64,
+        host_time_ms: i64,
+    },
+    /// Passes so far: check for other loads of the card in doubt, then MAC1, then record.
+    Fresh {
+        amount_fen: i64,
+    },
+}
+
+pub(crate) fn begin_check(row: Option<CreditView>, r: &LoadInitRequest) -> BeginCheck {
+    let Some(c) = row else {
+        return BeginCheck::Decline(Reason::UnknownCredit);
+    };
+    if c.status != credit_status::RELEASED {
+        return BeginCheck::Decline(Reason::UnknownCredit);
+    }
+    if c.card_no != db_u64(r.card_no.get()) || c.bound_device != Some(db_u64(r.device_id.get())) {
+        return BeginCheck::Decline(Reason::CreditNotYours);
+    }
+    let n = i32::from(r.online_seq.get());
+    match c.attempt {
+        Some((seq, host_time_ms)) if seq == n => BeginCheck::Again {
+            amount_fen: c.amount_fen,
+            host_time_ms,
+        },
+        Some(_) => BeginCheck::Decline(Reason::CreditInDoubt),
+        // The load TAC covers online_seq + 1, which a card at 65,535 does not have.
+        None if r.online_seq.get() == u16::MAX => BeginCheck::Decline(Reason::InvalidField),
+        None => BeginCheck::Fresh {
+            amount_fen: c.amount_fen,
+        },
+    }
+}
+
+/// What a CREDIT_RESULT does to the credit's row.
+pub(crate) enum FinishStep {
+    Answer(wenxiao_protocol::ResultStatus, Reason),
+    /// LOADED: verify the TAC against the attempt; mark loaded if it holds.
+    VerifyTac(LoadAttempt),
+    /// Release the binding (NOT_LOADED_RETRY before any attempt).
+    Unbind,
+    /// Park for staff (NOT_LOADED_FINAL).
+    Park,
+}
+
+pub(crate) fn finish_step(row: Option<CreditView>, r: &ResultReport) -> FinishStep {
+    use wenxiao_protocol::{CreditOutcome, ResultStatus};
+    let Some(c) = row else {
+        return FinishStep::Answer(ResultStatus::Rejected, Reason::UnknownCredit);
+    };
+    if c.card_no != db_u64(r.card_no.get()) {
+        return FinishStep::Answer(ResultStatus::Rejected, Reason::CreditNotYours);
+    }
+    if c.status == credit_status::LOADED || c.status == credit_status::PARKED {
+        return FinishStep::Answer(ResultStatus::Duplicate, Reason::None);
+    }
+    if c.status != credit_status::RELEASED {
+        return FinishStep::Answer(ResultStatus::Rejected, Reason::UnknownCredit);
+    }
+    if c.bound_device != Some(db_u64(r.device_id.get())) {
+        return FinishStep::Answer(ResultStatus::Rejected, Reason::CreditNotYours);
+    }
+    match (r.outcome, c.attempt) {
+        (CreditOutcome::Loaded, Some((seq, host_time_ms))) => FinishStep::VerifyTac(LoadAttempt {
+            amount_fen: Fen(c.amount_fen),
+            online_seq: wenxiao_protocol::OnlineSeq(u16::try_from(seq).unwrap_or(u16::MAX)),
+            host_time_ms,
+        }),
+        (CreditOutcome::Loaded, None) => {
+            FinishStep::Answer(ResultStatus::Rejected, Reason::InvalidField)
+        }
+        (CreditOutcome::NotLoadedRetry, None) => FinishStep::Unbind,
+        // After LOAD_AUTH the card may have applied the load: only its counter can tell.
+        (CreditOutcome::NotLoadedRetry, Some(_)) => {
+            FinishStep::Answer(ResultStatus::Recorded, Reason::None)
+        }
+        (CreditOutcome::NotLoadedFinal, _) => FinishStep::Park,
+    }
 }
 
 /// A POINTS_AUTH to record.
@@ -399,6 +636,38 @@ impl Store for AnyStore {
     }
     async fn points_balance(&self, card_no: CardNo) -> Result<(Points, Points), StoreError> {
         delegate!(self, s => s.points_balance(card_no))
+    }
+    async fn card_presented(
+        &self,
+        seen: CardSeen,
+    ) -> Result<Vec<wenxiao_protocol::OfferedCredit>, StoreError> {
+        delegate!(self, s => s.card_presented(seen))
+    }
+    async fn begin_load<F>(
+        &self,
+        request: LoadInitRequest,
+        mac1_ok: F,
+    ) -> Result<LoadDecision, StoreError>
+    where
+        F: FnOnce(Fen) -> bool + Send + 'static,
+    {
+        delegate!(self, s => s.begin_load(request, mac1_ok))
+    }
+    async fn finish_load<F>(
+        &self,
+        report: ResultReport,
+        tac_ok: F,
+    ) -> Result<(wenxiao_protocol::ResultStatus, Reason), StoreError>
+    where
+        F: FnOnce(&LoadAttempt) -> bool + Send + 'static,
+    {
+        delegate!(self, s => s.finish_load(report, tac_ok))
+    }
+    async fn credit_state(
+        &self,
+        credit_id: wenxiao_protocol::CreditId,
+    ) -> Result<Option<(i16, Fen)>, StoreError> {
+        delegate!(self, s => s.credit_state(credit_id))
     }
     async fn approve_day(&self, date: BusinessDate, now_ms: i64) -> Result<bool, StoreError> {
         delegate!(self, s => s.approve_day(date, now_ms))
@@ -640,6 +909,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         4,
         include_str!("migrations/pg_0004_points.sql"),
         include_str!("migrations/sqlite_0004_points.sql"),
+    ),
+    (
+        5,
+        include_str!("migrations/pg_0005_credit_loads.sql"),
+        include_str!("migrations/sqlite_0005_credit_loads.sql"),
     ),
 ];
 

@@ -576,6 +576,31 @@ async fn read_registry(client: &deadpool_postgres::Object) -> Result<Registry, S
     Registry::new(merchants, devices).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+async fn credit_view(
+    tx: &deadpool_postgres::Transaction<'_>,
+    credit_id: wenxiao_protocol::CreditId,
+) -> Result<Option<super::CreditView>, StoreError> {
+    // FOR UPDATE: one LOAD_INIT or CREDIT_RESULT per credit at a time, across nodes.
+    Ok(tx
+        .query_opt(
+            "SELECT card_no, status, amount_fen, bound_device, attempt_online_seq, \
+             attempt_host_time_ms FROM credits WHERE credit_id = $1 FOR UPDATE",
+            &[&db_u64(credit_id.get())],
+        )
+        .await?
+        .map(|r| {
+            let seq: Option<i32> = r.get(4);
+            let time: Option<i64> = r.get(5);
+            super::CreditView {
+                card_no: r.get(0),
+                status: r.get(1),
+                amount_fen: r.get(2),
+                bound_device: r.get(3),
+                attempt: seq.zip(time),
+            }
+        }))
+}
+
 fn summary_from(
     date: wenxiao_protocol::BusinessDate,
     r: &tokio_postgres::Row,
@@ -1003,6 +1028,225 @@ impl Store for PgStore {
         };
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn card_presented(
+        &self,
+        seen: super::CardSeen,
+    ) -> Result<Vec<wenxiao_protocol::OfferedCredit>, StoreError> {
+        use super::credit_status::{LOADED, RELEASED};
+        let card = db_u64(seen.card_no.get());
+        let now_seq = i32::from(seen.online_seq.get());
+        let device = db_u64(seen.device_id.get());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Lock the card's released credits: one presentation of a card at a time.
+        let rows = tx
+            .query(
+                "SELECT credit_id, amount_fen, business_date, bound_device, bound_at_ms, \
+                 attempt_online_seq FROM credits WHERE card_no = $1 AND status = $2 \
+                 ORDER BY credit_id FOR UPDATE",
+                &[&card, &RELEASED],
+            )
+            .await?;
+        let mut in_doubt = false;
+        let mut free = Vec::new();
+        for r in &rows {
+            let id: i64 = r.get(0);
+            match r.get::<_, Option<i32>>(5) {
+                Some(attempt) => {
+                    let taken: bool = tx
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM txns WHERE card_no = $1 \
+                             AND counter_kind = 2 AND card_counter = $2 AND status = 1)",
+                            &[&card, &(i64::from(attempt) + 1)],
+                        )
+                        .await?
+                        .get(0);
+                    match super::settle(attempt, now_seq, taken) {
+                        super::Settlement::Loaded => {
+                            tx.execute(
+                                "UPDATE credits SET status = $2, settled_at_ms = $3 WHERE credit_id = $1",
+                                &[&id, &LOADED, &seen.now_ms],
+                            )
+                            .await?;
+                        }
+                        super::Settlement::Void => {
+                            tx.execute(
+                                "UPDATE credits SET attempt_online_seq = NULL, \
+                                 attempt_host_time_ms = NULL, bound_device = NULL, \
+                                 bound_at_ms = NULL WHERE credit_id = $1",
+                                &[&id],
+                            )
+                            .await?;
+                            free.push(r);
+                        }
+                        super::Settlement::Unknown => in_doubt = true,
+                    }
+                }
+                None => {
+                    let bound: Option<i64> = r.get(3);
+                    let bound_at: Option<i64> = r.get(4);
+                    let lapsed = bound_at
+                        .is_some_and(|t| t.saturating_add(seen.binding_timeout_ms) <= seen.now_ms);
+                    if bound.is_none() || bound == Some(device) || lapsed {
+                        free.push(r);
+                    }
+                }
+            }
+        }
+        let mut offered = Vec::new();
+        if !in_doubt {
+            for r in free
+                .into_iter()
+                .take(wenxiao_protocol::limits::CREDIT_OFFER_COUNT_MAX)
+            {
+                let id: i64 = r.get(0);
+                tx.execute(
+                    "UPDATE credits SET bound_device = $2, bound_at_ms = $3 WHERE credit_id = $1",
+                    &[&id, &device, &seen.now_ms],
+                )
+                .await?;
+                let date: i32 = r.get(2);
+                offered.push(wenxiao_protocol::OfferedCredit {
+                    credit_id: wenxiao_protocol::CreditId(from_db_u64(id)),
+                    amount_fen: wenxiao_protocol::Fen(r.get(1)),
+                    business_date: wenxiao_protocol::BusinessDate::new(
+                        u32::try_from(date).unwrap_or(0),
+                    )
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(offered)
+    }
+
+    async fn begin_load<F>(
+        &self,
+        r: super::LoadInitRequest,
+        mac1_ok: F,
+    ) -> Result<super::LoadDecision, StoreError>
+    where
+        F: FnOnce(wenxiao_protocol::Fen) -> bool + Send + 'static,
+    {
+        use super::{BeginCheck, LoadDecision};
+        use wenxiao_protocol::Fen;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let decision = match super::begin_check(credit_view(&tx, r.credit_id).await?, &r) {
+            BeginCheck::Decline(reason) => LoadDecision::Declined(reason),
+            BeginCheck::Again {
+                amount_fen,
+                host_time_ms,
+            } => {
+                if mac1_ok(Fen(amount_fen)) {
+                    LoadDecision::Approved {
+                        amount_fen: Fen(amount_fen),
+                        host_time_ms,
+                    }
+                } else {
+                    LoadDecision::Declined(Reason::BadMac)
+                }
+            }
+            BeginCheck::Fresh { amount_fen } => {
+                // Lock the card's other released credits too: two loads of one card
+                // starting at once must see each other.
+                let others = tx
+                    .query(
+                        "SELECT attempt_online_seq FROM credits WHERE card_no = $1 AND status = 2 \
+                         AND credit_id != $2 FOR UPDATE",
+                        &[&db_u64(r.card_no.get()), &db_u64(r.credit_id.get())],
+                    )
+                    .await?;
+                if others.iter().any(|o| o.get::<_, Option<i32>>(0).is_some()) {
+                    LoadDecision::Declined(Reason::CreditInDoubt)
+                } else if !mac1_ok(Fen(amount_fen)) {
+                    LoadDecision::Declined(Reason::BadMac)
+                } else {
+                    tx.execute(
+                        "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3 \
+                         WHERE credit_id = $1",
+                        &[
+                            &db_u64(r.credit_id.get()),
+                            &i32::from(r.online_seq.get()),
+                            &r.host_time_ms,
+                        ],
+                    )
+                    .await?;
+                    LoadDecision::Approved {
+                        amount_fen: Fen(amount_fen),
+                        host_time_ms: r.host_time_ms,
+                    }
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(decision)
+    }
+
+    async fn finish_load<F>(
+        &self,
+        r: super::ResultReport,
+        tac_ok: F,
+    ) -> Result<(wenxiao_protocol::ResultStatus, Reason), StoreError>
+    where
+        F: FnOnce(&super::LoadAttempt) -> bool + Send + 'static,
+    {
+        use super::FinishStep;
+        use super::credit_status::{LOADED, PARKED};
+        use wenxiao_protocol::ResultStatus;
+        let id = db_u64(r.credit_id.get());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let answer = match super::finish_step(credit_view(&tx, r.credit_id).await?, &r) {
+            FinishStep::Answer(status, reason) => (status, reason),
+            FinishStep::VerifyTac(attempt) => {
+                if tac_ok(&attempt) {
+                    tx.execute(
+                        "UPDATE credits SET status = $2, settled_at_ms = $3 WHERE credit_id = $1",
+                        &[&id, &LOADED, &r.now_ms],
+                    )
+                    .await?;
+                    (ResultStatus::Recorded, Reason::None)
+                } else {
+                    (ResultStatus::Rejected, Reason::BadMac)
+                }
+            }
+            FinishStep::Unbind => {
+                tx.execute(
+                    "UPDATE credits SET bound_device = NULL, bound_at_ms = NULL WHERE credit_id = $1",
+                    &[&id],
+                )
+                .await?;
+                (ResultStatus::Recorded, Reason::None)
+            }
+            FinishStep::Park => {
+                tx.execute(
+                    "UPDATE credits SET status = $2, settled_at_ms = $3 WHERE credit_id = $1",
+                    &[&id, &PARKED, &r.now_ms],
+                )
+                .await?;
+                (ResultStatus::Recorded, Reason::None)
+            }
+        };
+        tx.commit().await?;
+        Ok(answer)
+    }
+
+    async fn credit_state(
+        &self,
+        credit_id: wenxiao_protocol::CreditId,
+    ) -> Result<Option<(i16, wenxiao_protocol::Fen)>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT status, amount_fen FROM credits WHERE credit_id = $1",
+                &[&db_u64(credit_id.get())],
+            )
+            .await?
+            .map(|r| (r.get(0), wenxiao_protocol::Fen(r.get(1)))))
     }
 
     async fn points_balance(

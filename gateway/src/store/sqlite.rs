@@ -390,6 +390,28 @@ fn apply_points_effects(
     Ok(())
 }
 
+const SELECT_CREDIT: &str = "SELECT card_no, status, amount_fen, bound_device, \
+    attempt_online_seq, attempt_host_time_ms FROM credits WHERE credit_id = ?1";
+
+fn credit_view(
+    tx: &rusqlite::Transaction<'_>,
+    credit_id: wenxiao_protocol::CreditId,
+) -> Result<Option<super::CreditView>, StoreError> {
+    Ok(tx
+        .query_row(SELECT_CREDIT, [db_u64(credit_id.get())], |r| {
+            let seq: Option<i32> = r.get(4)?;
+            let time: Option<i64> = r.get(5)?;
+            Ok(super::CreditView {
+                card_no: r.get(0)?,
+                status: r.get(1)?,
+                amount_fen: r.get(2)?,
+                bound_device: r.get(3)?,
+                attempt: seq.zip(time),
+            })
+        })
+        .optional()?)
+}
+
 const SELECT_RUN: &str = "SELECT status, txn_count, subsidy_fen, credit_count, credit_fen \
     FROM clearing_runs WHERE business_date = ?1";
 
@@ -804,6 +826,203 @@ impl Store for SqliteStore {
             };
             tx.commit()?;
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn card_presented(
+        &self,
+        seen: super::CardSeen,
+    ) -> Result<Vec<wenxiao_protocol::OfferedCredit>, StoreError> {
+        use super::credit_status::{LOADED, RELEASED};
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let card = db_u64(seen.card_no.get());
+            let now_seq = i32::from(seen.online_seq.get());
+            let doubts: Vec<(i64, i32)> = tx
+                .prepare_cached(
+                    "SELECT credit_id, attempt_online_seq FROM credits \
+                     WHERE card_no = ?1 AND status = 2 AND attempt_online_seq IS NOT NULL",
+                )?
+                .query_map([card], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut in_doubt = false;
+            for (id, attempt) in doubts {
+                let taken: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM txns WHERE card_no = ?1 AND counter_kind = 2 \
+                     AND card_counter = ?2 AND status = 1)",
+                    params![card, i64::from(attempt) + 1],
+                    |r| r.get(0),
+                )?;
+                match super::settle(attempt, now_seq, taken) {
+                    super::Settlement::Loaded => {
+                        tx.execute(
+                            "UPDATE credits SET status = ?2, settled_at_ms = ?3 WHERE credit_id = ?1",
+                            params![id, LOADED, seen.now_ms],
+                        )?;
+                    }
+                    super::Settlement::Void => {
+                        tx.execute(
+                            "UPDATE credits SET attempt_online_seq = NULL, attempt_host_time_ms = NULL, \
+                             bound_device = NULL, bound_at_ms = NULL WHERE credit_id = ?1",
+                            [id],
+                        )?;
+                    }
+                    super::Settlement::Unknown => in_doubt = true,
+                }
+            }
+            let mut offered = Vec::new();
+            if !in_doubt {
+                let device = db_u64(seen.device_id.get());
+                let rows: Vec<(i64, i64, u32)> = tx
+                    .prepare_cached(
+                        "SELECT credit_id, amount_fen, business_date FROM credits \
+                         WHERE card_no = ?1 AND status = ?2 AND attempt_online_seq IS NULL \
+                         AND (bound_device IS NULL OR bound_device = ?3 OR bound_at_ms + ?5 <= ?4) \
+                         ORDER BY credit_id LIMIT ?6",
+                    )?
+                    .query_map(
+                        params![card, RELEASED, device, seen.now_ms, seen.binding_timeout_ms, 16],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?
+                    .collect::<Result<_, _>>()?;
+                for (id, amount, date) in rows {
+                    tx.execute(
+                        "UPDATE credits SET bound_device = ?2, bound_at_ms = ?3 WHERE credit_id = ?1",
+                        params![id, device, seen.now_ms],
+                    )?;
+                    offered.push(wenxiao_protocol::OfferedCredit {
+                        credit_id: wenxiao_protocol::CreditId(super::from_db_u64(id)),
+                        amount_fen: wenxiao_protocol::Fen(amount),
+                        business_date: wenxiao_protocol::BusinessDate::new(date)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    });
+                }
+            }
+            tx.commit()?;
+            Ok(offered)
+        })
+        .await
+    }
+
+    async fn begin_load<F>(
+        &self,
+        r: super::LoadInitRequest,
+        mac1_ok: F,
+    ) -> Result<super::LoadDecision, StoreError>
+    where
+        F: FnOnce(wenxiao_protocol::Fen) -> bool + Send + 'static,
+    {
+        use super::{BeginCheck, LoadDecision};
+        use wenxiao_protocol::{Fen, Reason};
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let decision =
+                match super::begin_check(credit_view(&tx, r.credit_id)?, &r) {
+                    BeginCheck::Decline(reason) => LoadDecision::Declined(reason),
+                    BeginCheck::Again {
+                        amount_fen,
+                        host_time_ms,
+                    } => {
+                        if mac1_ok(Fen(amount_fen)) {
+                            LoadDecision::Approved {
+                                amount_fen: Fen(amount_fen),
+                                host_time_ms,
+                            }
+                        } else {
+                            LoadDecision::Declined(Reason::BadMac)
+                        }
+                    }
+                    BeginCheck::Fresh { amount_fen } => {
+                        let other: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM credits WHERE card_no = ?1 AND status = 2 \
+                         AND attempt_online_seq IS NOT NULL AND credit_id != ?2)",
+                        params![db_u64(r.card_no.get()), db_u64(r.credit_id.get())],
+                        |row| row.get(0),
+                    )?;
+                        if other {
+                            LoadDecision::Declined(Reason::CreditInDoubt)
+                        } else if !mac1_ok(Fen(amount_fen)) {
+                            LoadDecision::Declined(Reason::BadMac)
+                        } else {
+                            tx.execute(
+                            "UPDATE credits SET attempt_online_seq = ?2, attempt_host_time_ms = ?3 \
+                             WHERE credit_id = ?1",
+                            params![db_u64(r.credit_id.get()), r.online_seq.get(), r.host_time_ms],
+                        )?;
+                            LoadDecision::Approved {
+                                amount_fen: Fen(amount_fen),
+                                host_time_ms: r.host_time_ms,
+                            }
+                        }
+                    }
+                };
+            tx.commit()?;
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn finish_load<F>(
+        &self,
+        r: super::ResultReport,
+        tac_ok: F,
+    ) -> Result<(wenxiao_protocol::ResultStatus, wenxiao_protocol::Reason), StoreError>
+    where
+        F: FnOnce(&super::LoadAttempt) -> bool + Send + 'static,
+    {
+        use super::FinishStep;
+        use super::credit_status::{LOADED, PARKED};
+        use wenxiao_protocol::{Reason, ResultStatus};
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let id = db_u64(r.credit_id.get());
+            let answer = match super::finish_step(credit_view(&tx, r.credit_id)?, &r) {
+                FinishStep::Answer(status, reason) => (status, reason),
+                FinishStep::VerifyTac(attempt) => {
+                    if tac_ok(&attempt) {
+                        tx.execute(
+                            "UPDATE credits SET status = ?2, settled_at_ms = ?3 WHERE credit_id = ?1",
+                            params![id, LOADED, r.now_ms],
+                        )?;
+                        (ResultStatus::Recorded, Reason::None)
+                    } else {
+                        (ResultStatus::Rejected, Reason::BadMac)
+                    }
+                }
+                FinishStep::Unbind => {
+                    tx.execute(
+                        "UPDATE credits SET bound_device = NULL, bound_at_ms = NULL WHERE credit_id = ?1",
+                        [id],
+                    )?;
+                    (ResultStatus::Recorded, Reason::None)
+                }
+                FinishStep::Park => {
+                    tx.execute(
+                        "UPDATE credits SET status = ?2, settled_at_ms = ?3 WHERE credit_id = ?1",
+                        params![id, PARKED, r.now_ms],
+                    )?;
+                    (ResultStatus::Recorded, Reason::None)
+                }
+            };
+            tx.commit()?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    async fn credit_state(
+        &self,
+        credit_id: wenxiao_protocol::CreditId,
+    ) -> Result<Option<(i16, wenxiao_protocol::Fen)>, StoreError> {
+        Self::with(&self.reader, move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT status, amount_fen FROM credits WHERE credit_id = ?1",
+                    [db_u64(credit_id.get())],
+                    |r| Ok((r.get(0)?, wenxiao_protocol::Fen(r.get(1)?))),
+                )
+                .optional()?)
         })
         .await
     }
