@@ -67,6 +67,26 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The daily clearing.
     pub clearing: ClearingConfig,
+    /// Credit loading.
+    pub credits: CreditsConfig,
+}
+
+/// `[credits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    /// A credit offered or pushed to a device that never started loading it (no
+    /// LOAD_INIT) may be offered elsewhere after this long. Safe: without LOAD_AUTH the
+    /// card cannot apply the load.
+    pub binding_timeout_ms: i64,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        Self {
+            binding_timeout_ms: 300_000,
+        }
+    }
 }
 
 /// `[clearing]`
@@ -104,6 +124,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             registry: RegistryConfig::default(),
             clearing: ClearingConfig::default(),
+            credits: CreditsConfig::default(),
         }
     }
 }

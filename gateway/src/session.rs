@@ -178,7 +178,7 @@ pub struct Session {
     in_flight: usize,
     seqs: SeqTracker,
     draining: bool,
-    auths_in_flight: usize,
+    requests_in_flight: usize,
     welcomed_kind: Option<&'static str>,
     _permit: OwnedSemaphorePermit,
 }
@@ -227,7 +227,7 @@ impl Session {
                     checkpointed: 0,
                 },
                 draining: false,
-                auths_in_flight: 0,
+                requests_in_flight: 0,
                 welcomed_kind: None,
                 _permit: permit,
             }
@@ -488,14 +488,6 @@ impl Session {
         {
             return self.send(decline(reason));
         }
-        if self.auths_in_flight >= usize::from(self.shared.config.session.max_in_flight) {
-            return self.fail(
-                ctx,
-                ErrorCode::TooManyInFlight,
-                "too many POINTS_AUTH in flight",
-            );
-        }
-        self.auths_in_flight += 1;
         let now = clock::now_ms();
         let request = crate::store::HoldRequest {
             card_no: p.card_no,
@@ -506,51 +498,202 @@ impl Session {
             expires_at_ms: now.saturating_add(policy.hold_ttl_ms),
         };
         let store = self.shared.store.clone();
-        let task = self
-            .shared
-            .store_rt
-            .spawn(async move { store.create_hold(request).await });
+        let reply = move |outcome| {
+            Message::PointsAuthResult(match outcome {
+                crate::store::HoldOutcome::Approved { hold_id, available } => PointsAuthResult {
+                    req_id: p.req_id,
+                    status: AuthStatus::Approved,
+                    reason: Reason::None,
+                    hold_id: Some(hold_id),
+                    points_approved: p.points,
+                    points_balance: available,
+                    expires_at_ms: UnixMillis(request.expires_at_ms),
+                },
+                crate::store::HoldOutcome::Insufficient { available } => PointsAuthResult {
+                    req_id: p.req_id,
+                    status: AuthStatus::Declined,
+                    reason: Reason::InsufficientPoints,
+                    hold_id: None,
+                    points_approved: Points(0),
+                    points_balance: available,
+                    expires_at_ms: UnixMillis(0),
+                },
+            })
+        };
+        self.store_request(ctx, async move { store.create_hold(request).await }, reply);
+    }
+
+    /// Runs a store request for this session without holding up its other frames, and
+    /// sends the message `reply` makes of the answer. Bounded by `max_in_flight`.
+    fn store_request<T, F, R>(&mut self, ctx: &mut Context<Self>, work: F, reply: R)
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+        R: FnOnce(T) -> Message + 'static,
+    {
+        if self.requests_in_flight >= usize::from(self.shared.config.session.max_in_flight) {
+            return self.fail(
+                ctx,
+                ErrorCode::TooManyInFlight,
+                "too many requests in flight",
+            );
+        }
+        self.requests_in_flight += 1;
+        let task = self.shared.store_rt.spawn(work);
         ctx.spawn(
             actix::fut::wrap_future(task).map(move |res, act: &mut Session, ctx| {
-                act.auths_in_flight = act.auths_in_flight.saturating_sub(1);
-                let outcome = match res {
-                    Ok(Ok(o)) => o,
+                act.requests_in_flight = act.requests_in_flight.saturating_sub(1);
+                match res {
+                    Ok(Ok(v)) if !matches!(act.phase, Phase::Closing) => act.send(reply(v)),
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "points hold failed");
-                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                        tracing::error!(error = %e, "store request failed");
+                        act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "points hold task failed");
-                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                        tracing::error!(error = %e, "store task failed");
+                        act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
                     }
-                };
-                if matches!(act.phase, Phase::Closing) {
-                    return;
                 }
-                let result = match outcome {
-                    crate::store::HoldOutcome::Approved { hold_id, available } => {
-                        PointsAuthResult {
-                            req_id: p.req_id,
-                            status: AuthStatus::Approved,
-                            reason: Reason::None,
-                            hold_id: Some(hold_id),
-                            points_approved: p.points,
-                            points_balance: available,
-                            expires_at_ms: UnixMillis(request.expires_at_ms),
-                        }
-                    }
-                    crate::store::HoldOutcome::Insufficient { available } => PointsAuthResult {
-                        req_id: p.req_id,
-                        status: AuthStatus::Declined,
-                        reason: Reason::InsufficientPoints,
-                        hold_id: None,
-                        points_approved: Points(0),
-                        points_balance: available,
-                        expires_at_ms: UnixMillis(0),
-                    },
-                };
-                act.send(Message::PointsAuthResult(result));
             }),
+        );
+    }
+
+    /// CARD_PRESENTED: settle what is in doubt for the card, offer what it is owed. Only
+    /// POS terminals and kiosks load cards; other devices get an empty offer.
+    fn on_card_presented(&mut self, p: wenxiao_protocol::CardPresented, ctx: &mut Context<Self>) {
+        use wenxiao_protocol::{CreditList, CreditOffer, DeviceKind};
+        let Phase::Active { device, .. } = &self.phase else {
+            return;
+        };
+        let offer = move |credits| {
+            Message::CreditOffer(CreditOffer {
+                req_id: p.req_id,
+                credits: CreditList::new(credits).unwrap_or_default(),
+            })
+        };
+        if !matches!(device.kind, DeviceKind::Pos | DeviceKind::Kiosk) {
+            return self.send(offer(Vec::new()));
+        }
+        let seen = crate::store::CardSeen {
+            card_no: p.card_no,
+            online_seq: p.online_seq,
+            device_id: device.device_id,
+            now_ms: clock::now_ms(),
+            binding_timeout_ms: self.shared.config.credits.binding_timeout_ms,
+        };
+        let store = self.shared.store.clone();
+        self.store_request(ctx, async move { store.card_presented(seen).await }, offer);
+    }
+
+    /// LOAD_INIT: MAC1 checked and the attempt recorded by the store before LOAD_AUTH.
+    fn on_load_init(&mut self, l: wenxiao_protocol::LoadInit, ctx: &mut Context<Self>) {
+        use crate::store::LoadDecision;
+        use wenxiao_protocol::mac::{KeyPurpose, Mac1Input, Mac2Input, mac_eq};
+        use wenxiao_protocol::{AuthStatus, Bytes4, LoadAuth};
+        let Phase::Active { device, .. } = &self.phase else {
+            return;
+        };
+        let device_id = device.device_id;
+        let key = self.shared.keys.card_key(KeyPurpose::Load, l.card_no);
+        let mac1_key = key.clone();
+        let mac1_ok = move |amount_fen: Fen| {
+            let expected = Mac1Input {
+                card_no: l.card_no,
+                online_seq: l.online_seq,
+                balance_fen: l.balance_fen,
+                amount_fen,
+                device_id,
+                card_random: l.card_random,
+            }
+            .mac(&mac1_key);
+            mac_eq(expected, l.mac1)
+        };
+        let now = clock::now_ms();
+        let request = crate::store::LoadInitRequest {
+            credit_id: l.credit_id,
+            card_no: l.card_no,
+            online_seq: l.online_seq,
+            device_id,
+            host_time_ms: now,
+        };
+        let store = self.shared.store.clone();
+        let reply = move |decision| {
+            let auth = match decision {
+                LoadDecision::Approved {
+                    amount_fen,
+                    host_time_ms,
+                } => LoadAuth {
+                    credit_id: l.credit_id,
+                    status: AuthStatus::Approved,
+                    reason: Reason::None,
+                    host_time_ms: UnixMillis(host_time_ms),
+                    mac2: Mac2Input {
+                        card_no: l.card_no,
+                        online_seq: l.online_seq,
+                        amount_fen,
+                        device_id,
+                        host_time_ms: UnixMillis(host_time_ms),
+                        card_random: l.card_random,
+                    }
+                    .mac(&key),
+                },
+                LoadDecision::Declined(reason) => LoadAuth {
+                    credit_id: l.credit_id,
+                    status: AuthStatus::Declined,
+                    reason,
+                    host_time_ms: UnixMillis(now),
+                    mac2: Bytes4::ZERO,
+                },
+            };
+            Message::LoadAuth(auth)
+        };
+        self.store_request(
+            ctx,
+            async move { store.begin_load(request, mac1_ok).await },
+            reply,
+        );
+    }
+
+    /// CREDIT_RESULT: the load TAC verified against the recorded attempt.
+    fn on_credit_result(&mut self, r: wenxiao_protocol::CreditResult, ctx: &mut Context<Self>) {
+        use wenxiao_protocol::CreditResultAck;
+        use wenxiao_protocol::mac::{KeyPurpose, LoadTacInput, mac_eq};
+        let Phase::Active { device, .. } = &self.phase else {
+            return;
+        };
+        let device_id = device.device_id;
+        let key = self.shared.keys.card_key(KeyPurpose::Load, r.card_no);
+        let tac_ok = move |a: &crate::store::LoadAttempt| {
+            let expected = LoadTacInput {
+                card_no: r.card_no,
+                online_seq: a.online_seq,
+                balance_after_fen: r.balance_after_fen,
+                amount_fen: a.amount_fen,
+                device_id,
+                host_time_ms: UnixMillis(a.host_time_ms),
+            }
+            .tac(&key);
+            mac_eq(expected, r.tac)
+        };
+        let report = crate::store::ResultReport {
+            credit_id: r.credit_id,
+            card_no: r.card_no,
+            outcome: r.outcome,
+            device_id,
+            now_ms: clock::now_ms(),
+        };
+        let store = self.shared.store.clone();
+        self.store_request(
+            ctx,
+            async move { store.finish_load(report, tac_ok).await },
+            move |(status, reason)| {
+                Message::CreditResultAck(CreditResultAck {
+                    credit_id: r.credit_id,
+                    status,
+                    reason,
+                })
+            },
         );
     }
 
@@ -681,6 +824,9 @@ impl StreamHandler<Result<Message, CodecError>> for Session {
             }
             (_, Message::Txn(t)) => self.on_txn(t, ctx),
             (_, Message::PointsAuth(p)) => self.on_points_auth(p, ctx),
+            (_, Message::CardPresented(p)) => self.on_card_presented(p, ctx),
+            (_, Message::LoadInit(l)) => self.on_load_init(l, ctx),
+            (_, Message::CreditResult(r)) => self.on_credit_result(r, ctx),
             // Points, credits and hot lists arrive with the clearing issue; until then a
             // device that uses them is told plainly rather than left waiting.
             (_, m) => {
