@@ -79,12 +79,42 @@ pub struct CreditsConfig {
     /// LOAD_INIT) may be offered elsewhere after this long. Safe: without LOAD_AUTH the
     /// card cannot apply the load.
     pub binding_timeout_ms: i64,
+    /// SIM-card applet numbers of China Mobile run from this card number…
+    pub china_mobile_cards_from: u64,
+    /// …to this one (inclusive): their credits go to that operator's OTA endpoint.
+    pub china_mobile_cards_to: u64,
+    /// SIM-card applet numbers of China Telecom, from…
+    pub china_telecom_cards_from: u64,
+    /// …to (inclusive).
+    pub china_telecom_cards_to: u64,
+    /// The embedded store has no notifications: a gateway on it looks for newly released
+    /// credits this often. (PostgreSQL notifies at once.)
+    pub release_poll_interval_ms: u64,
 }
 
 impl Default for CreditsConfig {
     fn default() -> Self {
         Self {
             binding_timeout_ms: 300_000,
+            china_mobile_cards_from: 8_601_000_000_000_000,
+            china_mobile_cards_to: 8_601_999_999_999_999,
+            china_telecom_cards_from: 8_603_000_000_000_000,
+            china_telecom_cards_to: 8_603_999_999_999_999,
+            release_poll_interval_ms: 1_000,
+        }
+    }
+}
+
+impl CreditsConfig {
+    /// The card numbers whose credits an operator's OTA endpoint loads.
+    pub fn card_range(&self, operator: crate::registry::Operator) -> (u64, u64) {
+        match operator {
+            crate::registry::Operator::ChinaMobile => {
+                (self.china_mobile_cards_from, self.china_mobile_cards_to)
+            }
+            crate::registry::Operator::ChinaTelecom => {
+                (self.china_telecom_cards_from, self.china_telecom_cards_to)
+            }
         }
     }
 }

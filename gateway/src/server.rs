@@ -250,6 +250,7 @@ async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let handshake_timeout = Duration::from_millis(cfg.server.tls_handshake_timeout_ms);
     spawn_registry_reload(Arc::clone(&shared));
+    spawn_release_watch(Arc::clone(&shared));
     tracing::info!(%device_addr, admin = ?admin.as_ref().map(|a| a.0), workers, "gateway listening");
     let _ = ready.send((device_addr, admin.as_ref().map(|a| a.0)));
 
@@ -346,6 +347,82 @@ async fn drain(shared: &Shared) {
         s.value().1.do_send(ForceClose);
     }
     wait_until(Instant::now() + Duration::from_millis(cfg.close_linger_ms + 100)).await;
+}
+
+/// Tells every OTA endpoint session that credits may have been released.
+fn tell_ota_sessions(shared: &Shared) {
+    for s in shared.ota_sessions.iter() {
+        s.value().do_send(crate::session::PushNow);
+    }
+}
+
+/// Watches for credit releases so OTA pushes go out at once: PostgreSQL approvals NOTIFY
+/// (a dedicated connection LISTENs, reconnecting if it drops); the embedded store has no
+/// notifications, so a gateway on it polls `latest_release_ms`.
+fn spawn_release_watch(shared: Arc<Shared>) {
+    let rt = shared.store_rt.clone();
+    match &shared.store {
+        AnyStore::Postgres(_) => {
+            rt.spawn(listen_for_releases(shared));
+        }
+        AnyStore::Sqlite(_) => {
+            rt.spawn(poll_for_releases(shared));
+        }
+    }
+}
+
+/// Pause before re-opening a dropped LISTEN connection.
+const LISTEN_RETRY_MS: u64 = 1_000;
+/// Notifications buffered between the LISTEN connection and the broadcaster; more than
+/// one pending is the same as one.
+const RELEASE_SIGNALS_MAX: usize = 1;
+
+async fn listen_for_releases(shared: Arc<Shared>) {
+    use futures_util::StreamExt;
+    let url = shared.config.store.postgres_url.clone();
+    while !shared.draining.load(Ordering::Relaxed) {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let (signal, mut signals) = tokio::sync::mpsc::channel(RELEASE_SIGNALS_MAX);
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(m)) = messages.next().await {
+                        if matches!(m, tokio_postgres::AsyncMessage::Notification(_)) {
+                            let _ = signal.try_send(());
+                        }
+                    }
+                });
+                let listen = format!("LISTEN {}", crate::store::RELEASE_CHANNEL);
+                if client.batch_execute(&listen).await.is_ok() {
+                    // Anything released while nobody listened.
+                    tell_ota_sessions(&shared);
+                    while signals.recv().await.is_some() {
+                        tell_ota_sessions(&shared);
+                    }
+                }
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot LISTEN for credit releases"),
+        }
+        tokio::time::sleep(Duration::from_millis(LISTEN_RETRY_MS)).await;
+    }
+}
+
+async fn poll_for_releases(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config.credits.release_poll_interval_ms);
+    let mut last = shared.store.latest_release_ms().await.unwrap_or(0);
+    while !shared.draining.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        match shared.store.latest_release_ms().await {
+            Ok(v) if v != last => {
+                last = v;
+                tell_ota_sessions(&shared);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "release poll failed"),
+        }
+    }
 }
 
 fn spawn_registry_reload(shared: Arc<Shared>) {

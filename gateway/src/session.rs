@@ -58,6 +58,8 @@ pub struct Shared {
     pub ingest: RwLock<Option<IngestSender>>,
     /// Live sessions by device, for replacement.
     pub sessions: DashMap<DeviceId, (SessionId, Addr<Session>)>,
+    /// Live OTA endpoint sessions, told when credits are released.
+    pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
     pub draining: AtomicBool,
     session_base: u64,
@@ -89,6 +91,7 @@ impl Shared {
             store_rt,
             ingest: RwLock::new(Some(ingest)),
             sessions: DashMap::new(),
+            ota_sessions: DashMap::new(),
             draining: AtomicBool::new(false),
             session_base: start << 20,
             session_next: AtomicU64::new(0),
@@ -118,6 +121,11 @@ impl Shared {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Replaced;
+
+/// Credits were released: an OTA endpoint session claims and pushes what it may.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PushNow;
 
 /// Shutdown, step one: send DRAIN.
 #[derive(Debug, Message)]
@@ -179,6 +187,12 @@ pub struct Session {
     seqs: SeqTracker,
     draining: bool,
     requests_in_flight: usize,
+    /// OTA endpoints: the operator's card range, the pushes awaiting a result, and
+    /// whether a claim is running (and another was asked for meanwhile).
+    ota_range: Option<(wenxiao_protocol::CardNo, wenxiao_protocol::CardNo)>,
+    pushed: std::collections::HashSet<wenxiao_protocol::CreditId>,
+    claiming: bool,
+    claim_again: bool,
     welcomed_kind: Option<&'static str>,
     _permit: OwnedSemaphorePermit,
 }
@@ -228,6 +242,10 @@ impl Session {
                 },
                 draining: false,
                 requests_in_flight: 0,
+                ota_range: None,
+                pushed: std::collections::HashSet::new(),
+                claiming: false,
+                claim_again: false,
                 welcomed_kind: None,
                 _permit: permit,
             }
@@ -385,6 +403,17 @@ impl Session {
         if self.draining {
             self.send_drain();
         }
+        if let (wenxiao_protocol::DeviceKind::OtaEndpoint, Some(op)) =
+            (device.kind, device.operator)
+        {
+            let (from, to) = self.shared.config.credits.card_range(op);
+            self.ota_range = Some((wenxiao_protocol::CardNo(from), wenxiao_protocol::CardNo(to)));
+            self.shared
+                .ota_sessions
+                .insert(device.device_id, ctx.address());
+            // Whatever was pushed to this endpoint before it reconnected goes out again.
+            self.claim(ctx, true);
+        }
     }
 
     fn on_txn(&mut self, txn: Txn, ctx: &mut Context<Self>) {
@@ -523,6 +552,72 @@ impl Session {
         self.store_request(ctx, async move { store.create_hold(request).await }, reply);
     }
 
+    /// OTA endpoints: claims released credits of the operator's cards up to the free
+    /// `max_in_flight` slots and pushes them.
+    fn claim(&mut self, ctx: &mut Context<Self>, include_bound: bool) {
+        let Some((from, to)) = self.ota_range else {
+            return;
+        };
+        let Some(device_id) = self.device_id else {
+            return;
+        };
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        if self.claiming {
+            self.claim_again = true;
+            return;
+        }
+        let free =
+            usize::from(self.shared.config.session.max_in_flight).saturating_sub(self.pushed.len());
+        if free == 0 {
+            return;
+        }
+        self.claiming = true;
+        let claim = crate::store::PushClaim {
+            device_id,
+            cards_from: from,
+            cards_to: to,
+            include_bound,
+            limit: i64::try_from(free).unwrap_or(i64::MAX),
+            now_ms: clock::now_ms(),
+            binding_timeout_ms: self.shared.config.credits.binding_timeout_ms,
+        };
+        let store = self.shared.store.clone();
+        let task = self
+            .shared
+            .store_rt
+            .spawn(async move { store.claim_pushes(claim).await });
+        ctx.spawn(
+            actix::fut::wrap_future(task).map(|res, act: &mut Session, ctx| {
+                act.claiming = false;
+                match res {
+                    Ok(Ok(pushes)) => {
+                        if matches!(act.phase, Phase::Closing) {
+                            return;
+                        }
+                        for p in pushes {
+                            if act.pushed.insert(p.credit_id) {
+                                act.send(Message::CreditPush(p));
+                            }
+                        }
+                        if std::mem::take(&mut act.claim_again) {
+                            act.claim(ctx, false);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "claiming pushes failed");
+                        act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "claim task failed");
+                        act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                }
+            }),
+        );
+    }
+
     /// Runs a store request for this session without holding up its other frames, and
     /// sends the message `reply` makes of the answer. Bounded by `max_in_flight`.
     fn store_request<T, F, R>(&mut self, ctx: &mut Context<Self>, work: F, reply: R)
@@ -544,7 +639,11 @@ impl Session {
             actix::fut::wrap_future(task).map(move |res, act: &mut Session, ctx| {
                 act.requests_in_flight = act.requests_in_flight.saturating_sub(1);
                 match res {
-                    Ok(Ok(v)) if !matches!(act.phase, Phase::Closing) => act.send(reply(v)),
+                    Ok(Ok(v)) if !matches!(act.phase, Phase::Closing) => {
+                        act.send(reply(v));
+                        // A result may have freed an OTA endpoint's push slot.
+                        act.claim(ctx, false);
+                    }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "store request failed");
@@ -663,6 +762,7 @@ impl Session {
             return;
         };
         let device_id = device.device_id;
+        self.pushed.remove(&r.credit_id);
         let key = self.shared.keys.card_key(KeyPurpose::Load, r.card_no);
         let tac_ok = move |a: &crate::store::LoadAttempt| {
             let expected = LoadTacInput {
@@ -763,11 +863,15 @@ impl Actor for Session {
         });
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
         if let Some(id) = self.device_id {
             self.shared
                 .sessions
                 .remove_if(&id, |_, (sid, _)| *sid == self.session_id);
+            let me = ctx.address();
+            self.shared
+                .ota_sessions
+                .remove_if(&id, |_, addr| *addr == me);
         }
         // Only a welcomed session was counted in the gauge.
         if let Some(kind) = self.welcomed_kind {
@@ -901,6 +1005,13 @@ impl Handler<Replaced> for Session {
             ErrorCode::SessionReplaced,
             "a newer session of this device took over",
         );
+    }
+}
+
+impl Handler<PushNow> for Session {
+    type Result = ();
+    fn handle(&mut self, _: PushNow, ctx: &mut Context<Self>) {
+        self.claim(ctx, false);
     }
 }
 

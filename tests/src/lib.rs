@@ -54,5 +54,6 @@ pub async fn fresh_sqlite_store() -> (SqliteStore, tempfile::TempDir) {
     (store, dir)
 }
 
+pub mod card;
 pub mod device;
 pub mod env;

@@ -208,6 +208,19 @@ pub trait Store: Send + Sync + 'static {
     where
         F: FnOnce(&LoadAttempt) -> bool + Send + 'static;
 
+    /// Credits for an OTA endpoint: released credits of cards in `[from, to]` with no
+    /// binding (or one lapsed without a load attempt) — and, when `include_bound`, those
+    /// already bound to `device` (to push again after a reconnect) — bound to `device`,
+    /// at most `limit`, oldest first.
+    fn claim_pushes(
+        &self,
+        claim: PushClaim,
+    ) -> impl Future<Output = Result<Vec<wenxiao_protocol::CreditPush>, StoreError>> + Send;
+
+    /// The time of the latest approval (0 if none): what a gateway on a store without
+    /// notifications polls to learn of newly released credits.
+    fn latest_release_ms(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// A credit's status code and amount (for tests and audits).
     fn credit_state(
         &self,
@@ -252,6 +265,28 @@ pub struct CardSeen {
     /// A binding with no attempt lapses after this long.
     pub binding_timeout_ms: i64,
 }
+
+/// What an OTA endpoint session asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushClaim {
+    /// The endpoint.
+    pub device_id: DeviceId,
+    /// Its operator's card numbers, from…
+    pub cards_from: CardNo,
+    /// …to (inclusive).
+    pub cards_to: CardNo,
+    /// Also return credits already bound to this endpoint.
+    pub include_bound: bool,
+    /// At most this many.
+    pub limit: i64,
+    /// Now.
+    pub now_ms: i64,
+    /// Bindings older than this without an attempt have lapsed.
+    pub binding_timeout_ms: i64,
+}
+
+/// The channel PostgreSQL approvals notify on.
+pub const RELEASE_CHANNEL: &str = "wenxiao_credits_released";
 
 /// A LOAD_INIT whose fields parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -668,6 +703,15 @@ impl Store for AnyStore {
         credit_id: wenxiao_protocol::CreditId,
     ) -> Result<Option<(i16, Fen)>, StoreError> {
         delegate!(self, s => s.credit_state(credit_id))
+    }
+    async fn claim_pushes(
+        &self,
+        claim: PushClaim,
+    ) -> Result<Vec<wenxiao_protocol::CreditPush>, StoreError> {
+        delegate!(self, s => s.claim_pushes(claim))
+    }
+    async fn latest_release_ms(&self) -> Result<i64, StoreError> {
+        delegate!(self, s => s.latest_release_ms())
     }
     async fn approve_day(&self, date: BusinessDate, now_ms: i64) -> Result<bool, StoreError> {
         delegate!(self, s => s.approve_day(date, now_ms))

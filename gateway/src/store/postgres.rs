@@ -901,6 +901,9 @@ impl Store for PgStore {
             &[&d],
         )
         .await?;
+        // Every gateway LISTENing hears it when this commits: pushes go out at once.
+        tx.batch_execute(&format!("NOTIFY {}", super::RELEASE_CHANNEL))
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1232,6 +1235,70 @@ impl Store for PgStore {
         };
         tx.commit().await?;
         Ok(answer)
+    }
+
+    async fn claim_pushes(
+        &self,
+        c: super::PushClaim,
+    ) -> Result<Vec<wenxiao_protocol::CreditPush>, StoreError> {
+        use super::credit_status::RELEASED;
+        let device = db_u64(c.device_id.get());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                "SELECT credit_id, card_no, amount_fen, business_date FROM credits \
+                 WHERE status = $1 AND card_no BETWEEN $2 AND $3 \
+                 AND (bound_device IS NULL \
+                      OR (bound_device = $4 AND $5) \
+                      OR (attempt_online_seq IS NULL AND bound_device <> $4 \
+                          AND bound_at_ms + $7 <= $6)) \
+                 ORDER BY credit_id LIMIT $8 FOR UPDATE SKIP LOCKED",
+                &[
+                    &RELEASED,
+                    &db_u64(c.cards_from.get()),
+                    &db_u64(c.cards_to.get()),
+                    &device,
+                    &c.include_bound,
+                    &c.now_ms,
+                    &c.binding_timeout_ms,
+                    &c.limit,
+                ],
+            )
+            .await?;
+        let mut pushes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = r.get(0);
+            tx.execute(
+                "UPDATE credits SET bound_device = $2, bound_at_ms = $3 WHERE credit_id = $1",
+                &[&id, &device, &c.now_ms],
+            )
+            .await?;
+            let date: i32 = r.get(3);
+            pushes.push(wenxiao_protocol::CreditPush {
+                credit_id: wenxiao_protocol::CreditId(from_db_u64(id)),
+                card_no: wenxiao_protocol::CardNo(from_db_u64(r.get(1))),
+                amount_fen: wenxiao_protocol::Fen(r.get(2)),
+                business_date: wenxiao_protocol::BusinessDate::new(
+                    u32::try_from(date).unwrap_or(0),
+                )
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            });
+        }
+        tx.commit().await?;
+        Ok(pushes)
+    }
+
+    async fn latest_release_ms(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COALESCE(MAX(approved_at_ms), 0)::int8 FROM clearing_runs",
+                &[],
+            )
+            .await?
+            .get(0))
     }
 
     async fn credit_state(

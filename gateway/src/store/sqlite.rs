@@ -1011,6 +1011,69 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_pushes(
+        &self,
+        c: super::PushClaim,
+    ) -> Result<Vec<wenxiao_protocol::CreditPush>, StoreError> {
+        use super::credit_status::RELEASED;
+        Self::with(&self.writer, move |conn| {
+            let device = db_u64(c.device_id.get());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rows: Vec<(i64, i64, i64, u32)> = tx
+                .prepare_cached(
+                    "SELECT credit_id, card_no, amount_fen, business_date FROM credits \
+                     WHERE status = ?1 AND card_no BETWEEN ?2 AND ?3 \
+                     AND (bound_device IS NULL \
+                          OR (bound_device = ?4 AND ?5) \
+                          OR (attempt_online_seq IS NULL AND bound_device <> ?4 \
+                              AND bound_at_ms + ?7 <= ?6)) \
+                     ORDER BY credit_id LIMIT ?8",
+                )?
+                .query_map(
+                    params![
+                        RELEASED,
+                        db_u64(c.cards_from.get()),
+                        db_u64(c.cards_to.get()),
+                        device,
+                        c.include_bound,
+                        c.now_ms,
+                        c.binding_timeout_ms,
+                        c.limit
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let mut pushes = Vec::with_capacity(rows.len());
+            for (id, card, amount, date) in rows {
+                tx.execute(
+                    "UPDATE credits SET bound_device = ?2, bound_at_ms = ?3 WHERE credit_id = ?1",
+                    params![id, device, c.now_ms],
+                )?;
+                pushes.push(wenxiao_protocol::CreditPush {
+                    credit_id: wenxiao_protocol::CreditId(super::from_db_u64(id)),
+                    card_no: wenxiao_protocol::CardNo(super::from_db_u64(card)),
+                    amount_fen: wenxiao_protocol::Fen(amount),
+                    business_date: wenxiao_protocol::BusinessDate::new(date)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                });
+            }
+            tx.commit()?;
+            Ok(pushes)
+        })
+        .await
+    }
+
+    async fn latest_release_ms(&self) -> Result<i64, StoreError> {
+        Self::with(&self.reader, |conn| {
+            Ok(conn.query_row(
+                "SELECT COALESCE(MAX(approved_at_ms), 0) FROM clearing_runs",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     async fn credit_state(
         &self,
         credit_id: wenxiao_protocol::CreditId,
