@@ -92,9 +92,10 @@ pub fn write_settlement_files(
     ));
     files.push(write(&day.join("merchant_settlement.csv"), &merchants)?);
 
+    let awards_fen: i64 = report.awards.iter().map(|a| a.amount_fen.get()).sum();
     let bureau = format!(
-        "business_date,txn_count,subsidy_fen,credit_count,credit_fen,approved\n\
-         {},{},{},{},{},{}\nTOTAL,{},{},{},{},\n",
+        "business_date,txn_count,subsidy_fen,credit_count,credit_fen,awards_fen,approved\n\
+         {},{},{},{},{},{awards_fen},{}\nTOTAL,{},{},{},{},{awards_fen},\n",
         s.business_date.get(),
         s.txn_count,
         s.subsidy_fen.get(),
@@ -107,6 +108,25 @@ pub fn write_settlement_files(
         s.credit_fen.get(),
     );
     files.push(write(&day.join("bureau_settlement.csv"), &bureau)?);
+
+    // Organizer awards approved that day: paid by the bureau, never a card credit.
+    let mut awards = String::from("award_id,merchant_id,show_date,kind,amount_fen\n");
+    for a in &report.awards {
+        let kind = if a.kind == 1 {
+            "NATIONAL_TROUPE"
+        } else {
+            "NATIONAL_AWARD_WORK"
+        };
+        awards.push_str(&format!(
+            "{},{},{},{kind},{}\n",
+            a.award_id,
+            a.merchant_id.0,
+            a.show_date,
+            a.amount_fen.get()
+        ));
+    }
+    awards.push_str(&format!("TOTAL,{},,,{awards_fen}\n", report.awards.len()));
+    files.push(write(&day.join("organizer_awards.csv"), &awards)?);
 
     let mut stats = String::from("district,category,txn_count,sales_fen,subsidy_fen\n");
     let mut t = [0i64; 3];

@@ -45,6 +45,42 @@ enum Command {
         #[command(subcommand)]
         command: ClearingCommand,
     },
+    /// Organizer awards: a fixed sum per qualifying show, paid by the bureau.
+    Awards {
+        #[command(subcommand)]
+        command: AwardsCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AwardKind {
+    /// A show by a national-level troupe.
+    NationalTroupe,
+    /// A show of a national-award work.
+    NationalAwardWork,
+}
+
+#[derive(Debug, Subcommand)]
+enum AwardsCommand {
+    /// Record an award with its evidence (the amount comes from the policy).
+    Add {
+        /// The organizer's merchant id.
+        #[arg(long)]
+        organizer: i64,
+        /// The show's date, yyyymmdd.
+        #[arg(long)]
+        show_date: u32,
+        #[arg(long, value_enum)]
+        kind: AwardKind,
+        /// Document references proving the show qualifies.
+        #[arg(long)]
+        evidence: String,
+    },
+    /// The audit step: approve an award, drawing it from the budget of its show's month.
+    Approve {
+        #[arg(long)]
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Clearing { command } => clearing(&config, command),
+        Command::Awards { command } => awards(&config, command),
         Command::Registry {
             command: RegistryCommand::Import { merchants, devices },
         } => {
@@ -217,6 +254,74 @@ fn clearing(config: &Config, command: ClearingCommand) -> anyhow::Result<()> {
         );
         for f in crate::clearing::write_settlement_files(&report, &dir)? {
             println!("{}", f.display());
+        }
+        Ok(())
+    })
+}
+
+fn awards(config: &Config, command: AwardsCommand) -> anyhow::Result<()> {
+    use crate::registry::Category;
+    use crate::store::{AwardApproval, AwardInput, IngestCtx};
+    let policy = crate::policy::Policy::load(&config.policy_path)?;
+    with_store(config, |store| async move {
+        store.migrate().await?;
+        let now = crate::clock::now_ms();
+        match command {
+            AwardsCommand::Add {
+                organizer,
+                show_date,
+                kind,
+                evidence,
+            } => {
+                let registry = store.load_registry().await?;
+                let m = registry
+                    .merchant(crate::registry::MerchantId(organizer))
+                    .ok_or_else(|| anyhow::anyhow!("no merchant {organizer}"))?;
+                anyhow::ensure!(
+                    m.category == Category::Organizer,
+                    "{} is not a performance organizer",
+                    m.name
+                );
+                anyhow::ensure!(!evidence.trim().is_empty(), "an award needs its evidence");
+                let (code, amount) = match kind {
+                    AwardKind::NationalTroupe => {
+                        (1, policy.organizer_award.national_troupe_show_fen)
+                    }
+                    AwardKind::NationalAwardWork => {
+                        (2, policy.organizer_award.national_award_work_show_fen)
+                    }
+                };
+                let id = store
+                    .record_award(AwardInput {
+                        merchant_id: m.merchant_id,
+                        show_date: wenxiao_protocol::BusinessDate::new(show_date)?,
+                        kind: code,
+                        amount_fen: wenxiao_protocol::Fen(amount),
+                        evidence,
+                        now_ms: now,
+                    })
+                    .await?;
+                println!(
+                    "award {id} recorded: {} yuan to {}, awaiting approval",
+                    wenxiao_protocol::Fen(amount),
+                    m.name
+                );
+            }
+            AwardsCommand::Approve { id } => {
+                let today = crate::clock::business_date(now)
+                    .ok_or_else(|| anyhow::anyhow!("clock out of range"))?;
+                match store
+                    .approve_award(id, IngestCtx::new(&policy, 0), today, now)
+                    .await?
+                {
+                    AwardApproval::Approved => println!("award {id} approved"),
+                    AwardApproval::AlreadyApproved => println!("award {id} was already approved"),
+                    AwardApproval::Unknown => anyhow::bail!("no award {id}"),
+                    AwardApproval::BudgetExhausted => {
+                        anyhow::bail!("the budget cannot pay award {id} whole; it stays recorded")
+                    }
+                }
+            }
         }
         Ok(())
     })

@@ -48,6 +48,33 @@ async fn clear_what_a_gateway_stored(env: TestEnv) {
         .get()
         .to_string();
     let config = env.write_config_file(0);
+    // An organizer award, approved today, goes into today's bureau files.
+    std::fs::write(
+        &env.config.registry.merchants_path,
+        format!(
+            "{}1005,Test organizer,ORGANIZER,ERQI,1\n",
+            std::fs::read_to_string(&env.config.registry.merchants_path).unwrap()
+        ),
+    )
+    .unwrap();
+    gateway(&config, &["registry", "import"]);
+    let out = gateway(
+        &config,
+        &[
+            "awards",
+            "add",
+            "--organizer",
+            "1005",
+            "--show-date",
+            &date,
+            "--kind",
+            "national-troupe",
+            "--evidence",
+            "ministry list 2026/3",
+        ],
+    );
+    assert!(out.contains("award 1 recorded: 500000.00 yuan"), "{out}");
+    gateway(&config, &["awards", "approve", "--id", "1"]);
     let out = gateway(&config, &["clearing", "run", "--date", &date]);
     assert!(out.contains("3 credits totalling 26.40 yuan"), "{out}");
     assert!(out.contains("awaiting approval"), "{out}");
@@ -69,7 +96,14 @@ async fn clear_what_a_gateway_stored(env: TestEnv) {
     let out = gateway(&config, &["clearing", "approve", "--date", &date]);
     assert!(out.contains("approved"), "{out}");
     let bureau = std::fs::read_to_string(day.join("bureau_settlement.csv")).unwrap();
-    assert!(bureau.lines().nth(1).unwrap().ends_with(",1"), "{bureau}");
+    assert!(
+        bureau.lines().nth(1).unwrap().ends_with(",50000000,1"),
+        "{bureau}"
+    );
+    assert_eq!(
+        control_total(&day.join("organizer_awards.csv")),
+        ["TOTAL", "1", "", "", "50000000"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@
 use std::path::Path;
 use wenxiao_gateway::registry::{MerchantId, Registry};
 use wenxiao_gateway::store::{
-    CardSeen, HoldOutcome, HoldRequest, IngestCtx, IngestTxn, LoadDecision, LoadInitRequest,
-    Proposal, ResultReport, Store, TxnAnswer,
+    AwardApproval, AwardInput, CardSeen, HoldOutcome, HoldRequest, IngestCtx, IngestTxn,
+    LoadDecision, LoadInitRequest, Proposal, ResultReport, Store, TxnAnswer,
 };
 use wenxiao_protocol::*;
 
@@ -888,6 +888,54 @@ async fn a_top_up_that_took_the_counter_voids_the_attempt(s: &impl Store) {
     assert_eq!(s.credit_state(c).await.unwrap(), Some((2, Fen(700))));
 }
 
+async fn awards_are_paid_whole_from_the_budget_once(s: &impl Store) {
+    let caps = IngestCtx {
+        monthly_cap: Fen(80_000_000),
+        programme_cap: Fen(1_000_000_000),
+        shard: 2,
+        sign_in_points: Points(10),
+    };
+    let award = |date| AwardInput {
+        merchant_id: MerchantId(1101),
+        show_date: BusinessDate::new(date).unwrap(),
+        kind: 1,
+        amount_fen: Fen(50_000_000),
+        evidence: "troupe registration 2026-17".to_owned(),
+        now_ms: 1,
+    };
+    let first = s.record_award(award(20261120)).await.unwrap();
+    let second = s.record_award(award(20261125)).await.unwrap();
+    assert_ne!(first, second);
+    let d = BusinessDate::new(20261127).unwrap();
+    assert_eq!(
+        s.approve_award(first, caps, d, 2).await.unwrap(),
+        AwardApproval::Approved
+    );
+    assert_eq!(
+        s.approve_award(first, caps, d, 3).await.unwrap(),
+        AwardApproval::AlreadyApproved
+    );
+    assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(50_000_000));
+    // Only ¥300,000 of November's ¥800,000 cap is left: the second award is not paid in part.
+    assert_eq!(
+        s.approve_award(second, caps, d, 4).await.unwrap(),
+        AwardApproval::BudgetExhausted
+    );
+    assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(50_000_000));
+    assert_eq!(
+        s.approve_award(999, caps, d, 5).await.unwrap(),
+        AwardApproval::Unknown
+    );
+    // It appears in the bureau's report of the day it was approved.
+    s.clear_day(d, 10, 6).await.unwrap();
+    let report = s.clearing_report(d).await.unwrap().unwrap();
+    assert_eq!(report.awards.len(), 1);
+    assert_eq!(
+        (report.awards[0].award_id, report.awards[0].amount_fen),
+        (first, Fen(50_000_000))
+    );
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -924,6 +972,7 @@ conformance!(
     a_credit_loads_once_through_offer_attempt_and_settlement,
     results_are_idempotent_and_retry_final_behave,
     a_top_up_that_took_the_counter_voids_the_attempt,
+    awards_are_paid_whole_from_the_budget_once,
 );
 
 conformance!(
@@ -947,4 +996,5 @@ conformance!(
     a_credit_loads_once_through_offer_attempt_and_settlement,
     results_are_idempotent_and_retry_final_behave,
     a_top_up_that_took_the_counter_voids_the_attempt,
+    awards_are_paid_whole_from_the_budget_once,
 );

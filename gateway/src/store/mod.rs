@@ -221,6 +221,22 @@ pub trait Store: Send + Sync + 'static {
     /// notifications polls to learn of newly released credits.
     fn latest_release_ms(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// Records an organizer award (status recorded); returns its id.
+    fn record_award(
+        &self,
+        award: AwardInput,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// The audit step for an award: draws its whole amount from the budget of the show's
+    /// month and the programme, or nothing.
+    fn approve_award(
+        &self,
+        award_id: i64,
+        budget: IngestCtx,
+        approved_date: BusinessDate,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<AwardApproval, StoreError>> + Send;
+
     /// A credit's status code and amount (for tests and audits).
     fn credit_state(
         &self,
@@ -264,6 +280,51 @@ pub struct CardSeen {
     pub now_ms: i64,
     /// A binding with no attempt lapses after this long.
     pub binding_timeout_ms: i64,
+}
+
+/// An organizer award as entered by staff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwardInput {
+    /// The performance organizer.
+    pub merchant_id: MerchantId,
+    /// The show's date.
+    pub show_date: BusinessDate,
+    /// 1 national-level troupe, 2 national-award work.
+    pub kind: i16,
+    /// The award (from the policy for the kind).
+    pub amount_fen: Fen,
+    /// What proves the show qualifies (document references).
+    pub evidence: String,
+    /// Now.
+    pub now_ms: i64,
+}
+
+/// The outcome of approving an award.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwardApproval {
+    /// Approved now; the budget paid it.
+    Approved,
+    /// It was approved before.
+    AlreadyApproved,
+    /// No such award.
+    Unknown,
+    /// The budget cannot pay it whole: left as recorded.
+    BudgetExhausted,
+}
+
+/// One approved award, for the bureau's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwardRow {
+    /// Its id.
+    pub award_id: i64,
+    /// The organizer.
+    pub merchant_id: MerchantId,
+    /// The show's date.
+    pub show_date: u32,
+    /// 1 national-level troupe, 2 national-award work.
+    pub kind: i16,
+    /// The amount.
+    pub amount_fen: Fen,
 }
 
 /// What an OTA endpoint session asks for.
@@ -606,6 +667,8 @@ pub struct ClearingReport {
     pub merchants: Vec<MerchantSettlement>,
     /// Statistics by district and category.
     pub statistics: Vec<StatisticsRow>,
+    /// Organizer awards approved on the day.
+    pub awards: Vec<AwardRow>,
 }
 
 /// The store chosen by configuration.
@@ -709,6 +772,18 @@ impl Store for AnyStore {
         claim: PushClaim,
     ) -> Result<Vec<wenxiao_protocol::CreditPush>, StoreError> {
         delegate!(self, s => s.claim_pushes(claim))
+    }
+    async fn record_award(&self, award: AwardInput) -> Result<i64, StoreError> {
+        delegate!(self, s => s.record_award(award))
+    }
+    async fn approve_award(
+        &self,
+        award_id: i64,
+        budget: IngestCtx,
+        approved_date: BusinessDate,
+        now_ms: i64,
+    ) -> Result<AwardApproval, StoreError> {
+        delegate!(self, s => s.approve_award(award_id, budget, approved_date, now_ms))
     }
     async fn latest_release_ms(&self) -> Result<i64, StoreError> {
         delegate!(self, s => s.latest_release_ms())
@@ -958,6 +1033,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         5,
         include_str!("migrations/pg_0005_credit_loads.sql"),
         include_str!("migrations/sqlite_0005_credit_loads.sql"),
+    ),
+    (
+        6,
+        include_str!("migrations/pg_0006_awards.sql"),
+        include_str!("migrations/sqlite_0006_awards.sql"),
     ),
 ];
 

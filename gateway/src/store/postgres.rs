@@ -965,11 +965,28 @@ impl Store for PgStore {
                 subsidy_fen: Fen(r.get(4)),
             })
             .collect();
+        let awards = client
+            .query(
+                "SELECT award_id, merchant_id, show_date, kind, amount_fen FROM organizer_awards \
+                 WHERE status = 2 AND approved_date = $1 ORDER BY award_id",
+                &[&d],
+            )
+            .await?
+            .iter()
+            .map(|r| super::AwardRow {
+                award_id: r.get(0),
+                merchant_id: MerchantId(r.get(1)),
+                show_date: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                kind: r.get(3),
+                amount_fen: Fen(r.get(4)),
+            })
+            .collect();
         Ok(Some(super::ClearingReport {
             summary: summary_from(date, &r),
             credits,
             merchants,
             statistics,
+            awards,
         }))
     }
 
@@ -1287,6 +1304,89 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(pushes)
+    }
+
+    async fn record_award(&self, a: super::AwardInput) -> Result<i64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Awards are few: ids from the table's maximum, under a lock of the table.
+        tx.batch_execute("LOCK TABLE organizer_awards IN EXCLUSIVE MODE")
+            .await?;
+        let id: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(award_id), 0) + 1 FROM organizer_awards",
+                &[],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            "INSERT INTO organizer_awards (award_id, merchant_id, show_date, kind, amount_fen, \
+             evidence, status, recorded_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 1, $7)",
+            &[
+                &id,
+                &a.merchant_id.0,
+                &i32::try_from(a.show_date.get()).unwrap_or(i32::MAX),
+                &a.kind,
+                &a.amount_fen.get(),
+                &a.evidence,
+                &a.now_ms,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn approve_award(
+        &self,
+        award_id: i64,
+        budget: IngestCtx,
+        approved_date: wenxiao_protocol::BusinessDate,
+        now_ms: i64,
+    ) -> Result<super::AwardApproval, StoreError> {
+        use super::AwardApproval;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT status, show_date, amount_fen FROM organizer_awards \
+                 WHERE award_id = $1 FOR UPDATE",
+                &[&award_id],
+            )
+            .await?
+        else {
+            return Ok(AwardApproval::Unknown);
+        };
+        if row.get::<_, i16>(0) == 2 {
+            return Ok(AwardApproval::AlreadyApproved);
+        }
+        let (month, amount) = (row.get::<_, i32>(1) / 100, row.get::<_, i64>(2));
+        // Month first, then the programme: the writers' lock order. All or nothing: a
+        // rollback returns whatever was taken.
+        let m = take_budget(&tx, month, budget.monthly_cap, budget.shard, amount).await?;
+        let p = take_budget(
+            &tx,
+            PROGRAMME_BUDGET_KEY,
+            budget.programme_cap,
+            budget.shard,
+            amount,
+        )
+        .await?;
+        if m < amount || p < amount {
+            return Ok(AwardApproval::BudgetExhausted);
+        }
+        tx.execute(
+            "UPDATE organizer_awards SET status = 2, approved_at_ms = $2, approved_date = $3 \
+             WHERE award_id = $1",
+            &[
+                &award_id,
+                &now_ms,
+                &i32::try_from(approved_date.get()).unwrap_or(i32::MAX),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AwardApproval::Approved)
     }
 
     async fn latest_release_ms(&self) -> Result<i64, StoreError> {

@@ -761,11 +761,27 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
+            let awards = conn
+                .prepare(
+                    "SELECT award_id, merchant_id, show_date, kind, amount_fen FROM organizer_awards \
+                     WHERE status = 2 AND approved_date = ?1 ORDER BY award_id",
+                )?
+                .query_map([d], |r| {
+                    Ok(super::AwardRow {
+                        award_id: r.get(0)?,
+                        merchant_id: MerchantId(r.get(1)?),
+                        show_date: r.get(2)?,
+                        kind: r.get(3)?,
+                        amount_fen: Fen(r.get(4)?),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
             Ok(Some(super::ClearingReport {
                 summary,
                 credits,
                 merchants,
                 statistics,
+                awards,
             }))
         })
         .await
@@ -1059,6 +1075,73 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(pushes)
+        })
+        .await
+    }
+
+    async fn record_award(&self, a: super::AwardInput) -> Result<i64, StoreError> {
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let id: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(award_id), 0) + 1 FROM organizer_awards",
+                [],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO organizer_awards (award_id, merchant_id, show_date, kind, amount_fen, \
+                 evidence, status, recorded_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+                params![
+                    id,
+                    a.merchant_id.0,
+                    a.show_date.get(),
+                    a.kind,
+                    a.amount_fen.get(),
+                    a.evidence,
+                    a.now_ms
+                ],
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn approve_award(
+        &self,
+        award_id: i64,
+        budget: IngestCtx,
+        approved_date: wenxiao_protocol::BusinessDate,
+        now_ms: i64,
+    ) -> Result<super::AwardApproval, StoreError> {
+        use super::AwardApproval;
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let row: Option<(i16, i32, i64)> = tx
+                .query_row(
+                    "SELECT status, show_date, amount_fen FROM organizer_awards WHERE award_id = ?1",
+                    [award_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((status, show_date, amount)) = row else {
+                return Ok(AwardApproval::Unknown);
+            };
+            if status == 2 {
+                return Ok(AwardApproval::AlreadyApproved);
+            }
+            let m = take_budget(&tx, show_date / 100, budget.monthly_cap, budget.shard, amount)?;
+            let p = take_budget(&tx, PROGRAMME_BUDGET_KEY, budget.programme_cap, budget.shard, amount)?;
+            if m < amount || p < amount {
+                // Dropping the transaction rolls back what was taken.
+                return Ok(AwardApproval::BudgetExhausted);
+            }
+            tx.execute(
+                "UPDATE organizer_awards SET status = 2, approved_at_ms = ?2, approved_date = ?3 \
+                 WHERE award_id = ?1",
+                params![award_id, now_ms, approved_date.get()],
+            )?;
+            tx.commit()?;
+            Ok(AwardApproval::Approved)
         })
         .await
     }
