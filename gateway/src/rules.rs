@@ -101,6 +101,17 @@ pub fn refund_reversal(original_subsidy: Fen, original_paid: Fen, refunded: Fen)
     round_fen(Decimal::from(original_subsidy.get()) * share).unwrap_or(original_subsidy)
 }
 
+/// The points a refund gives back: those the original purchase used, in proportion to
+/// the amount refunded, rounded down (all of them when the whole amount is refunded).
+pub fn points_returned(points_used: Points, original_paid: Fen, refunded: Fen) -> Points {
+    if original_paid.get() <= 0 || refunded.get() >= original_paid.get() {
+        return points_used;
+    }
+    let back = Decimal::from(points_used.get()) * Decimal::from(refunded.get().max(0))
+        / Decimal::from(original_paid.get());
+    Points(back.floor().try_into().unwrap_or(0))
+}
+
 /// The money value of points.
 pub fn points_value(points: Points, policy: &PointsPolicy) -> Fen {
     Fen(i64::from(points.get()).saturating_mul(policy.fen_per_point))
@@ -357,6 +368,23 @@ mod tests {
             check_points_use(Fen(10_000), Points(0), Points(9), &p),
             Err(Reason::InvalidField)
         );
+    }
+
+    #[test]
+    fn refunds_give_back_points_in_proportion_rounded_down() {
+        assert_eq!(
+            points_returned(Points(100), Fen(9_000), Fen(9_000)),
+            Points(100)
+        );
+        assert_eq!(
+            points_returned(Points(100), Fen(9_000), Fen(4_500)),
+            Points(50)
+        );
+        assert_eq!(
+            points_returned(Points(100), Fen(9_000), Fen(100)),
+            Points(1)
+        ); // 1.11…
+        assert_eq!(points_returned(Points(0), Fen(9_000), Fen(100)), Points(0));
     }
 
     #[test]

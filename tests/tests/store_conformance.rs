@@ -613,13 +613,41 @@ async fn a_purchase_consumes_its_hold_exactly_once(s: &impl Store) {
         s.points_balance(CardNo(60)).await.unwrap(),
         (Points(5), Points(0))
     );
+    // Refunding half the purchase gives back half its points, rounded down: 7 of 15.
+    let mut back = txn(13, 60, 20, 4_250);
+    back.kind = TxnKind::Refund;
+    back.refund_of_seq = Seq::new(10);
+    let r = s
+        .ingest(
+            &[ingest(
+                DEVICE,
+                back,
+                Proposal::Store {
+                    reason: Reason::None,
+                    subsidy_fen: Fen(0),
+                    points_awarded: Points(0),
+                },
+            )],
+            &B,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r[0].status, r[0].points_awarded),
+        (TxnStatus::Stored, Points(7))
+    );
+    assert_eq!(
+        s.points_balance(CardNo(60)).await.unwrap(),
+        (Points(12), Points(0))
+    );
     // The same hold again, for another purchase: refused, and takes no budget.
     let b = s
         .ingest(&[purchase_with(11, 60, hold_id, 15, now + 2)], &B)
         .await
         .unwrap();
     assert_eq!(b[0], TxnAnswer::rejected(Reason::HoldInvalid));
-    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 1));
+    // The purchase and the refund stored; the reused hold rejected.
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (2, 1));
     // A hold that expired before its purchase arrived is invalid, and is released.
     let HoldOutcome::Approved { hold_id: late, .. } =
         s.create_hold(hold(60, 5, now)).await.unwrap()
@@ -627,7 +655,7 @@ async fn a_purchase_consumes_its_hold_exactly_once(s: &impl Store) {
         panic!("hold refused");
     };
     let c = s
-        .ingest(&[purchase_with(12, 60, late, 5, now + 600_001)], &B)
+        .ingest(&[purchase_with(14, 60, late, 5, now + 600_001)], &B)
         .await
         .unwrap();
     assert_eq!(c[0], TxnAnswer::rejected(Reason::HoldInvalid));

@@ -567,6 +567,8 @@ pub(crate) enum PointsEffect {
     Awarded(Points),
     /// The card already signed in today.
     DailyLimit,
+    /// A refund gave back points of its purchase (reported in the ack's points field).
+    Returned(Points),
 }
 
 /// Rows newly stored in this batch that use a hold or sign in, in batch order.
@@ -577,7 +579,8 @@ pub(crate) fn points_rows(batch: &[IngestTxn], answers: &[Option<TxnAnswer>]) ->
         .enumerate()
         .filter(|(_, (t, a))| {
             a.is_some_and(|a| a.status == TxnStatus::Stored)
-                && (t.txn.points_hold_id.is_some() || t.txn.kind == TxnKind::SignIn)
+                && (t.txn.points_hold_id.is_some()
+                    || matches!(t.txn.kind, TxnKind::SignIn | TxnKind::Refund))
         })
         .map(|(i, _)| i)
         .collect()
@@ -593,6 +596,7 @@ pub(crate) fn apply_points(answer: &mut TxnAnswer, effect: &PointsEffect) {
             answer.points_awarded = Points(0);
             answer.reason = Reason::DailyLimitReached;
         }
+        PointsEffect::Returned(p) => answer.points_awarded = *p,
     }
 }
 

@@ -400,6 +400,34 @@ async fn apply_points_effects(
             } else {
                 super::PointsEffect::HoldInvalid
             }
+        } else if t.txn.kind == wenxiao_protocol::TxnKind::Refund {
+            let original = match t.txn.refund_of_seq {
+                Some(of) => {
+                    tx.query_opt(
+                        "SELECT amount_fen, points_used FROM txns \
+                         WHERE device_id = $1 AND seq = $2 AND status = 1 AND kind = 1",
+                        &[&db_u64(t.device_id.get()), &db_u64(of.get())],
+                    )
+                    .await?
+                }
+                None => None,
+            };
+            let back = original.map_or(wenxiao_protocol::Points(0), |o| {
+                crate::rules::points_returned(
+                    wenxiao_protocol::Points(u32::try_from(o.get::<_, i64>(1)).unwrap_or(0)),
+                    wenxiao_protocol::Fen(o.get(0)),
+                    t.txn.amount_fen,
+                )
+            });
+            if back.get() > 0 {
+                tx.execute(
+                    "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, $2, 0) \
+                     ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + $2",
+                    &[&card, &i64::from(back.get())],
+                )
+                .await?;
+            }
+            super::PointsEffect::Returned(back)
         } else {
             let day = i32::try_from(t.business_date.get()).unwrap_or(i32::MAX);
             let points = i64::from(ctx.sign_in_points.get());

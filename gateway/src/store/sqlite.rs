@@ -349,6 +349,33 @@ fn apply_points_effects(
             } else {
                 super::PointsEffect::HoldInvalid
             }
+        } else if t.txn.kind == wenxiao_protocol::TxnKind::Refund {
+            let original: Option<(i64, i64)> = match t.txn.refund_of_seq {
+                Some(of) => tx
+                    .query_row(
+                        "SELECT amount_fen, points_used FROM txns \
+                         WHERE device_id = ?1 AND seq = ?2 AND status = 1 AND kind = 1",
+                        params![db_u64(t.device_id.get()), db_u64(of.get())],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?,
+                None => None,
+            };
+            let back = original.map_or(wenxiao_protocol::Points(0), |(amount, used)| {
+                crate::rules::points_returned(
+                    wenxiao_protocol::Points(u32::try_from(used).unwrap_or(0)),
+                    wenxiao_protocol::Fen(amount),
+                    t.txn.amount_fen,
+                )
+            });
+            if back.get() > 0 {
+                tx.prepare_cached(
+                    "INSERT INTO points_accounts (card_no, balance, held) VALUES (?1, ?2, 0) \
+                     ON CONFLICT (card_no) DO UPDATE SET balance = balance + ?2",
+                )?
+                .execute(params![card, i64::from(back.get())])?;
+            }
+            super::PointsEffect::Returned(back)
         } else {
             let points = i64::from(ctx.sign_in_points.get());
             let n = tx
