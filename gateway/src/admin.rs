@@ -44,6 +44,97 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     }
 }
 
+/// A review or share reported by the app backend.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivityBody {
+    card_no: u64,
+    venue_id: i64,
+    kind: ActivityKind,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum ActivityKind {
+    Review,
+    Share,
+}
+
+fn rejected(status: actix_web::http::StatusCode, reason: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({"status": "REJECTED", "reason": reason}))
+}
+
+/// `POST /v1/points/activities`: a review (20 points) or share (10 points) of a public
+/// venue, once per card, day and kind, and only after the card signed in there that day.
+async fn activity(
+    state: web::Data<AdminState>,
+    request: actix_web::HttpRequest,
+    body: web::Json<ActivityBody>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    use subtle::ConstantTimeEq;
+    let token = &state.shared.config.admin.app_token;
+    if token.is_empty() {
+        return HttpResponse::NotFound().finish();
+    }
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        return rejected(StatusCode::UNAUTHORIZED, "BAD_TOKEN");
+    }
+    let venue = crate::registry::MerchantId(body.venue_id);
+    let is_venue = state
+        .shared
+        .registry
+        .read()
+        .map(|r| {
+            r.merchant(venue)
+                .is_some_and(|m| m.category == crate::registry::Category::PublicVenue)
+        })
+        .unwrap_or(false);
+    if !is_venue {
+        return rejected(StatusCode::NOT_FOUND, "UNKNOWN_VENUE");
+    }
+    let Some(day) = crate::clock::business_date(crate::clock::now_ms()) else {
+        return rejected(StatusCode::SERVICE_UNAVAILABLE, "CLOCK");
+    };
+    let policy = &state.shared.policy.points;
+    let (kind, points) = match body.kind {
+        ActivityKind::Review => (2, policy.review_points),
+        ActivityKind::Share => (3, policy.share_points),
+    };
+    let activity = crate::store::Activity {
+        card_no: wenxiao_protocol::CardNo(body.card_no),
+        venue,
+        day,
+        kind,
+        points: wenxiao_protocol::Points(points),
+    };
+    let store = state.shared.store.clone();
+    match state
+        .shared
+        .store_rt
+        .spawn(async move { store.award_activity(activity).await })
+        .await
+    {
+        Ok(Ok(crate::store::ActivityOutcome::Awarded(balance))) => HttpResponse::Ok().json(
+            serde_json::json!({"status": "AWARDED", "points": points, "balance": balance.get()}),
+        ),
+        Ok(Ok(crate::store::ActivityOutcome::DailyLimit)) => {
+            rejected(StatusCode::CONFLICT, "DAILY_LIMIT_REACHED")
+        }
+        Ok(Ok(crate::store::ActivityOutcome::NoSignIn)) => {
+            rejected(StatusCode::UNPROCESSABLE_ENTITY, "NO_SIGN_IN_TODAY")
+        }
+        Ok(Err(e)) => rejected(StatusCode::SERVICE_UNAVAILABLE, &format!("STORE: {e}")),
+        Err(e) => rejected(StatusCode::SERVICE_UNAVAILABLE, &format!("STORE: {e}")),
+    }
+}
+
 /// Binds and starts the admin server on the current actix system.
 pub fn start(
     addr: SocketAddr,
@@ -57,6 +148,7 @@ pub fn start(
             .route("/metrics", web::get().to(metrics_page))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/v1/points/activities", web::post().to(activity))
     })
     .workers(1)
     .disable_signals()

@@ -383,6 +383,9 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where.
     pub listen_addr: SocketAddr,
+    /// Bearer token of the app backend for `POST /v1/points/activities` (reviews and
+    /// shares); empty disables the endpoint.
+    pub app_token: String,
 }
 
 impl Default for AdminConfig {
@@ -390,6 +393,7 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            app_token: String::new(),
         }
     }
 }

@@ -485,3 +485,70 @@ async fn points_from_sign_ins_pay_part_of_a_purchase() {
 fn sign_txn(t: Txn) -> Txn {
     sign(READER, t)
 }
+
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_reports_reviews_and_shares_after_a_sign_in() {
+    let mut env = TestEnv::sqlite();
+    env.config.admin.app_token = "s3cret".to_owned();
+    let gw = env.start();
+    let admin = gw.admin_addr.unwrap();
+    let path = "/v1/points/activities";
+    let review = |card: u64, venue: i64| {
+        format!(r#"{{"card_no": {card}, "venue_id": {venue}, "kind": "REVIEW"}}"#)
+    };
+    assert_eq!(
+        http_post(admin, path, "wrong", &review(901, 1004)).await.0,
+        401
+    );
+    // No sign-in at the venue today yet.
+    let (status, body) = http_post(admin, path, "s3cret", &review(901, 1004)).await;
+    assert_eq!(status, 422, "{body}");
+    let mut reader = env.session(&gw, READER).await;
+    let mut visit = book_purchase(READER, 1, 901, 1, 0);
+    visit.kind = TxnKind::SignIn;
+    visit.item = Item::None;
+    reader.send(sign(READER, visit)).await;
+    assert_eq!(reader.ack().await.points_awarded, Points(10));
+    let (status, body) = http_post(admin, path, "s3cret", &review(901, 1004)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""points":20"#) && body.contains(r#""balance":30"#),
+        "{body}"
+    );
+    assert_eq!(
+        http_post(admin, path, "s3cret", &review(901, 1004)).await.0,
+        409
+    );
+    let share = r#"{"card_no": 901, "venue_id": 1004, "kind": "SHARE"}"#;
+    let (status, body) = http_post(admin, path, "s3cret", share).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""balance":40"#), "{body}");
+    // A bookstore is not a public venue.
+    assert_eq!(
+        http_post(admin, path, "s3cret", &review(901, 1001)).await.0,
+        404
+    );
+}

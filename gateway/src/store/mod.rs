@@ -221,6 +221,13 @@ pub trait Store: Send + Sync + 'static {
     /// notifications polls to learn of newly released credits.
     fn latest_release_ms(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// A review or share reported by the app: awards its points once per card, day and
+    /// kind, and only if the card signed in at that venue that day.
+    fn award_activity(
+        &self,
+        activity: Activity,
+    ) -> impl Future<Output = Result<ActivityOutcome, StoreError>> + Send;
+
     /// Records an organizer award (status recorded); returns its id.
     fn record_award(
         &self,
@@ -280,6 +287,32 @@ pub struct CardSeen {
     pub now_ms: i64,
     /// A binding with no attempt lapses after this long.
     pub binding_timeout_ms: i64,
+}
+
+/// A review (kind 2) or share (kind 3) in the app, for points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// The card.
+    pub card_no: CardNo,
+    /// The public venue reviewed or shared.
+    pub venue: MerchantId,
+    /// The Shanghai day it happened (the gateway's clock).
+    pub day: BusinessDate,
+    /// 2 review, 3 share.
+    pub kind: i16,
+    /// Points it earns.
+    pub points: Points,
+}
+
+/// The answer to an [`Activity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityOutcome {
+    /// Points credited; the card's balance now.
+    Awarded(Points),
+    /// This kind was already awarded to the card today.
+    DailyLimit,
+    /// The card did not sign in at that venue today.
+    NoSignIn,
 }
 
 /// An organizer award as entered by staff.
@@ -779,6 +812,9 @@ impl Store for AnyStore {
     }
     async fn record_award(&self, award: AwardInput) -> Result<i64, StoreError> {
         delegate!(self, s => s.record_award(award))
+    }
+    async fn award_activity(&self, activity: Activity) -> Result<ActivityOutcome, StoreError> {
+        delegate!(self, s => s.award_activity(activity))
     }
     async fn approve_award(
         &self,

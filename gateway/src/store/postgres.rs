@@ -1334,6 +1334,52 @@ impl Store for PgStore {
         Ok(pushes)
     }
 
+    async fn award_activity(
+        &self,
+        a: super::Activity,
+    ) -> Result<super::ActivityOutcome, StoreError> {
+        use super::ActivityOutcome;
+        let card = db_u64(a.card_no.get());
+        let day = i32::try_from(a.day.get()).unwrap_or(i32::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let signed_in: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM txns WHERE card_no = $1 AND counter_kind = 1 \
+                 AND status = 1 AND kind = 2 AND merchant_id = $2 AND business_date = $3)",
+                &[&card, &a.venue.0, &day],
+            )
+            .await?
+            .get(0);
+        if !signed_in {
+            return Ok(ActivityOutcome::NoSignIn);
+        }
+        let points = i64::from(a.points.get());
+        let n = tx
+            .execute(
+                "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&card, &day, &a.kind, &a.venue.0, &points],
+            )
+            .await?;
+        if n == 0 {
+            return Ok(ActivityOutcome::DailyLimit);
+        }
+        let balance: i64 = tx
+            .query_one(
+                "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, $2, 0) \
+                 ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + $2 \
+                 RETURNING balance",
+                &[&card, &points],
+            )
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(ActivityOutcome::Awarded(wenxiao_protocol::Points(
+            u32::try_from(balance).unwrap_or(u32::MAX),
+        )))
+    }
+
     async fn record_award(&self, a: super::AwardInput) -> Result<i64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -1106,6 +1106,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn award_activity(
+        &self,
+        a: super::Activity,
+    ) -> Result<super::ActivityOutcome, StoreError> {
+        use super::ActivityOutcome;
+        Self::with(&self.writer, move |conn| {
+            let card = db_u64(a.card_no.get());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let signed_in: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM txns WHERE card_no = ?1 AND counter_kind = 1 \
+                 AND status = 1 AND kind = 2 AND merchant_id = ?2 AND business_date = ?3)",
+                params![card, a.venue.0, a.day.get()],
+                |r| r.get(0),
+            )?;
+            if !signed_in {
+                return Ok(ActivityOutcome::NoSignIn);
+            }
+            let points = i64::from(a.points.get());
+            let n = tx.execute(
+                "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![card, a.day.get(), a.kind, a.venue.0, points],
+            )?;
+            if n == 0 {
+                return Ok(ActivityOutcome::DailyLimit);
+            }
+            let balance: i64 = tx.query_row(
+                "INSERT INTO points_accounts (card_no, balance, held) VALUES (?1, ?2, 0) \
+                 ON CONFLICT (card_no) DO UPDATE SET balance = balance + ?2 RETURNING balance",
+                params![card, points],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(ActivityOutcome::Awarded(wenxiao_protocol::Points(
+                u32::try_from(balance).unwrap_or(u32::MAX),
+            )))
+        })
+        .await
+    }
+
     async fn record_award(&self, a: super::AwardInput) -> Result<i64, StoreError> {
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
