@@ -92,10 +92,15 @@ pub fn write_settlement_files(
     ));
     files.push(write(&day.join("merchant_settlement.csv"), &merchants)?);
 
+    // The bureau pays the card company for subsidies residents actually loaded; the
+    // loaded columns grow as cards are loaded (the file is rewritten by each
+    // `clearing run`), the rest is fixed by the day's clearing.
     let awards_fen: i64 = report.awards.iter().map(|a| a.amount_fen.get()).sum();
+    let (loaded_count, loaded_fen) = (report.loaded.0, report.loaded.1.get());
     let bureau = format!(
-        "business_date,txn_count,subsidy_fen,credit_count,credit_fen,awards_fen,approved\n\
-         {},{},{},{},{},{awards_fen},{}\nTOTAL,{},{},{},{},{awards_fen},\n",
+        "business_date,txn_count,subsidy_fen,credit_count,credit_fen,loaded_count,loaded_fen,awards_fen,approved\n\
+         {},{},{},{},{},{loaded_count},{loaded_fen},{awards_fen},{}\n\
+         TOTAL,{},{},{},{},{loaded_count},{loaded_fen},{awards_fen},\n",
         s.business_date.get(),
         s.txn_count,
         s.subsidy_fen.get(),

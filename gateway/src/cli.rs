@@ -50,6 +50,24 @@ enum Command {
         #[command(subcommand)]
         command: AwardsCommand,
     },
+    /// The card blacklist: blacklisted cards' purchases earn no subsidy.
+    Blacklist {
+        #[command(subcommand)]
+        command: BlacklistCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlacklistCommand {
+    /// Blacklist a card (from now on; transactions already stored keep their subsidy).
+    Add {
+        card: u64,
+        /// Why (the verified report, the case number).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take a card off the blacklist.
+    Remove { card: u64 },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -190,6 +208,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Clearing { command } => clearing(&config, command),
         Command::Awards { command } => awards(&config, command),
+        Command::Blacklist { command } => with_store(&config, |store| async move {
+            store.migrate().await?;
+            let now = crate::clock::now_ms();
+            match command {
+                BlacklistCommand::Add { card, reason } => {
+                    anyhow::ensure!(!reason.trim().is_empty(), "a blacklisting needs its reason");
+                    store
+                        .set_blacklisted(wenxiao_protocol::CardNo(card), true, reason, now)
+                        .await?;
+                    println!("card {card} blacklisted");
+                }
+                BlacklistCommand::Remove { card } => {
+                    store
+                        .set_blacklisted(wenxiao_protocol::CardNo(card), false, String::new(), now)
+                        .await?;
+                    println!("card {card} taken off the blacklist");
+                }
+            }
+            Ok(())
+        }),
         Command::Registry {
             command: RegistryCommand::Import { merchants, devices },
         } => {

@@ -839,7 +839,8 @@ fn provisional_subsidy(
                 paid_fen: txn.amount_fen,
                 list_price_fen: txn.list_price_fen,
                 points_used: txn.points_used,
-                // The card blacklist (hot list) arrives with the points and credits work.
+                // The blacklist lives in the store, which takes the subsidy off a
+                // blacklisted card's purchase in the ingest transaction.
                 card_blacklisted: false,
                 merchant_suspended: !m.active,
             },

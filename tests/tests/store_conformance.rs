@@ -964,6 +964,44 @@ async fn awards_are_paid_whole_from_the_budget_once(s: &impl Store) {
     );
 }
 
+async fn blacklisted_cards_earn_no_subsidy_and_take_no_budget(s: &impl Store) {
+    s.set_blacklisted(CardNo(33), true, "report 2026-114".to_owned(), 1)
+        .await
+        .unwrap();
+    let a = s
+        .ingest(
+            &[
+                want(DEVICE, 1, 33, 880, 20261127),
+                want(DEVICE, 2, 34, 880, 20261127),
+            ],
+            &B,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (a[0].status, a[0].subsidy_fen, a[0].reason),
+        (TxnStatus::Stored, Fen(0), Reason::CardBlacklisted)
+    );
+    assert_eq!(a[1].subsidy_fen, Fen(880));
+    assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(880));
+    let again = s
+        .ingest(&[want(DEVICE, 1, 33, 880, 20261127)], &B)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].status, again[0].reason),
+        (TxnStatus::Duplicate, Reason::CardBlacklisted)
+    );
+    s.set_blacklisted(CardNo(33), false, String::new(), 2)
+        .await
+        .unwrap();
+    let later = s
+        .ingest(&[want(DEVICE, 3, 33, 880, 20261127)], &B)
+        .await
+        .unwrap();
+    assert_eq!(later[0].subsidy_fen, Fen(880));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -1001,6 +1039,7 @@ conformance!(
     results_are_idempotent_and_retry_final_behave,
     a_top_up_that_took_the_counter_voids_the_attempt,
     awards_are_paid_whole_from_the_budget_once,
+    blacklisted_cards_earn_no_subsidy_and_take_no_budget,
 );
 
 conformance!(
@@ -1025,4 +1064,5 @@ conformance!(
     results_are_idempotent_and_retry_final_behave,
     a_top_up_that_took_the_counter_voids_the_attempt,
     awards_are_paid_whole_from_the_budget_once,
+    blacklisted_cards_earn_no_subsidy_and_take_no_budget,
 );

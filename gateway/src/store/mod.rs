@@ -228,6 +228,16 @@ pub trait Store: Send + Sync + 'static {
         activity: Activity,
     ) -> impl Future<Output = Result<ActivityOutcome, StoreError>> + Send;
 
+    /// Puts a card on the blacklist (or takes it off): from then on its purchases earn no
+    /// subsidy (CARD_BLACKLISTED).
+    fn set_blacklisted(
+        &self,
+        card_no: CardNo,
+        blacklisted: bool,
+        reason: String,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Records an organizer award (status recorded); returns its id.
     fn record_award(
         &self,
@@ -706,6 +716,9 @@ pub struct ClearingReport {
     pub statistics: Vec<StatisticsRow>,
     /// Organizer awards approved on the day.
     pub awards: Vec<AwardRow>,
+    /// Of the day's credits, those loaded onto cards so far: (count, amount). This grows
+    /// as cards are loaded; everything else in the report is fixed by the run.
+    pub loaded: (i64, Fen),
 }
 
 /// The store chosen by configuration.
@@ -815,6 +828,15 @@ impl Store for AnyStore {
     }
     async fn award_activity(&self, activity: Activity) -> Result<ActivityOutcome, StoreError> {
         delegate!(self, s => s.award_activity(activity))
+    }
+    async fn set_blacklisted(
+        &self,
+        card_no: CardNo,
+        blacklisted: bool,
+        reason: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        delegate!(self, s => s.set_blacklisted(card_no, blacklisted, reason, now_ms))
     }
     async fn approve_award(
         &self,
@@ -1079,6 +1101,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/pg_0006_awards.sql"),
         include_str!("migrations/sqlite_0006_awards.sql"),
     ),
+    (
+        7,
+        include_str!("migrations/pg_0007_blacklist.sql"),
+        include_str!("migrations/sqlite_0007_blacklist.sql"),
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -1121,6 +1148,28 @@ impl IngestCtx {
         let n = i64::from(BUDGET_SHARDS);
         cap.get() / n + if shard == 0 { cap.get() % n } else { 0 }
     }
+}
+
+/// Rows newly stored with a subsidy whose card is blacklisted lose it (before the budget,
+/// so they take none of it). `blacklisted` holds the batch's cards found on the list.
+pub(crate) fn apply_blacklist(
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    blacklisted: &std::collections::HashSet<i64>,
+) -> Vec<usize> {
+    let mut changed = Vec::new();
+    for (i, (t, a)) in batch.iter().zip(answers.iter_mut()).enumerate() {
+        if let Some(a) = a
+            && a.status == TxnStatus::Stored
+            && a.subsidy_fen.get() > 0
+            && blacklisted.contains(&db_u64(t.txn.card_no.get()))
+        {
+            a.subsidy_fen = Fen::ZERO;
+            a.reason = Reason::CardBlacklisted;
+            changed.push(i);
+        }
+    }
+    changed
 }
 
 /// The rows of a batch that were just stored with a subsidy, grouped by month in

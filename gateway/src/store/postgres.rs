@@ -63,6 +63,94 @@ impl PgStore {
         })
     }
 
+    /// Creates the shard rows of budgets not yet known to exist, each in its own
+    /// statement outside any ingest transaction. Inside one it would deadlock: an
+    /// `INSERT … ON CONFLICT` waits for every transaction that has updated a row with the
+    /// same key, while that transaction may wait for the shard rows this one holds.
+    async fn ensure_budgets(
+        &self,
+        client: &deadpool_postgres::Object,
+        keys: &[(i32, wenxiao_protocol::Fen)],
+    ) -> Result<(), StoreError> {
+        for &(key, cap) in keys {
+            let known = self
+                .known_budgets
+                .lock()
+                .map(|k| k.contains(&key))
+                .unwrap_or(false);
+            if known {
+                continue;
+            }
+            let ensure = client
+                .prepare_cached(
+                    "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
+                     SELECT $1, s, $2::int8 / $3 + CASE WHEN s = 0 THEN $2::int8 % $3 ELSE 0 END, 0 \
+                     FROM generate_series(0, $3 - 1) AS s ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            client
+                .execute(&ensure, &[&key, &cap.get(), &BUDGET_SHARDS])
+                .await?;
+            if let Ok(mut k) = self.known_budgets.lock() {
+                k.insert(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt of [`Store::ingest`].
+    async fn ingest_once(
+        &self,
+        batch: &[IngestTxn],
+        budget: &IngestCtx,
+    ) -> Result<Vec<TxnAnswer>, StoreError> {
+        let mut client = self.client().await?;
+
+        let months: std::collections::BTreeSet<i32> = batch
+            .iter()
+            .filter(|t| matches!(t.proposal, super::Proposal::Store { subsidy_fen, .. } if subsidy_fen.get() > 0))
+            .map(|t| i32::try_from(t.business_date.get() / 100).unwrap_or(i32::MAX))
+            .collect();
+        if !months.is_empty() {
+            let keys: Vec<(i32, wenxiao_protocol::Fen)> = months
+                .iter()
+                .map(|&m| (m, budget.monthly_cap))
+                .chain([(PROGRAMME_BUDGET_KEY, budget.programme_cap)])
+                .collect();
+            self.ensure_budgets(&client, &keys).await?;
+        }
+        let tx = client.transaction().await?;
+        let mut answers = vec![None; batch.len()];
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let left = insert_rows(
+            &tx,
+            batch,
+            &all,
+            |t| TxnRow::first_answer(t.proposal),
+            &mut answers,
+        )
+        .await?;
+        let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
+        // Not recorded under their own key: the card-counter index refused them.
+        let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
+        let left = insert_rows(&tx, batch, &missing, |_| replay, &mut answers).await?;
+        let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
+        if let Some(&i) = missing.first() {
+            return Err(StoreError::Corrupt(format!(
+                "batch row {i} neither inserted nor found"
+            )));
+        }
+        apply_points_effects(&tx, batch, &mut answers, budget).await?;
+        apply_blacklist(&tx, batch, &mut answers).await?;
+        apply_budget(&tx, batch, &mut answers, budget).await?;
+        tx.commit().await?;
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
+            .collect()
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
@@ -251,7 +339,7 @@ async fn take_budget(
     if want <= 0 {
         return Ok(0);
     }
-    ensure_budget(tx, key, cap).await?;
+    let _ = cap; // the rows exist: `PgStore::ensure_budgets` made them before the transaction
     let fast = tx
         .prepare_cached(
             "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
@@ -262,24 +350,6 @@ async fn take_budget(
         return Ok(want);
     }
     take_budget_slow(tx, key, shard, want).await
-}
-
-/// Creates the shard rows of budget `key` if they do not exist.
-async fn ensure_budget(
-    tx: &deadpool_postgres::Transaction<'_>,
-    key: i32,
-    cap: wenxiao_protocol::Fen,
-) -> Result<(), StoreError> {
-    let ensure = tx
-        .prepare_cached(
-            "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
-             SELECT $1, s, $2::int8 / $3 + CASE WHEN s = 0 THEN $2::int8 % $3 ELSE 0 END, 0 \
-             FROM generate_series(0, $3 - 1) AS s ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    tx.execute(&ensure, &[&key, &cap.get(), &BUDGET_SHARDS])
-        .await?;
-    Ok(())
 }
 
 /// The slow path: every shard of the budget locked in order, unused cap moved to ours.
@@ -333,6 +403,39 @@ async fn add_budget(
 }
 
 /// Draws the batch's stored subsidies from the budget and lowers the rows it cannot pay.
+/// Takes the subsidy off new rows of blacklisted cards (one lookup per batch).
+async fn apply_blacklist(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<(), StoreError> {
+    let cards: Vec<i64> = batch.iter().map(|t| db_u64(t.txn.card_no.get())).collect();
+    let listed: HashSet<i64> = tx
+        .query(
+            "SELECT card_no FROM card_blacklist WHERE card_no = ANY($1)",
+            &[&cards],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if listed.is_empty() {
+        return Ok(());
+    }
+    for i in super::apply_blacklist(batch, answers, &listed) {
+        let (Some(t), Some(Some(a))) = (batch.get(i), answers.get(i)) else {
+            continue;
+        };
+        let (d, q) = key(t);
+        tx.execute(
+            "UPDATE txns SET subsidy_fen = 0, reason = $3 WHERE device_id = $1 AND seq = $2",
+            &[&d, &q, &i16::try_from(a.reason.code()).unwrap_or(i16::MAX)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Releases a card's holds past their expiry.
 async fn release_expired_holds(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -484,29 +587,22 @@ async fn apply_budget(
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
     budget: &IngestCtx,
-    known: &std::sync::Mutex<HashSet<i32>>,
 ) -> Result<(), StoreError> {
     let wants = budget_wants(batch, answers);
     if wants.is_empty() {
         return Ok(());
     }
     // The common case, one month and room in both of this writer's shards, costs one
-    // statement (the shard rows are known to exist after the month's first commit).
+    // statement.
     if let (1, Some((&month, rows))) = (wants.len(), wants.iter().next()) {
         let want: i64 = rows.iter().map(|r| r.1).sum();
-        let known = known
-            .lock()
-            .map(|k| k.contains(&month) && k.contains(&PROGRAMME_BUDGET_KEY))
-            .unwrap_or(false);
-        if known {
-            let stmt = tx.prepare_cached(FAST_BOTH).await?;
-            let row = tx.query_one(&stmt, &[&month, &budget.shard, &want]).await?;
-            match (row.get::<_, i64>(0), row.get::<_, i64>(1)) {
-                (1, 1) => return Ok(()),
-                // The month had room but the programme's shard did not: undo, go slow.
-                (1, _) => add_budget(tx, month, budget.shard, -want).await?,
-                _ => {}
-            }
+        let stmt = tx.prepare_cached(FAST_BOTH).await?;
+        let row = tx.query_one(&stmt, &[&month, &budget.shard, &want]).await?;
+        match (row.get::<_, i64>(0), row.get::<_, i64>(1)) {
+            (1, 1) => return Ok(()),
+            // The month had room but the programme's shard did not: undo, go slow.
+            (1, _) => add_budget(tx, month, budget.shard, -want).await?,
+            _ => {}
         }
     }
     // Months in ascending order, then the programme: one lock order for every writer.
@@ -653,6 +749,18 @@ fn date_param(date: wenxiao_protocol::BusinessDate) -> i32 {
 /// Serialises clearing runs of one day across nodes (offset from the migration lock).
 const CLEARING_LOCK_BASE: i64 = 0x5758_0000_0000;
 
+/// Times a transaction aborted by a deadlock or a serialization failure is run again.
+const TXN_RETRIES_MAX: u32 = 5;
+
+/// A deadlock or serialization failure: the transaction was rolled back and may simply be
+/// run again.
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 /// Serialises migrations across gateway nodes sharing one database.
 const MIGRATION_LOCK_KEY: i64 = 0x5758_0001;
 
@@ -692,44 +800,18 @@ impl Store for PgStore {
         batch: &[IngestTxn],
         budget: &IngestCtx,
     ) -> Result<Vec<TxnAnswer>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let mut answers = vec![None; batch.len()];
-        let all: Vec<usize> = (0..batch.len()).collect();
-        let left = insert_rows(
-            &tx,
-            batch,
-            &all,
-            |t| TxnRow::first_answer(t.proposal),
-            &mut answers,
-        )
-        .await?;
-        let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
-        // Not recorded under their own key: the card-counter index refused them.
-        let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
-        let left = insert_rows(&tx, batch, &missing, |_| replay, &mut answers).await?;
-        let missing = answer_recorded(&tx, batch, &left, &mut answers).await?;
-        if let Some(&i) = missing.first() {
-            return Err(StoreError::Corrupt(format!(
-                "batch row {i} neither inserted nor found"
-            )));
+        // Concurrent writers lock budget shards and conflicting rows in orders PostgreSQL
+        // can find circular; it then aborts one transaction, which is simply run again.
+        let mut attempt = 0;
+        loop {
+            match self.ingest_once(batch, budget).await {
+                Err(StoreError::Postgres(e)) if is_retryable(&e) && attempt < TXN_RETRIES_MAX => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "ingest transaction retried");
+                }
+                other => return other,
+            }
         }
-        apply_points_effects(&tx, batch, &mut answers, budget).await?;
-        apply_budget(&tx, batch, &mut answers, budget, &self.known_budgets).await?;
-        tx.commit().await?;
-        // Only now are the budget rows this batch may have created surely there.
-        let months = super::budget_wants(batch, &answers);
-        if !months.is_empty()
-            && let Ok(mut k) = self.known_budgets.lock()
-        {
-            k.insert(PROGRAMME_BUDGET_KEY);
-            k.extend(months.keys());
-        }
-        answers
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
-            .collect()
     }
 
     async fn budget_granted(&self, key: i32) -> Result<wenxiao_protocol::Fen, StoreError> {
@@ -1009,12 +1091,20 @@ impl Store for PgStore {
                 amount_fen: Fen(r.get(4)),
             })
             .collect();
+        let l = client
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0)::int8 FROM credits \
+                 WHERE business_date = $1 AND status = 3",
+                &[&d],
+            )
+            .await?;
         Ok(Some(super::ClearingReport {
             summary: summary_from(date, &r),
             credits,
             merchants,
             statistics,
             awards,
+            loaded: (l.get(0), Fen(l.get(1))),
         }))
     }
 
@@ -1380,6 +1470,31 @@ impl Store for PgStore {
         )))
     }
 
+    async fn set_blacklisted(
+        &self,
+        card_no: wenxiao_protocol::CardNo,
+        blacklisted: bool,
+        reason: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let card = db_u64(card_no.get());
+        if blacklisted {
+            client
+                .execute(
+                    "INSERT INTO card_blacklist (card_no, reason, added_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (card_no) DO UPDATE SET reason = EXCLUDED.reason",
+                    &[&card, &reason, &now_ms],
+                )
+                .await?;
+        } else {
+            client
+                .execute("DELETE FROM card_blacklist WHERE card_no = $1", &[&card])
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn record_award(&self, a: super::AwardInput) -> Result<i64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -1420,6 +1535,20 @@ impl Store for PgStore {
     ) -> Result<super::AwardApproval, StoreError> {
         use super::AwardApproval;
         let mut client = self.client().await?;
+        let show_date: Option<i32> = client
+            .query_opt(
+                "SELECT show_date FROM organizer_awards WHERE award_id = $1",
+                &[&award_id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if let Some(date) = show_date {
+            let keys = [
+                (date / 100, budget.monthly_cap),
+                (PROGRAMME_BUDGET_KEY, budget.programme_cap),
+            ];
+            self.ensure_budgets(&client, &keys).await?;
+        }
         let tx = client.transaction().await?;
         let Some(row) = tx
             .query_opt(

@@ -288,6 +288,39 @@ fn apply_budget(
     Ok(())
 }
 
+/// Takes the subsidy off new rows of blacklisted cards.
+fn apply_blacklist(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<(), StoreError> {
+    let mut listed = std::collections::HashSet::new();
+    for t in batch {
+        let card = db_u64(t.txn.card_no.get());
+        let on: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM card_blacklist WHERE card_no = ?1)")?
+            .query_row([card], |r| r.get(0))?;
+        if on {
+            listed.insert(card);
+        }
+    }
+    if listed.is_empty() {
+        return Ok(());
+    }
+    for i in super::apply_blacklist(batch, answers, &listed) {
+        let Some(t) = batch.get(i) else { continue };
+        tx.execute(
+            "UPDATE txns SET subsidy_fen = 0, reason = ?3 WHERE device_id = ?1 AND seq = ?2",
+            params![
+                db_u64(t.device_id.get()),
+                db_u64(t.txn.seq.get()),
+                wenxiao_protocol::Reason::CardBlacklisted.code()
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 fn release_expired_holds(
     tx: &rusqlite::Transaction<'_>,
     card: i64,
@@ -509,6 +542,7 @@ impl Store for SqliteStore {
                 .map(|t| ingest_one(&tx, t).map(Some))
                 .collect::<Result<Vec<_>, _>>()?;
             apply_points_effects(&tx, &batch, &mut answers, &budget)?;
+            apply_blacklist(&tx, &batch, &mut answers)?;
             apply_budget(&tx, &batch, &mut answers, &budget)?;
             tx.commit()?;
             Ok(answers.into_iter().flatten().collect())
@@ -803,12 +837,19 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
+            let loaded: (i64, i64) = conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0) FROM credits \
+                 WHERE business_date = ?1 AND status = 3",
+                [d],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             Ok(Some(super::ClearingReport {
                 summary,
                 credits,
                 merchants,
                 statistics,
                 awards,
+                loaded: (loaded.0, Fen(loaded.1)),
             }))
         })
         .await
@@ -1142,6 +1183,29 @@ impl Store for SqliteStore {
             Ok(ActivityOutcome::Awarded(wenxiao_protocol::Points(
                 u32::try_from(balance).unwrap_or(u32::MAX),
             )))
+        })
+        .await
+    }
+
+    async fn set_blacklisted(
+        &self,
+        card_no: wenxiao_protocol::CardNo,
+        blacklisted: bool,
+        reason: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        Self::with(&self.writer, move |conn| {
+            let card = db_u64(card_no.get());
+            if blacklisted {
+                conn.execute(
+                    "INSERT INTO card_blacklist (card_no, reason, added_at_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (card_no) DO UPDATE SET reason = excluded.reason",
+                    params![card, reason, now_ms],
+                )?;
+            } else {
+                conn.execute("DELETE FROM card_blacklist WHERE card_no = ?1", [card])?;
+            }
+            Ok(())
         })
         .await
     }
