@@ -1069,44 +1069,25 @@ pub(crate) fn advance_watermark(mut watermark: u64, page: &[i64]) -> (u64, bool)
 /// Rows fetched per page when walking seqs above a checkpoint.
 pub(crate) const SEQ_PAGE_ROWS: i64 = 10_000;
 
-/// Migrations, in order: (version, PostgreSQL text, SQLite text).
-pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (
-        1,
-        include_str!("migrations/pg_0001_init.sql"),
-        include_str!("migrations/sqlite_0001_init.sql"),
-    ),
-    (
-        2,
-        include_str!("migrations/pg_0002_budget.sql"),
-        include_str!("migrations/sqlite_0002_budget.sql"),
-    ),
-    (
-        3,
-        include_str!("migrations/pg_0003_clearing.sql"),
-        include_str!("migrations/sqlite_0003_clearing.sql"),
-    ),
-    (
-        4,
-        include_str!("migrations/pg_0004_points.sql"),
-        include_str!("migrations/sqlite_0004_points.sql"),
-    ),
-    (
-        5,
-        include_str!("migrations/pg_0005_credit_loads.sql"),
-        include_str!("migrations/sqlite_0005_credit_loads.sql"),
-    ),
-    (
-        6,
-        include_str!("migrations/pg_0006_awards.sql"),
-        include_str!("migrations/sqlite_0006_awards.sql"),
-    ),
-    (
-        7,
-        include_str!("migrations/pg_0007_blacklist.sql"),
-        include_str!("migrations/sqlite_0007_blacklist.sql"),
-    ),
+/// Migrations, in order: (version, SQL). Written for PostgreSQL; the embedded store runs
+/// them through [`sqlite_schema`], so there is one schema to keep true.
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_budget.sql")),
+    (3, include_str!("migrations/0003_clearing.sql")),
+    (4, include_str!("migrations/0004_points.sql")),
+    (5, include_str!("migrations/0005_credit_loads.sql")),
+    (6, include_str!("migrations/0006_awards.sql")),
+    (7, include_str!("migrations/0007_blacklist.sql")),
 ];
+
+/// A migration's SQLite text: the column types SQLite spells differently (an
+/// auto-assigned `BIGSERIAL` key is SQLite's rowid).
+pub(crate) fn sqlite_schema(sql: &str) -> String {
+    sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY")
+        .replace("BYTEA", "BLOB")
+        .replace("BOOLEAN", "INTEGER")
+}
 
 // ---------------------------------------------------------------------------------------
 // The budget, enforced at ingest.

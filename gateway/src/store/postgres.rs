@@ -775,7 +775,7 @@ impl Store for PgStore {
              (version INTEGER PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
         )
         .await?;
-        for (version, sql, _) in MIGRATIONS {
+        for (version, sql) in MIGRATIONS {
             let done = tx
                 .query_opt(
                     "SELECT 1 FROM schema_migrations WHERE version = $1",

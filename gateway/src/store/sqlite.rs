@@ -505,7 +505,7 @@ impl Store for SqliteStore {
                 "CREATE TABLE IF NOT EXISTS schema_migrations \
                  (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
             )?;
-            for (version, _, sql) in MIGRATIONS {
+            for (version, sql) in MIGRATIONS {
                 let done: Option<i32> = tx
                     .query_row(
                         "SELECT version FROM schema_migrations WHERE version = ?1",
@@ -514,7 +514,7 @@ impl Store for SqliteStore {
                     )
                     .optional()?;
                 if done.is_none() {
-                    tx.execute_batch(sql)?;
+                    tx.execute_batch(&super::sqlite_schema(sql))?;
                     tx.execute(
                         "INSERT INTO schema_migrations VALUES (?1, ?2)",
                         params![version, chrono::Utc::now().timestamp_millis()],

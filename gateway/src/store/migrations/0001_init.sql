@@ -1,4 +1,5 @@
--- Wenxiao clearing store, SQLite, migration 1: registry and transaction ingest.
+-- Wenxiao clearing store, migration 1: registry and transaction ingest. (PostgreSQL
+-- dialect; the embedded store runs it through store::sqlite_schema.)
 -- u64 identifiers (device ids, card numbers, seqs) are stored bit-for-bit in BIGINT.
 
 CREATE TABLE merchants (
@@ -6,7 +7,7 @@ CREATE TABLE merchants (
     name        TEXT     NOT NULL,
     category    SMALLINT NOT NULL,  -- 1 bookstore, 2 cinema, 3 performance venue, 4 organizer, 5 public venue
     district    SMALLINT NOT NULL,  -- 1..10, see registry::District
-    active      INTEGER  NOT NULL
+    active      BOOLEAN  NOT NULL
 );
 
 CREATE TABLE devices (
@@ -14,7 +15,7 @@ CREATE TABLE devices (
     kind        SMALLINT NOT NULL,  -- protocol DeviceKind code
     merchant_id BIGINT REFERENCES merchants (merchant_id),  -- NULL for OTA endpoints
     operator    SMALLINT,           -- OTA endpoints: 1 China Mobile, 2 China Telecom
-    active      INTEGER  NOT NULL
+    active      BOOLEAN  NOT NULL
 );
 
 -- Every answered transaction: STORED (status 1) or REJECTED (status 3) — rejected ones are
@@ -52,7 +53,7 @@ CREATE INDEX txns_business_date ON txns (business_date);
 CREATE TABLE txn_conflicts (
     device_id      BIGINT NOT NULL,
     seq            BIGINT NOT NULL,
-    payload        BLOB  NOT NULL,
+    payload        BYTEA  NOT NULL,
     received_at_ms BIGINT NOT NULL,
     UNIQUE (device_id, seq, payload)
 );

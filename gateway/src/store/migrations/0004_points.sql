@@ -16,7 +16,7 @@ CREATE TABLE points_awards (
 );
 
 CREATE TABLE points_holds (
-    hold_id       BIGSERIAL PRIMARY KEY,
+    hold_id       BIGSERIAL PRIMARY KEY,  -- SQLite: INTEGER PRIMARY KEY, the rowid
     card_no       BIGINT   NOT NULL,
     device_id     BIGINT   NOT NULL,
     points        BIGINT   NOT NULL,
