@@ -13,6 +13,13 @@ use wenxiao_protocol::DeviceId;
 pub const POS: DeviceId = DeviceId(310_100_000_001);
 /// A second POS terminal at the same bookstore.
 pub const POS2: DeviceId = DeviceId(310_100_000_002);
+/// More POS terminals at the bookstore, for concurrency tests.
+pub const MORE_POS: [DeviceId; 4] = [
+    DeviceId(310_100_000_011),
+    DeviceId(310_100_000_012),
+    DeviceId(310_100_000_013),
+    DeviceId(310_100_000_014),
+];
 /// A cinema POS terminal.
 pub const CINEMA_POS: DeviceId = DeviceId(310_100_000_003);
 /// A top-up kiosk.
@@ -35,6 +42,10 @@ const DEVICES: &str = "device_id,kind,merchant_id,operator,active\n\
 310100000002,POS,1001,,1\n\
 310100000003,POS,1002,,1\n\
 310100000009,POS,1001,,0\n\
+310100000011,POS,1001,,1\n\
+310100000012,POS,1001,,1\n\
+310100000013,POS,1001,,1\n\
+310100000014,POS,1001,,1\n\
 310200000001,KIOSK,1003,,1\n\
 310300000001,OTA_ENDPOINT,,CHINA_MOBILE,1\n\
 310400000001,SIGNIN_READER,1004,,1\n";

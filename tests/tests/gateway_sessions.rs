@@ -552,3 +552,70 @@ async fn the_app_reports_reviews_and_shares_after_a_sign_in() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_at_once_never_exceed_the_budget_by_one_fen() {
+    let mut env = TestEnv::postgres().await;
+    // A month of ¥100 (10,000 fen) against 6 devices × 60 purchases wanting ¥8.80 each.
+    let policy = env.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[budget]\nmonthly_cap_fen = 10000\nprogramme_total_fen = 1000000\n",
+    )
+    .unwrap();
+    env.config.policy_path = policy;
+    env.config.ingest.writers = 4;
+    let gw = env.start();
+    let mut tasks = Vec::new();
+    let devices = [
+        POS,
+        POS2,
+        MORE_POS[0],
+        MORE_POS[1],
+        MORE_POS[2],
+        MORE_POS[3],
+    ];
+    for (n, id) in devices.into_iter().enumerate() {
+        let mut d = env.session(&gw, id).await;
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0i64;
+            for seq in 1..=60u64 {
+                d.send(book_purchase(
+                    id,
+                    seq,
+                    10_000 * (n as u64 + 1) + seq,
+                    1,
+                    8_800,
+                ))
+                .await;
+            }
+            for _ in 1..=60 {
+                let a = d.ack().await;
+                assert_eq!(a.status, TxnStatus::Stored);
+                assert!(
+                    a.subsidy_fen.get() == 880 || a.reason == Reason::BudgetExhausted,
+                    "{a:?}"
+                );
+                granted += a.subsidy_fen.get();
+            }
+            granted
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 10_000);
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    let month = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+        .unwrap()
+        .get()
+        / 100;
+    assert_eq!(
+        store
+            .budget_granted(i32::try_from(month).unwrap())
+            .await
+            .unwrap(),
+        Fen(10_000)
+    );
+}
