@@ -1,0 +1,316 @@
+//! A day of city activity, planned ahead from a seed: which device sees which card do what,
+//! when. Pure and deterministic — the same seed, configuration and registry give the same
+//! plan, transaction for transaction — so a run can be reproduced and its results checked.
+//!
+//! Reproducibility holds for a given `Cargo.lock`: `StdRng`'s algorithm may change between
+//! `rand` releases.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Deserialize;
+use wenxiao_gateway::registry::{Category, Registry};
+use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, Fen, Item, Points, TxnKind};
+
+/// The city and its habits. Defaults follow the pilot (`shared/spec/policy.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CityConfig {
+    /// Lvchengtong city cards.
+    pub city_cards: u64,
+    /// SIM-card applets of China Mobile users.
+    pub china_mobile_sims: u64,
+    /// SIM-card applets of China Telecom users.
+    pub china_telecom_sims: u64,
+    /// Card events (purchases, sign-ins, top-ups) planned for one day.
+    pub events_per_day: u64,
+    /// Relative weight of each hour of the Asia/Shanghai day (24 values).
+    pub hourly_weights: Vec<u32>,
+    /// Shares of events, in per mille: purchases at bookstores, cinemas, performance
+    /// venues, sign-ins at public venues; the rest are kiosk top-ups.
+    pub bookstore_per_mille: u32,
+    /// Cinema purchases.
+    pub cinema_per_mille: u32,
+    /// Performance venue purchases.
+    pub performance_per_mille: u32,
+    /// Sign-ins.
+    pub sign_in_per_mille: u32,
+    /// Of cinema purchases, the share that are foreign films (no subsidy).
+    pub foreign_film_per_mille: u32,
+    /// Of purchases, the share paid partly with points.
+    pub points_purchase_per_mille: u32,
+}
+
+impl Default for CityConfig {
+    fn default() -> Self {
+        Self {
+            city_cards: 3_500_000,
+            china_mobile_sims: 7_000_000,
+            china_telecom_sims: 2_000_000,
+            events_per_day: 100_000,
+            // Quiet nights, a lunch bump, the evening peak.
+            hourly_weights: vec![
+                1, 1, 1, 1, 1, 2, 4, 8, 12, 16, 20, 24, 26, 22, 20, 22, 26, 32, 40, 44, 40, 30, 16,
+                6,
+            ],
+            bookstore_per_mille: 450,
+            cinema_per_mille: 250,
+            performance_per_mille: 80,
+            sign_in_per_mille: 170,
+            foreign_film_per_mille: 300,
+            points_purchase_per_mille: 100,
+        }
+    }
+}
+
+/// One planned card event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Milliseconds after the day's start (Shanghai midnight).
+    pub at_ms: i64,
+    /// The device it happens at.
+    pub device_id: DeviceId,
+    /// What happens.
+    pub kind: TxnKind,
+    /// The card (a city card or a SIM applet).
+    pub card_no: CardNo,
+    /// Paid by card (0 for sign-ins).
+    pub amount_fen: Fen,
+    /// Cinema agreed price or performance regular price, else 0.
+    pub list_price_fen: Fen,
+    /// What was bought.
+    pub item: Item,
+    /// Points the resident wants to use (a POINTS_AUTH first).
+    pub points: Points,
+}
+
+/// First city card number; city cards run from here.
+pub const CITY_CARD_BASE: u64 = 3_101_000_000_000_000;
+/// First China Mobile SIM applet number (the gateway's default range).
+pub const CHINA_MOBILE_BASE: u64 = 8_601_000_000_000_000;
+/// First China Telecom SIM applet number.
+pub const CHINA_TELECOM_BASE: u64 = 8_603_000_000_000_000;
+
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+struct Devices {
+    bookstores: Vec<DeviceId>,
+    cinemas: Vec<DeviceId>,
+    venues: Vec<DeviceId>,
+    readers: Vec<DeviceId>,
+    kiosks: Vec<DeviceId>,
+}
+
+fn devices(registry: &Registry) -> Devices {
+    let mut d = Devices {
+        bookstores: Vec::new(),
+        cinemas: Vec::new(),
+        venues: Vec::new(),
+        readers: Vec::new(),
+        kiosks: Vec::new(),
+    };
+    for dev in registry.devices() {
+        if !dev.active {
+            continue;
+        }
+        let category = dev
+            .merchant_id
+            .and_then(|m| registry.merchant(m))
+            .map(|m| m.category);
+        match (dev.kind, category) {
+            (DeviceKind::Pos, Some(Category::Bookstore)) => d.bookstores.push(dev.device_id),
+            (DeviceKind::Pos, Some(Category::Cinema)) => d.cinemas.push(dev.device_id),
+            (DeviceKind::Pos, Some(Category::PerformanceVenue)) => d.venues.push(dev.device_id),
+            (DeviceKind::SigninReader, _) => d.readers.push(dev.device_id),
+            (DeviceKind::Kiosk, _) => d.kiosks.push(dev.device_id),
+            _ => {}
+        }
+    }
+    d
+}
+
+fn pick<T: Copy>(rng: &mut StdRng, from: &[T]) -> Option<T> {
+    if from.is_empty() {
+        return None;
+    }
+    from.get(rng.random_range(0..from.len())).copied()
+}
+
+/// Plans one day. Events come out sorted by time; the same inputs give the same plan.
+pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<PlannedEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let devices = devices(registry);
+    let weights: Vec<u64> = config
+        .hourly_weights
+        .iter()
+        .map(|&w| u64::from(w))
+        .collect();
+    let weight_sum: u64 = weights.iter().sum::<u64>().max(1);
+    let cards = config.city_cards + config.china_mobile_sims + config.china_telecom_sims;
+    let mut events = Vec::with_capacity(usize::try_from(config.events_per_day).unwrap_or(0));
+    for _ in 0..config.events_per_day {
+        // The hour by its weight, then a uniform moment inside it.
+        let mut w = rng.random_range(0..weight_sum);
+        let mut hour = 0i64;
+        for (h, &hw) in weights.iter().enumerate() {
+            if w < hw {
+                hour = i64::try_from(h).unwrap_or(0);
+                break;
+            }
+            w -= hw;
+        }
+        let at_ms = (hour * HOUR_MS + rng.random_range(0..HOUR_MS)).min(DAY_MS - 1);
+        let c = rng.random_range(0..cards.max(1));
+        let card_no = if c < config.city_cards {
+            CardNo(CITY_CARD_BASE + c)
+        } else if c < config.city_cards + config.china_mobile_sims {
+            CardNo(CHINA_MOBILE_BASE + (c - config.city_cards))
+        } else {
+            CardNo(CHINA_TELECOM_BASE + (c - config.city_cards - config.china_mobile_sims))
+        };
+        let roll = rng.random_range(0..1_000u32);
+        let (b, ci, p, s) = (
+            config.bookstore_per_mille,
+            config.cinema_per_mille,
+            config.performance_per_mille,
+            config.sign_in_per_mille,
+        );
+        let points = |rng: &mut StdRng, amount: i64| {
+            if rng.random_range(0..1_000u32) < config.points_purchase_per_mille {
+                // Up to a quarter of the price, well inside the 50 % cap.
+                let max = u32::try_from(amount / 40).unwrap_or(0);
+                Points(if max > 0 {
+                    rng.random_range(1..=max)
+                } else {
+                    0
+                })
+            } else {
+                Points(0)
+            }
+        };
+        let event = if roll < b {
+            let amount = rng.random_range(1_000..30_000i64);
+            pick(&mut rng, &devices.bookstores).map(|device_id| PlannedEvent {
+                at_ms,
+                device_id,
+                kind: TxnKind::Purchase,
+                card_no,
+                amount_fen: Fen(amount),
+                list_price_fen: Fen(0),
+                item: Item::Book,
+                points: points(&mut rng, amount),
+            })
+        } else if roll < b + ci {
+            let list = rng.random_range(3_000..8_000i64);
+            let amount = list * rng.random_range(70..=100i64) / 100;
+            let foreign = rng.random_range(0..1_000u32) < config.foreign_film_per_mille;
+            pick(&mut rng, &devices.cinemas).map(|device_id| PlannedEvent {
+                at_ms,
+                device_id,
+                kind: TxnKind::Purchase,
+                card_no,
+                amount_fen: Fen(amount),
+                list_price_fen: Fen(list),
+                item: if foreign {
+                    Item::FilmForeign
+                } else {
+                    Item::FilmDomestic
+                },
+                points: Points(0),
+            })
+        } else if roll < b + ci + p {
+            let list = rng.random_range(8_000..60_000i64);
+            pick(&mut rng, &devices.venues).map(|device_id| PlannedEvent {
+                at_ms,
+                device_id,
+                kind: TxnKind::Purchase,
+                card_no,
+                amount_fen: Fen(list),
+                list_price_fen: Fen(list),
+                item: Item::Performance,
+                points: points(&mut rng, list),
+            })
+        } else if roll < b + ci + p + s {
+            pick(&mut rng, &devices.readers).map(|device_id| PlannedEvent {
+                at_ms,
+                device_id,
+                kind: TxnKind::SignIn,
+                card_no,
+                amount_fen: Fen(0),
+                list_price_fen: Fen(0),
+                item: Item::None,
+                points: Points(0),
+            })
+        } else {
+            let amount = 10_000 * rng.random_range(1..=5i64);
+            pick(&mut rng, &devices.kiosks).map(|device_id| PlannedEvent {
+                at_ms,
+                device_id,
+                kind: TxnKind::TopUp,
+                card_no,
+                amount_fen: Fen(amount),
+                list_price_fen: Fen(0),
+                item: Item::None,
+                points: Points(0),
+            })
+        };
+        events.extend(event);
+    }
+    // Stable by time, then by device: a total order independent of generation order.
+    events.sort_by_key(|e| (e.at_ms, e.device_id, e.card_no));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn registry() -> Registry {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
+        Registry::from_csv(&dir.join("merchants.csv"), &dir.join("devices.csv")).unwrap()
+    }
+
+    fn small() -> CityConfig {
+        CityConfig {
+            events_per_day: 5_000,
+            ..CityConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_same_seed_plans_the_same_day() {
+        let r = registry();
+        assert_eq!(plan_day(7, &small(), &r), plan_day(7, &small(), &r));
+        assert_ne!(plan_day(7, &small(), &r), plan_day(8, &small(), &r));
+    }
+
+    #[test]
+    fn a_plan_follows_the_mix_and_the_evening_peak() {
+        let plan = plan_day(1, &small(), &registry());
+        assert!(
+            plan.len() > 4_900,
+            "nearly every event finds a device: {}",
+            plan.len()
+        );
+        assert!(plan.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        let count = |k: TxnKind| plan.iter().filter(|e| e.kind == k).count();
+        let sign_ins = count(TxnKind::SignIn);
+        assert!((600..1_100).contains(&sign_ins), "{sign_ins}");
+        let hour = |h: i64| plan.iter().filter(|e| e.at_ms / HOUR_MS == h).count();
+        assert!(
+            hour(19) > 5 * hour(3),
+            "evening {} vs night {}",
+            hour(19),
+            hour(3)
+        );
+        // Points never pay more than half a purchase.
+        assert!(
+            plan.iter()
+                .all(|e| e.points.get() as i64 * 10 * 2 <= e.amount_fen.get())
+        );
+        // Cards of all three issuers appear.
+        assert!(plan.iter().any(|e| e.card_no.get() >= CHINA_TELECOM_BASE));
+        assert!(plan.iter().any(|e| e.card_no.get() < CHINA_MOBILE_BASE));
+    }
+}
