@@ -1,5 +1,6 @@
 //! The Wenxiao terminal gateway: TLS device sessions as actors, deduplicated durable
-//! ingest into PostgreSQL or SQLite, and (later) the subsidy rules and clearing.
+//! ingest into PostgreSQL or SQLite with the subsidy, points and budget rules, the daily
+//! clearing and settlement files, and exactly-once credit loading.
 
 pub mod admin;
 pub mod clearing;
