@@ -1017,34 +1017,15 @@ macro_rules! conformance {
     };
 }
 
-conformance!(
-    postgres,
-    (wenxiao_tests::fresh_pg_store().await, ()),
-    new_rows_are_stored_and_resends_are_duplicates,
-    same_seq_other_content_is_seq_conflict_and_original_stands,
-    card_counter_replay_is_rejected_and_recorded,
-    replays_and_duplicates_inside_one_batch,
-    rejected_proposals_are_recorded_and_answered_again,
-    stored_seq_counts_contiguous_answered_seqs,
-    registry_round_trips,
-    many_concurrent_batches_store_each_txn_once,
-    the_budget_pays_in_order_exactly_to_the_cap,
-    concurrent_writers_never_exceed_the_budget,
-    a_shard_that_borrowed_leaves_no_phantom_room,
-    clearing_credits_each_card_once_and_is_idempotent,
-    refunds_beyond_a_days_credit_are_owed_and_recovered,
-    sign_ins_earn_points_once_per_card_and_day,
-    a_purchase_consumes_its_hold_exactly_once,
-    a_credit_loads_once_through_offer_attempt_and_settlement,
-    results_are_idempotent_and_retry_final_behave,
-    a_top_up_that_took_the_counter_voids_the_attempt,
-    awards_are_paid_whole_from_the_budget_once,
-    blacklisted_cards_earn_no_subsidy_and_take_no_budget,
-);
+/// Every test of the suite, run against both stores.
+macro_rules! on_both_stores {
+    ($($test:ident),+ $(,)?) => {
+        conformance!(postgres, (wenxiao_tests::fresh_pg_store().await, ()), $($test),+);
+        conformance!(sqlite, wenxiao_tests::fresh_sqlite_store().await, $($test),+);
+    };
+}
 
-conformance!(
-    sqlite,
-    wenxiao_tests::fresh_sqlite_store().await,
+on_both_stores!(
     new_rows_are_stored_and_resends_are_duplicates,
     same_seq_other_content_is_seq_conflict_and_original_stands,
     card_counter_replay_is_rejected_and_recorded,
