@@ -520,6 +520,40 @@ pub(crate) fn begin_check(row: Option<CreditView>, r: &LoadInitRequest) -> Begin
     }
 }
 
+/// The rest of LOAD_INIT's checks, after [`begin_check`]: another load of the card in
+/// doubt (`other_in_doubt`, looked up only for a fresh attempt), then MAC1. Returns the
+/// answer and whether the attempt must be recorded before it is sent.
+pub(crate) fn begin_decide(
+    check: BeginCheck,
+    other_in_doubt: bool,
+    host_time_ms: i64,
+    mac1_ok: impl FnOnce(Fen) -> bool,
+) -> (LoadDecision, bool) {
+    // The time of an attempt already recorded (a re-sent LOAD_INIT), or none.
+    let (amount_fen, recorded) = match check {
+        BeginCheck::Decline(reason) => return (LoadDecision::Declined(reason), false),
+        BeginCheck::Fresh { .. } if other_in_doubt => {
+            return (LoadDecision::Declined(Reason::CreditInDoubt), false);
+        }
+        BeginCheck::Again {
+            amount_fen,
+            host_time_ms,
+        } => (amount_fen, Some(host_time_ms)),
+        BeginCheck::Fresh { amount_fen } => (amount_fen, None),
+    };
+    if !mac1_ok(Fen(amount_fen)) {
+        return (LoadDecision::Declined(Reason::BadMac), false);
+    }
+    let approved = |host_time_ms| LoadDecision::Approved {
+        amount_fen: Fen(amount_fen),
+        host_time_ms,
+    };
+    match recorded {
+        Some(t) => (approved(t), false),
+        None => (approved(host_time_ms), true),
+    }
+}
+
 /// What a CREDIT_RESULT does to the credit's row.
 pub(crate) enum FinishStep {
     Answer(wenxiao_protocol::ResultStatus, Reason),

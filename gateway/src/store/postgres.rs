@@ -329,17 +329,16 @@ async fn answer_recorded(
 
 /// Takes up to `want` from budget `key`: from this writer's shard while it has room
 /// (one row locked), else from all shards' common remainder (all rows locked, in order).
+/// The shard rows exist: `PgStore::ensure_budgets` made them before the transaction.
 async fn take_budget(
     tx: &deadpool_postgres::Transaction<'_>,
     key: i32,
-    cap: wenxiao_protocol::Fen,
     shard: i32,
     want: i64,
 ) -> Result<i64, StoreError> {
     if want <= 0 {
         return Ok(0);
     }
-    let _ = cap; // the rows exist: `PgStore::ensure_budgets` made them before the transaction
     let fast = tx
         .prepare_cached(
             "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
@@ -609,20 +608,10 @@ async fn apply_budget(
     let mut month_grants = Vec::with_capacity(wants.len());
     for (&month, rows) in &wants {
         let want = rows.iter().map(|r| r.1).sum();
-        month_grants.push((
-            month,
-            take_budget(tx, month, budget.monthly_cap, budget.shard, want).await?,
-        ));
+        month_grants.push((month, take_budget(tx, month, budget.shard, want).await?));
     }
     let sum: i64 = month_grants.iter().map(|m| m.1).sum();
-    let programme = take_budget(
-        tx,
-        PROGRAMME_BUDGET_KEY,
-        budget.programme_cap,
-        budget.shard,
-        sum,
-    )
-    .await?;
+    let programme = take_budget(tx, PROGRAMME_BUDGET_KEY, budget.shard, sum).await?;
     for (month, cut) in cut_to_programme(&mut month_grants, programme) {
         add_budget(tx, month, budget.shard, -cut).await?;
     }
@@ -1268,57 +1257,37 @@ impl Store for PgStore {
     where
         F: FnOnce(wenxiao_protocol::Fen) -> bool + Send + 'static,
     {
-        use super::{BeginCheck, LoadDecision};
-        use wenxiao_protocol::Fen;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let decision = match super::begin_check(credit_view(&tx, r.credit_id).await?, &r) {
-            BeginCheck::Decline(reason) => LoadDecision::Declined(reason),
-            BeginCheck::Again {
-                amount_fen,
-                host_time_ms,
-            } => {
-                if mac1_ok(Fen(amount_fen)) {
-                    LoadDecision::Approved {
-                        amount_fen: Fen(amount_fen),
-                        host_time_ms,
-                    }
-                } else {
-                    LoadDecision::Declined(Reason::BadMac)
-                }
-            }
-            BeginCheck::Fresh { amount_fen } => {
-                // Lock the card's other released credits too: two loads of one card
-                // starting at once must see each other.
-                let others = tx
-                    .query(
-                        "SELECT attempt_online_seq FROM credits WHERE card_no = $1 AND status = 2 \
-                         AND credit_id != $2 FOR UPDATE",
-                        &[&db_u64(r.card_no.get()), &db_u64(r.credit_id.get())],
-                    )
-                    .await?;
-                if others.iter().any(|o| o.get::<_, Option<i32>>(0).is_some()) {
-                    LoadDecision::Declined(Reason::CreditInDoubt)
-                } else if !mac1_ok(Fen(amount_fen)) {
-                    LoadDecision::Declined(Reason::BadMac)
-                } else {
-                    tx.execute(
-                        "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3 \
-                         WHERE credit_id = $1",
-                        &[
-                            &db_u64(r.credit_id.get()),
-                            &i32::from(r.online_seq.get()),
-                            &r.host_time_ms,
-                        ],
-                    )
-                    .await?;
-                    LoadDecision::Approved {
-                        amount_fen: Fen(amount_fen),
-                        host_time_ms: r.host_time_ms,
-                    }
-                }
-            }
+        let check = super::begin_check(credit_view(&tx, r.credit_id).await?, &r);
+        let other_in_doubt = if matches!(check, super::BeginCheck::Fresh { .. }) {
+            // Lock the card's other released credits too: two loads of one card starting
+            // at once must see each other.
+            tx.query(
+                "SELECT attempt_online_seq FROM credits WHERE card_no = $1 AND status = 2 \
+                 AND credit_id != $2 FOR UPDATE",
+                &[&db_u64(r.card_no.get()), &db_u64(r.credit_id.get())],
+            )
+            .await?
+            .iter()
+            .any(|o| o.get::<_, Option<i32>>(0).is_some())
+        } else {
+            false
         };
+        let (decision, record) =
+            super::begin_decide(check, other_in_doubt, r.host_time_ms, mac1_ok);
+        if record {
+            tx.execute(
+                "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3 \
+                 WHERE credit_id = $1",
+                &[
+                    &db_u64(r.credit_id.get()),
+                    &i32::from(r.online_seq.get()),
+                    &r.host_time_ms,
+                ],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(decision)
     }
@@ -1566,15 +1535,8 @@ impl Store for PgStore {
         let (month, amount) = (row.get::<_, i32>(1) / 100, row.get::<_, i64>(2));
         // Month first, then the programme: the writers' lock order. All or nothing: a
         // rollback returns whatever was taken.
-        let m = take_budget(&tx, month, budget.monthly_cap, budget.shard, amount).await?;
-        let p = take_budget(
-            &tx,
-            PROGRAMME_BUDGET_KEY,
-            budget.programme_cap,
-            budget.shard,
-            amount,
-        )
-        .await?;
+        let m = take_budget(&tx, month, budget.shard, amount).await?;
+        let p = take_budget(&tx, PROGRAMME_BUDGET_KEY, budget.shard, amount).await?;
         if m < amount || p < amount {
             return Ok(AwardApproval::BudgetExhausted);
         }

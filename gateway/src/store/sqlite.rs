@@ -997,50 +997,29 @@ impl Store for SqliteStore {
     where
         F: FnOnce(wenxiao_protocol::Fen) -> bool + Send + 'static,
     {
-        use super::{BeginCheck, LoadDecision};
-        use wenxiao_protocol::{Fen, Reason};
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let decision =
-                match super::begin_check(credit_view(&tx, r.credit_id)?, &r) {
-                    BeginCheck::Decline(reason) => LoadDecision::Declined(reason),
-                    BeginCheck::Again {
-                        amount_fen,
-                        host_time_ms,
-                    } => {
-                        if mac1_ok(Fen(amount_fen)) {
-                            LoadDecision::Approved {
-                                amount_fen: Fen(amount_fen),
-                                host_time_ms,
-                            }
-                        } else {
-                            LoadDecision::Declined(Reason::BadMac)
-                        }
-                    }
-                    BeginCheck::Fresh { amount_fen } => {
-                        let other: bool = tx.query_row(
-                        "SELECT EXISTS (SELECT 1 FROM credits WHERE card_no = ?1 AND status = 2 \
-                         AND attempt_online_seq IS NOT NULL AND credit_id != ?2)",
-                        params![db_u64(r.card_no.get()), db_u64(r.credit_id.get())],
-                        |row| row.get(0),
-                    )?;
-                        if other {
-                            LoadDecision::Declined(Reason::CreditInDoubt)
-                        } else if !mac1_ok(Fen(amount_fen)) {
-                            LoadDecision::Declined(Reason::BadMac)
-                        } else {
-                            tx.execute(
-                            "UPDATE credits SET attempt_online_seq = ?2, attempt_host_time_ms = ?3 \
-                             WHERE credit_id = ?1",
-                            params![db_u64(r.credit_id.get()), r.online_seq.get(), r.host_time_ms],
-                        )?;
-                            LoadDecision::Approved {
-                                amount_fen: Fen(amount_fen),
-                                host_time_ms: r.host_time_ms,
-                            }
-                        }
-                    }
-                };
+            let check = super::begin_check(credit_view(&tx, r.credit_id)?, &r);
+            let other_in_doubt = matches!(check, super::BeginCheck::Fresh { .. })
+                && tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM credits WHERE card_no = ?1 AND status = 2 \
+                     AND attempt_online_seq IS NOT NULL AND credit_id != ?2)",
+                    params![db_u64(r.card_no.get()), db_u64(r.credit_id.get())],
+                    |row| row.get::<_, bool>(0),
+                )?;
+            let (decision, record) =
+                super::begin_decide(check, other_in_doubt, r.host_time_ms, mac1_ok);
+            if record {
+                tx.execute(
+                    "UPDATE credits SET attempt_online_seq = ?2, attempt_host_time_ms = ?3 \
+                     WHERE credit_id = ?1",
+                    params![
+                        db_u64(r.credit_id.get()),
+                        r.online_seq.get(),
+                        r.host_time_ms
+                    ],
+                )?;
+            }
             tx.commit()?;
             Ok(decision)
         })
