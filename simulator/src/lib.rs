@@ -1,6 +1,10 @@
-//! The city simulator. So far: the city model and the seeded plan of a day's activity
-//! (`plan`); device emulation, the demo and the load harness build on it.
+//! The city simulator: a city model and the seeded plan of a day (`plan`), emulated cards
+//! (`card`) and devices (`device`) that speak the device protocol over real mTLS, and the
+//! run that drives them against a gateway (`world`).
 
+pub mod card;
+pub mod device;
 pub mod plan;
+pub mod world;
 
 pub use wenxiao_protocol as protocol;

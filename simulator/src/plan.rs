@@ -8,8 +8,9 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
+use std::collections::HashMap;
 use wenxiao_gateway::registry::{Category, Registry};
-use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, Fen, Item, Points, TxnKind};
+use wenxiao_protocol::{CardCounter, CardNo, DeviceId, DeviceKind, Fen, Item, Points, TxnKind};
 
 /// The city and its habits. Defaults follow the pilot (`shared/spec/policy.md`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -81,6 +82,30 @@ pub struct PlannedEvent {
     pub item: Item,
     /// Points the resident wants to use (a POINTS_AUTH first).
     pub points: Points,
+    /// The card's counter after this transaction: its offline counter for purchases and
+    /// sign-ins, its online (load) counter for top-ups. Assigned in time order from
+    /// [`initial_counters`], so a card never repeats a value.
+    pub card_counter: CardCounter,
+}
+
+/// A card's counters before the day: (offline, online). Derived from the card number so
+/// that cards differ and a run needs no card database.
+pub fn initial_counters(card_no: CardNo) -> (u32, u16) {
+    let n = card_no.get();
+    (
+        u32::try_from(n % 9_973).unwrap_or(0) + 1,
+        u16::try_from(n % 997).unwrap_or(0) + 1,
+    )
+}
+
+/// A card's online (load) counter after every top-up of `plan`: where the card stands when
+/// credits are loaded after the day.
+pub fn online_seq_after(plan: &[PlannedEvent], card_no: CardNo) -> u16 {
+    plan.iter()
+        .filter(|e| e.card_no == card_no && e.kind == TxnKind::TopUp)
+        .map(|e| u16::try_from(e.card_counter.get()).unwrap_or(u16::MAX))
+        .max()
+        .unwrap_or_else(|| initial_counters(card_no).1)
 }
 
 /// First city card number; city cards run from here.
@@ -175,18 +200,12 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
             config.performance_per_mille,
             config.sign_in_per_mille,
         );
-        let points = |rng: &mut StdRng, amount: i64| {
-            if rng.random_range(0..1_000u32) < config.points_purchase_per_mille {
-                // Up to a quarter of the price, well inside the 50 % cap.
-                let max = u32::try_from(amount / 40).unwrap_or(0);
-                Points(if max > 0 {
-                    rng.random_range(1..=max)
-                } else {
-                    0
-                })
-            } else {
-                Points(0)
-            }
+        // Points wanted: decided here, the card (one that earned points by signing in
+        // earlier that day) and the number once the day is in time order.
+        let points = |rng: &mut StdRng, _amount: i64| {
+            Points(u32::from(
+                rng.random_range(0..1_000u32) < config.points_purchase_per_mille,
+            ))
         };
         let event = if roll < b {
             let amount = rng.random_range(1_000..30_000i64);
@@ -199,6 +218,7 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
                 list_price_fen: Fen(0),
                 item: Item::Book,
                 points: points(&mut rng, amount),
+                card_counter: CardCounter(0),
             })
         } else if roll < b + ci {
             let list = rng.random_range(3_000..8_000i64);
@@ -217,6 +237,7 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
                     Item::FilmDomestic
                 },
                 points: Points(0),
+                card_counter: CardCounter(0),
             })
         } else if roll < b + ci + p {
             let list = rng.random_range(8_000..60_000i64);
@@ -229,6 +250,7 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
                 list_price_fen: Fen(list),
                 item: Item::Performance,
                 points: points(&mut rng, list),
+                card_counter: CardCounter(0),
             })
         } else if roll < b + ci + p + s {
             pick(&mut rng, &devices.readers).map(|device_id| PlannedEvent {
@@ -240,6 +262,7 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
                 list_price_fen: Fen(0),
                 item: Item::None,
                 points: Points(0),
+                card_counter: CardCounter(0),
             })
         } else {
             let amount = 10_000 * rng.random_range(1..=5i64);
@@ -252,13 +275,56 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
                 list_price_fen: Fen(0),
                 item: Item::None,
                 points: Points(0),
+                card_counter: CardCounter(0),
             })
         };
         events.extend(event);
     }
     // Stable by time, then by device: a total order independent of generation order.
     events.sort_by_key(|e| (e.at_ms, e.device_id, e.card_no));
+    spend_points_of_signed_in_cards(&mut rng, &mut events);
+    assign_counters(&mut events);
     events
+}
+
+/// A purchase that wants points goes to a card that signed in earlier that day (and so
+/// holds points), for up to one sign-in's worth, never over a quarter of the price.
+fn spend_points_of_signed_in_cards(rng: &mut StdRng, events: &mut [PlannedEvent]) {
+    const POINTS_MAX: u32 = 10;
+    let mut signed_in: Vec<CardNo> = Vec::new();
+    for e in events.iter_mut() {
+        if e.kind == TxnKind::SignIn {
+            signed_in.push(e.card_no);
+        } else if e.points.get() > 0 {
+            let max = u32::try_from(e.amount_fen.get() / 40)
+                .unwrap_or(0)
+                .min(POINTS_MAX);
+            match pick(rng, &signed_in) {
+                Some(card) if max > 0 => {
+                    e.card_no = card;
+                    e.points = Points(rng.random_range(1..=max));
+                }
+                _ => e.points = Points(0),
+            }
+        }
+    }
+}
+
+/// Walks the day in time order and gives each event its card's next counter value.
+fn assign_counters(events: &mut [PlannedEvent]) {
+    let mut counters: HashMap<CardNo, (u32, u16)> = HashMap::new();
+    for e in events.iter_mut() {
+        let c = counters
+            .entry(e.card_no)
+            .or_insert_with(|| initial_counters(e.card_no));
+        e.card_counter = if e.kind == TxnKind::TopUp {
+            c.1 = c.1.saturating_add(1);
+            CardCounter(u32::from(c.1))
+        } else {
+            c.0 = c.0.saturating_add(1);
+            CardCounter(c.0)
+        };
+    }
 }
 
 #[cfg(test)]
@@ -304,11 +370,26 @@ mod tests {
             hour(19),
             hour(3)
         );
-        // Points never pay more than half a purchase.
+        // Points never pay more than half a purchase, and go to cards that signed in
+        // earlier that day.
         assert!(
             plan.iter()
                 .all(|e| e.points.get() as i64 * 10 * 2 <= e.amount_fen.get())
         );
+        let with_points: Vec<_> = plan.iter().filter(|e| e.points.get() > 0).collect();
+        assert!(!with_points.is_empty());
+        for p in with_points {
+            assert!(plan.iter().any(|s| s.kind == TxnKind::SignIn
+                && s.card_no == p.card_no
+                && s.at_ms <= p.at_ms));
+        }
+        // A card's counters only go up, each counter separately.
+        let mut last: HashMap<(CardNo, bool), u32> = HashMap::new();
+        for e in &plan {
+            let key = (e.card_no, e.kind == TxnKind::TopUp);
+            let before = last.insert(key, e.card_counter.get());
+            assert!(before.is_none_or(|b| b < e.card_counter.get()), "{e:?}");
+        }
         // Cards of all three issuers appear.
         assert!(plan.iter().any(|e| e.card_no.get() >= CHINA_TELECOM_BASE));
         assert!(plan.iter().any(|e| e.card_no.get() < CHINA_MOBILE_BASE));
