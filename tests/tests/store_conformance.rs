@@ -10,8 +10,9 @@
 use std::path::Path;
 use wenxiao_gateway::registry::{MerchantId, Registry};
 use wenxiao_gateway::store::{
-    AwardApproval, AwardInput, CardSeen, HoldOutcome, HoldRequest, IngestCtx, IngestTxn,
-    LoadDecision, LoadInitRequest, Proposal, ResultReport, Store, TxnAnswer,
+    AwardApproval, AwardInput, CardSeen, DeviceAudit, HoldOutcome, HoldRequest, IngestCtx,
+    IngestTxn, LoadDecision, LoadInitRequest, PROGRAMME_BUDGET_KEY, Proposal, ResultReport, Store,
+    TxnAnswer,
 };
 use wenxiao_protocol::*;
 
@@ -1002,6 +1003,55 @@ async fn blacklisted_cards_earn_no_subsidy_and_take_no_budget(s: &impl Store) {
     assert_eq!(later[0].subsidy_fen, Fen(880));
 }
 
+async fn the_audit_sums_devices_credits_and_budgets(s: &impl Store) {
+    let other = DeviceId(310_100_000_002);
+    s.ingest(
+        &[
+            want(DEVICE, 1, 11, 100, 20261130),
+            want(DEVICE, 2, 12, 50, 20261130),
+            want(other, 5, 13, 7, 20261130),
+        ],
+        &B,
+    )
+    .await
+    .unwrap();
+    // A replayed card counter is recorded as rejected: a row, not a stored one.
+    s.ingest(&[ingest(DEVICE, txn(3, 11, 1, 1_000), STORE_880)], &B)
+        .await
+        .unwrap();
+    let before = s.audit().await.unwrap();
+    assert_eq!(
+        before.devices,
+        vec![
+            DeviceAudit {
+                device_id: DEVICE,
+                rows: 3,
+                min_seq: 1,
+                max_seq: 3,
+                stored: 2,
+                subsidy_fen: Fen(150),
+            },
+            DeviceAudit {
+                device_id: other,
+                rows: 1,
+                min_seq: 5,
+                max_seq: 5,
+                stored: 1,
+                subsidy_fen: Fen(7),
+            },
+        ]
+    );
+    assert_eq!(before.released, (0, Fen(0)));
+    assert!(before.budgets.contains(&(202611, Fen(157))));
+    assert!(before.budgets.contains(&(PROGRAMME_BUDGET_KEY, Fen(157))));
+    let d = BusinessDate::new(20261130).unwrap();
+    s.clear_day(d, 10, 1).await.unwrap();
+    assert!(s.approve_day(d, 2).await.unwrap());
+    let after = s.audit().await.unwrap();
+    assert_eq!(after.released, (3, Fen(157)));
+    assert_eq!(after.loaded, (0, Fen(0)));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -1046,4 +1096,5 @@ on_both_stores!(
     a_top_up_that_took_the_counter_voids_the_attempt,
     awards_are_paid_whole_from_the_budget_once,
     blacklisted_cards_earn_no_subsidy_and_take_no_budget,
+    the_audit_sums_devices_credits_and_budgets,
 );

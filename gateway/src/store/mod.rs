@@ -271,6 +271,59 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device_id: DeviceId,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+
+    /// Whole-store figures for an end-of-run invariant check: every device's recorded
+    /// seqs, the credits released and loaded, and what each budget granted.
+    fn audit(&self) -> impl Future<Output = Result<AuditFigures, StoreError>> + Send;
+}
+
+/// One device's recorded transactions, for an audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceAudit {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Rows recorded (stored and rejected); the key (device, seq) is unique.
+    pub rows: i64,
+    /// Lowest seq recorded.
+    pub min_seq: i64,
+    /// Highest seq recorded.
+    pub max_seq: i64,
+    /// Rows stored (not rejected).
+    pub stored: i64,
+    /// Provisional subsidy of the stored rows.
+    pub subsidy_fen: Fen,
+}
+
+/// What [`Store::audit`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFigures {
+    /// Every device with a recorded transaction, by id.
+    pub devices: Vec<DeviceAudit>,
+    /// Credits released by the audit step (released, loaded or parked): count, amount.
+    pub released: (i64, Fen),
+    /// Credits loaded onto cards: count, amount.
+    pub loaded: (i64, Fen),
+    /// Each budget (a month `yyyymm`, or [`PROGRAMME_BUDGET_KEY`]) and what it granted.
+    pub budgets: Vec<(i32, Fen)>,
+}
+
+/// The audit's queries: plain SQL that both stores run as written.
+pub(crate) mod audit_sql {
+    /// Per device: rows, lowest and highest seq, stored rows, their subsidy.
+    pub(crate) const DEVICES: &str = "SELECT device_id, CAST(COUNT(*) AS BIGINT), MIN(seq), MAX(seq), \
+         CAST(SUM(CASE WHEN status = 1 THEN 1 ELSE 0 END) AS BIGINT), \
+         CAST(SUM(CASE WHEN status = 1 THEN subsidy_fen ELSE 0 END) AS BIGINT) \
+         FROM txns GROUP BY device_id ORDER BY device_id";
+    /// Released and loaded credits: count and amount of each.
+    pub(crate) const CREDITS: &str = "SELECT \
+         CAST(COALESCE(SUM(CASE WHEN status IN (2, 3, 4) THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN status IN (2, 3, 4) THEN amount_fen ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN status = 3 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN status = 3 THEN amount_fen ELSE 0 END), 0) AS BIGINT) \
+         FROM credits";
+    /// Granted per budget, over its shards.
+    pub(crate) const BUDGETS: &str = "SELECT budget_key, CAST(SUM(granted_fen) AS BIGINT) \
+         FROM budget_shards GROUP BY budget_key ORDER BY budget_key";
 }
 
 /// Credit statuses in the `credits` table (1, cleared and waiting for the audit step, is
@@ -804,6 +857,9 @@ impl Store for AnyStore {
     }
     async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
         delegate!(self, s => s.count_txns(device_id))
+    }
+    async fn audit(&self) -> Result<AuditFigures, StoreError> {
+        delegate!(self, s => s.audit())
     }
     async fn clear_day(
         &self,

@@ -1028,7 +1028,7 @@ impl Store for PgStore {
             .map(|r| super::CreditRow {
                 credit_id: CreditId(from_db_u64(r.get(0))),
                 card_no: CardNo(from_db_u64(r.get(1))),
-                amount_fen: Fen(r.get(2)),
+                amount_fen: wenxiao_protocol::Fen(r.get(2)),
             })
             .collect();
         let merchants = client
@@ -1042,10 +1042,10 @@ impl Store for PgStore {
             .map(|r| super::MerchantSettlement {
                 merchant_id: MerchantId(r.get(0)),
                 txn_count: r.get(1),
-                sales_fen: Fen(r.get(2)),
-                refunds_fen: Fen(r.get(3)),
-                points_fen: Fen(r.get(4)),
-                subsidy_fen: Fen(r.get(5)),
+                sales_fen: wenxiao_protocol::Fen(r.get(2)),
+                refunds_fen: wenxiao_protocol::Fen(r.get(3)),
+                points_fen: wenxiao_protocol::Fen(r.get(4)),
+                subsidy_fen: wenxiao_protocol::Fen(r.get(5)),
             })
             .collect();
         let statistics = client
@@ -1060,8 +1060,8 @@ impl Store for PgStore {
                 district: r.get(0),
                 category: r.get(1),
                 txn_count: r.get(2),
-                sales_fen: Fen(r.get(3)),
-                subsidy_fen: Fen(r.get(4)),
+                sales_fen: wenxiao_protocol::Fen(r.get(3)),
+                subsidy_fen: wenxiao_protocol::Fen(r.get(4)),
             })
             .collect();
         let awards = client
@@ -1077,7 +1077,7 @@ impl Store for PgStore {
                 merchant_id: MerchantId(r.get(1)),
                 show_date: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
                 kind: r.get(3),
-                amount_fen: Fen(r.get(4)),
+                amount_fen: wenxiao_protocol::Fen(r.get(4)),
             })
             .collect();
         let l = client
@@ -1609,5 +1609,30 @@ impl Store for PgStore {
             .await?;
         let (s, r): (i64, i64) = (row.get(0), row.get(1));
         Ok((u64::try_from(s).unwrap_or(0), u64::try_from(r).unwrap_or(0)))
+    }
+
+    async fn audit(&self) -> Result<super::AuditFigures, StoreError> {
+        use super::audit_sql;
+        let client = self.client().await?;
+        let mut figures = super::AuditFigures::default();
+        for r in client.query(audit_sql::DEVICES, &[]).await? {
+            figures.devices.push(super::DeviceAudit {
+                device_id: DeviceId(from_db_u64(r.get(0))),
+                rows: r.get(1),
+                min_seq: r.get(2),
+                max_seq: r.get(3),
+                stored: r.get(4),
+                subsidy_fen: wenxiao_protocol::Fen(r.get(5)),
+            });
+        }
+        let c = client.query_one(audit_sql::CREDITS, &[]).await?;
+        figures.released = (c.get(0), wenxiao_protocol::Fen(c.get(1)));
+        figures.loaded = (c.get(2), wenxiao_protocol::Fen(c.get(3)));
+        for r in client.query(audit_sql::BUDGETS, &[]).await? {
+            figures
+                .budgets
+                .push((r.get(0), wenxiao_protocol::Fen(r.get(1))));
+        }
+        Ok(figures)
     }
 }

@@ -787,7 +787,7 @@ impl Store for SqliteStore {
                     Ok(super::CreditRow {
                         credit_id: CreditId(super::from_db_u64(r.get(0)?)),
                         card_no: CardNo(super::from_db_u64(r.get(1)?)),
-                        amount_fen: Fen(r.get(2)?),
+                        amount_fen: wenxiao_protocol::Fen(r.get(2)?),
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -800,10 +800,10 @@ impl Store for SqliteStore {
                     Ok(super::MerchantSettlement {
                         merchant_id: MerchantId(r.get(0)?),
                         txn_count: r.get(1)?,
-                        sales_fen: Fen(r.get(2)?),
-                        refunds_fen: Fen(r.get(3)?),
-                        points_fen: Fen(r.get(4)?),
-                        subsidy_fen: Fen(r.get(5)?),
+                        sales_fen: wenxiao_protocol::Fen(r.get(2)?),
+                        refunds_fen: wenxiao_protocol::Fen(r.get(3)?),
+                        points_fen: wenxiao_protocol::Fen(r.get(4)?),
+                        subsidy_fen: wenxiao_protocol::Fen(r.get(5)?),
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -817,8 +817,8 @@ impl Store for SqliteStore {
                         district: r.get(0)?,
                         category: r.get(1)?,
                         txn_count: r.get(2)?,
-                        sales_fen: Fen(r.get(3)?),
-                        subsidy_fen: Fen(r.get(4)?),
+                        sales_fen: wenxiao_protocol::Fen(r.get(3)?),
+                        subsidy_fen: wenxiao_protocol::Fen(r.get(4)?),
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -833,7 +833,7 @@ impl Store for SqliteStore {
                         merchant_id: MerchantId(r.get(1)?),
                         show_date: r.get(2)?,
                         kind: r.get(3)?,
-                        amount_fen: Fen(r.get(4)?),
+                        amount_fen: wenxiao_protocol::Fen(r.get(4)?),
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -1313,6 +1313,42 @@ impl Store for SqliteStore {
                 u64::try_from(stored).unwrap_or(0),
                 u64::try_from(rejected).unwrap_or(0),
             ))
+        })
+        .await
+    }
+
+    async fn audit(&self) -> Result<super::AuditFigures, StoreError> {
+        Self::with(&self.reader, |conn| {
+            use super::audit_sql;
+            let mut figures = super::AuditFigures::default();
+            let mut stmt = conn.prepare(audit_sql::DEVICES)?;
+            let rows = stmt.query_map([], |r| {
+                Ok(super::DeviceAudit {
+                    device_id: DeviceId(super::from_db_u64(r.get(0)?)),
+                    rows: r.get(1)?,
+                    min_seq: r.get(2)?,
+                    max_seq: r.get(3)?,
+                    stored: r.get(4)?,
+                    subsidy_fen: wenxiao_protocol::Fen(r.get(5)?),
+                })
+            })?;
+            for d in rows {
+                figures.devices.push(d?);
+            }
+            let (released, loaded) = conn.query_row(audit_sql::CREDITS, [], |r| {
+                Ok((
+                    (r.get(0)?, wenxiao_protocol::Fen(r.get(1)?)),
+                    (r.get(2)?, wenxiao_protocol::Fen(r.get(3)?)),
+                ))
+            })?;
+            figures.released = released;
+            figures.loaded = loaded;
+            let mut stmt = conn.prepare(audit_sql::BUDGETS)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, wenxiao_protocol::Fen(r.get(1)?))))?;
+            for b in rows {
+                figures.budgets.push(b?);
+            }
+            Ok(figures)
         })
         .await
     }
