@@ -199,6 +199,8 @@ struct Device {
     /// Points purchases waiting for POINTS_AUTH_RESULT, by req_id.
     awaiting_points: HashMap<u32, PlannedEvent>,
     next_req: u32,
+    /// Cards on the reader, to be presented when the request window has room.
+    to_present: Vec<CardNo>,
     /// Presented cards waiting for CREDIT_OFFER, by req_id.
     awaiting_offer: HashMap<u32, CardNo>,
     /// Credits offered or pushed, not started yet (card, credit, amount, pushed at).
@@ -223,6 +225,18 @@ impl Device {
         }
     }
 
+    /// Requests other than TXN unanswered now (their own window of `max_in_flight`).
+    fn requests_in_flight(&self) -> usize {
+        self.awaiting_points.len()
+            + self.awaiting_offer.len()
+            + self.loads.len()
+            + self.results.len()
+    }
+
+    fn request_room(&self) -> bool {
+        self.requests_in_flight() < self.max_in_flight
+    }
+
     fn day_done(&self) -> bool {
         self.next_event >= self.setup.events.len() && self.journal.is_empty()
     }
@@ -231,13 +245,15 @@ impl Device {
         self.day_done()
             && self.awaiting_points.is_empty()
             && self.awaiting_offer.is_empty()
+            && self.to_present.is_empty()
             && self.to_load.is_empty()
             && self.loads.is_empty()
             && self.results.is_empty()
     }
 
     fn finished(&self) -> bool {
-        self.control.borrow().finish && self.idle()
+        let ctl = *self.control.borrow();
+        ctl.abort || (ctl.finish && self.idle())
     }
 
     fn offline_now(&self) -> Option<Instant> {
@@ -288,7 +304,7 @@ impl Device {
                 break;
             }
             self.next_event += 1;
-            if online && e.points.get() > 0 && !self.draining {
+            if online && e.points.get() > 0 && !self.draining && self.request_room() {
                 let req = self.next_req;
                 self.next_req = self.next_req.wrapping_add(1);
                 self.awaiting_points.insert(req, e);
@@ -419,7 +435,7 @@ impl Device {
     async fn start_loads(&mut self, conn: &mut Conn) -> bool {
         let mut waiting = VecDeque::new();
         while let Some((card_no, credit, amount, started, pushed)) = self.to_load.pop_front() {
-            if self.loads.len() >= self.max_in_flight {
+            if !self.request_room() || self.draining {
                 waiting.push_back((card_no, credit, amount, started, pushed));
                 continue;
             }
@@ -607,6 +623,16 @@ impl Device {
             e.resend = e.resend || e.sent_at.is_some();
             e.sent_at = None;
         }
+        // Loads whose LOAD_AUTH was lost with the connection never touched the card: the
+        // card goes back, and the credit is loaded again in this session (the gateway
+        // settles the unanswered attempt by the unchanged online counter).
+        let void: Vec<(CreditId, Load)> = self.loads.drain().collect();
+        for (credit, load) in void {
+            let card_no = load.card.no;
+            self.world.cards.put(load.card);
+            self.to_load
+                .push_front((card_no, credit, load.amount, load.started, load.pushed));
+        }
         let results: Vec<CreditResult> = self.results.values().map(|r| r.0).collect();
         for r in results {
             if conn.feed(Message::CreditResult(r)).await.is_err() {
@@ -620,7 +646,8 @@ impl Device {
             let t = self.new_txn(&e);
             self.journal_txn(t);
         }
-        let mut present_again: Vec<CardNo> = self.awaiting_offer.drain().map(|(_, c)| c).collect();
+        let again: Vec<CardNo> = self.awaiting_offer.drain().map(|(_, c)| c).collect();
+        self.to_present.extend(again);
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -632,7 +659,10 @@ impl Device {
                     return SessionEnd::Lost;
                 }
             }
-            while let Some(card_no) = present_again.pop() {
+            while self.request_room() && !self.draining {
+                let Some(card_no) = self.to_present.pop() else {
+                    break;
+                };
                 if !self.present(conn, card_no).await {
                     return SessionEnd::Lost;
                 }
@@ -697,15 +727,19 @@ impl Device {
                         return SessionEnd::Lost;
                     }
                 }
-                card = recv_card(&mut self.setup.present), if !self.draining => match card {
-                    Some(card_no) => present_again.push(card_no),
+                card = recv_card(&mut self.setup.present), if !self.draining && self.to_present.is_empty() => match card {
+                    Some(card_no) => self.to_present.push(card_no),
                     None => self.setup.present = None,
                 },
                 changed = self.control.changed() => {
                     if changed.is_err() {
                         return SessionEnd::Done;
                     }
-                    let epoch = self.control.borrow().storm_epoch;
+                    let ctl = *self.control.borrow();
+                    if ctl.abort {
+                        return SessionEnd::Done;
+                    }
+                    let epoch = ctl.storm_epoch;
                     if epoch != self.storm_epoch {
                         self.storm_epoch = epoch;
                         return SessionEnd::Dropped;
@@ -870,6 +904,7 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         awaiting_points: HashMap::new(),
         next_req: 1,
         awaiting_offer: HashMap::new(),
+        to_present: Vec::new(),
         to_load: VecDeque::new(),
         loads: HashMap::new(),
         results: HashMap::new(),

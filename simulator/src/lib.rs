@@ -3,8 +3,13 @@
 //! run that drives them against a gateway (`world`).
 
 pub mod card;
+pub mod check;
+pub mod demo;
 pub mod device;
 pub mod plan;
+pub mod report;
+pub mod run;
+pub mod scenario;
 pub mod world;
 
 pub use wenxiao_protocol as protocol;

@@ -327,6 +327,81 @@ fn assign_counters(events: &mut [PlannedEvent]) {
     }
 }
 
+/// FNV-1a 64 over every event's fields in plan order: two plans are the same day exactly
+/// when their digests are equal (for comparing runs by their reports).
+pub fn digest(plan: &[PlannedEvent]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for e in plan {
+        eat(&e.at_ms.to_be_bytes());
+        eat(&e.device_id.get().to_be_bytes());
+        eat(&[e.kind.code(), e.item.code()]);
+        eat(&e.card_no.get().to_be_bytes());
+        eat(&e.amount_fen.get().to_be_bytes());
+        eat(&e.list_price_fen.get().to_be_bytes());
+        eat(&e.points.get().to_be_bytes());
+        eat(&e.card_counter.get().to_be_bytes());
+    }
+    h
+}
+
+/// First id of the POS terminals a scaled registry adds.
+pub const SCALED_POS_BASE: u64 = 310_150_000_001;
+
+/// Writes `merchants.csv` and `devices.csv` under `out`: the registry in `from` plus POS
+/// terminals, spread round-robin over its bookstores, cinemas and performance venues,
+/// until there are `devices` devices in all (load scenarios with thousands of sessions).
+pub fn write_scaled_registry(
+    from: &std::path::Path,
+    devices: usize,
+    out: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use anyhow::Context;
+    let merchants_in = from.join("merchants.csv");
+    let devices_in = from.join("devices.csv");
+    let registry = Registry::from_csv(&merchants_in, &devices_in)?;
+    let mut shops: Vec<_> = registry
+        .merchants()
+        .into_iter()
+        .filter(|m| {
+            m.active
+                && matches!(
+                    m.category,
+                    Category::Bookstore | Category::Cinema | Category::PerformanceVenue
+                )
+        })
+        .map(|m| m.merchant_id)
+        .collect();
+    shops.sort_unstable();
+    anyhow::ensure!(
+        !shops.is_empty(),
+        "no contracted merchants to add terminals to"
+    );
+    let existing = registry.devices().len();
+    let mut text = std::fs::read_to_string(&devices_in)
+        .with_context(|| format!("read {}", devices_in.display()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for (i, merchant) in (0..devices.saturating_sub(existing)).zip(shops.iter().cycle()) {
+        let id = SCALED_POS_BASE + u64::try_from(i)?;
+        text.push_str(&format!("{id},POS,{},,1\n", merchant.0));
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let merchants_out = out.join("merchants.csv");
+    let devices_out = out.join("devices.csv");
+    std::fs::copy(&merchants_in, &merchants_out)
+        .with_context(|| format!("write {}", merchants_out.display()))?;
+    std::fs::write(&devices_out, text)
+        .with_context(|| format!("write {}", devices_out.display()))?;
+    Ok((merchants_out, devices_out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +424,29 @@ mod tests {
         let r = registry();
         assert_eq!(plan_day(7, &small(), &r), plan_day(7, &small(), &r));
         assert_ne!(plan_day(7, &small(), &r), plan_day(8, &small(), &r));
+        assert_eq!(
+            digest(&plan_day(7, &small(), &r)),
+            digest(&plan_day(7, &small(), &r))
+        );
+        assert_ne!(
+            digest(&plan_day(7, &small(), &r)),
+            digest(&plan_day(8, &small(), &r))
+        );
+    }
+
+    #[test]
+    fn a_scaled_registry_adds_terminals_to_shops() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
+        let (m, d) = write_scaled_registry(&dir, 1_000, out.path()).unwrap();
+        let scaled = Registry::from_csv(&m, &d).unwrap();
+        assert_eq!(scaled.devices().len(), 1_000);
+        let added = scaled
+            .devices()
+            .into_iter()
+            .filter(|d| (SCALED_POS_BASE..SCALED_POS_BASE + 1_000).contains(&d.device_id.get()))
+            .count();
+        assert_eq!(added, 1_000 - registry().devices().len());
     }
 
     #[test]

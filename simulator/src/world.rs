@@ -174,6 +174,8 @@ pub struct Control {
     pub storm_epoch: u64,
     /// Set when devices may stop once they have nothing left to do.
     pub finish: bool,
+    /// Set when devices must stop now, done or not.
+    pub abort: bool,
 }
 
 /// Everything the devices of a run share.

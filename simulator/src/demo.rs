@@ -1,0 +1,285 @@
+//! The one-command demo: a gateway on the embedded store (a fresh data directory with a
+//! development PKI and the shipped registry), a simulated city day on an accelerated
+//! clock, clearing at simulated midnight with the audit step's approval, delivery of the
+//! credits (pushed to the operators' OTA endpoints, loaded at POS and kiosks when residents
+//! present their cards the next morning), the invariant check, and a summary printed and
+//! written to files.
+
+use crate::check::{self, Caps};
+use crate::report::{Report, group, yuan};
+use crate::run::{Run, Shard, Target};
+use crate::scenario::Scenario;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use wenxiao_gateway::config::{Config, StoreKind};
+use wenxiao_gateway::policy::Policy;
+use wenxiao_gateway::registry::{Category, District, Operator};
+use wenxiao_gateway::store::{AnyStore, Store};
+use wenxiao_protocol::{BusinessDate, CardNo};
+
+/// Longest the demo waits for the credits to be loaded.
+pub const DELIVERY_WAIT_S: u64 = 60;
+/// Longest the devices get to finish once the demo is over.
+pub const FINISH_GRACE_S: u64 = 10;
+
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The scenario (the city, the clock, faults).
+    pub scenario: Scenario,
+    /// The gateway configuration to start from (its data directory, listeners, PKI and
+    /// store are replaced by the demo's own).
+    pub gateway_config: Config,
+    /// Where the summary, the JSON report and the settlement files go.
+    pub out_dir: PathBuf,
+}
+
+/// What the demo produced.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// The report (its `pass` is the demo's exit status).
+    pub report: Report,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+fn demo_config(base: &Config, data_dir: &Path) -> anyhow::Result<Config> {
+    let pki = data_dir.join("pki");
+    wenxiao_gateway::pki::init(&pki)?;
+    let mut config = base.clone();
+    config.data_dir = data_dir.to_owned();
+    config.server.listen_addr = "127.0.0.1:0".parse()?;
+    config.admin.listen_addr = "127.0.0.1:0".parse()?;
+    config.tls.device_ca_cert_path = pki.join("ca.pem");
+    config.tls.server_cert_path = pki.join("server.pem");
+    config.tls.server_key_path = pki.join("server.key");
+    config.store.kind = StoreKind::Sqlite;
+    // The embedded store has no notifications: poll for releases often, so pushes
+    // follow the approval closely.
+    config.credits.release_poll_interval_ms = 20;
+    config.clearing.settlement_dir = PathBuf::from("settlement");
+    config.validate()?;
+    Ok(config)
+}
+
+/// Clears `date`, approves it (the audit step), writes its files; returns the report.
+async fn clear_and_approve(
+    store: &AnyStore,
+    policy: &Policy,
+    date: BusinessDate,
+    out_dir: &Path,
+    files: &mut Vec<PathBuf>,
+) -> anyhow::Result<wenxiao_gateway::store::ClearingReport> {
+    let now = wenxiao_gateway::clock::now_ms();
+    store
+        .clear_day(date, policy.points.fen_per_point, now)
+        .await?;
+    store.approve_day(date, now).await?;
+    let report = store
+        .clearing_report(date)
+        .await?
+        .with_context(|| format!("{date} was just cleared but has no report"))?;
+    files.extend(wenxiao_gateway::clearing::write_settlement_files(
+        &report,
+        &out_dir.join("settlement"),
+    )?);
+    Ok(report)
+}
+
+fn category_name(code: i16) -> String {
+    Category::from_code(code).map_or_else(|| code.to_string(), |c| format!("{c:?}"))
+}
+
+fn district_name(code: i16) -> String {
+    District::from_code(code).map_or_else(|| code.to_string(), |d| format!("{d:?}"))
+}
+
+/// Runs the demo.
+pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
+    let data = tempfile::Builder::new().prefix("wenxiao-demo-").tempdir()?;
+    let config = demo_config(&options.gateway_config, data.path())?;
+    let policy = Policy::load(&config.policy_path)?;
+    std::fs::create_dir_all(&options.out_dir)
+        .with_context(|| format!("create {}", options.out_dir.display()))?;
+    eprintln!(
+        "starting the gateway on the embedded store in {}",
+        data.path().display()
+    );
+    let gateway = wenxiao_gateway::server::spawn(config.clone())?;
+    let store = wenxiao_gateway::server::open_store(&config)?;
+    let registry = store.load_registry().await?;
+    let target = Target {
+        gateway: gateway.device_addr,
+        registry,
+        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(&data.path().join("pki"))?),
+        keys: config.master_keys()?,
+        // The gateway shares this process with the simulator: its memory is not its own.
+        gateway_pid: None,
+    };
+    let first_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+        .context("today's business date")?;
+    let mut run = Run::start(&target, &options.scenario, Shard::ALL).await?;
+    eprintln!(
+        "{} devices connecting; {} transactions planned for a day played in {} s",
+        run.devices,
+        group(run.planned),
+        options.scenario.clock.real_seconds
+    );
+    let progress = run.progress("day");
+    let day = run.play_day().await;
+    eprintln!();
+    eprintln!("simulated midnight: clearing and approving");
+
+    // Midnight: every business day the gateway recorded (a run that crosses real
+    // midnight in Shanghai has two).
+    let last_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+        .context("today's business date")?;
+    let mut files = Vec::new();
+    let release_at = Instant::now();
+    let mut clearing = Vec::new();
+    for date in [first_day, last_day] {
+        if clearing
+            .iter()
+            .any(|r: &wenxiao_gateway::store::ClearingReport| r.summary.business_date == date)
+        {
+            continue;
+        }
+        clearing
+            .push(clear_and_approve(&store, &policy, date, &options.out_dir, &mut files).await?);
+    }
+
+    // The next morning: SIM credits are pushed at once; residents present city cards.
+    let sim_ranges = [
+        config.credits.card_range(Operator::ChinaMobile),
+        config.credits.card_range(Operator::ChinaTelecom),
+    ];
+    let is_sim = |c: CardNo| {
+        sim_ranges
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&c.get()))
+    };
+    let credits: Vec<_> = clearing.iter().flat_map(|r| r.credits.iter()).collect();
+    let mut city_cards: Vec<CardNo> = credits
+        .iter()
+        .map(|c| c.card_no)
+        .filter(|c| !is_sim(*c))
+        .collect();
+    city_cards.sort_unstable();
+    city_cards.dedup();
+    eprintln!(
+        "delivering {} credits: {} to SIM cards by OTA push, {} city cards presented at POS and kiosks",
+        credits.len(),
+        credits.iter().filter(|c| is_sim(c.card_no)).count(),
+        city_cards.len()
+    );
+    run.present(&city_cards).await?;
+    let all_loaded = run
+        .wait_loads(
+            u64::try_from(credits.len())?,
+            Duration::from_secs(DELIVERY_WAIT_S),
+        )
+        .await;
+    progress.abort();
+    eprintln!();
+    let reports = run.finish(Duration::from_secs(FINISH_GRACE_S)).await;
+    let audit = store.audit().await?;
+    let caps = Caps {
+        monthly: policy.monthly_cap(),
+        programme: policy.programme_total(),
+    };
+    let mut invariants = check::check(&reports, &audit, caps, Shard::ALL);
+    invariants.push(check::Invariant {
+        name: "every released credit loaded",
+        pass: all_loaded && audit.loaded.0 == audit.released.0,
+        detail: format!(
+            "{} of {} released credits loaded within {DELIVERY_WAIT_S} s",
+            audit.loaded.0, audit.released.0
+        ),
+    });
+    let mut report = Report::new(&run, &day, &reports, invariants, Some(release_at));
+
+    // The day in figures, from the store.
+    let mut by_category: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    let mut by_district: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in &clearing {
+        for s in &r.statistics {
+            let c = by_category.entry(category_name(s.category)).or_default();
+            c.0 += s.txn_count;
+            c.1 += s.sales_fen.get();
+            c.2 += s.subsidy_fen.get();
+            let d = by_district.entry(district_name(s.district)).or_default();
+            d.0 += s.txn_count;
+            d.1 += s.subsidy_fen.get();
+        }
+    }
+    let month = i32::try_from(first_day.get() / 100)?;
+    let granted = store.budget_granted(month).await?;
+    let x = &mut report.extra;
+    for (i, r) in clearing.iter().enumerate() {
+        let s = &r.summary;
+        x.insert(
+            format!("clearing {}", i + 1),
+            format!(
+                "{}: {} transactions · subsidy {} · {} credits totalling {} · approved",
+                s.business_date,
+                group(u64::try_from(s.txn_count).unwrap_or(0)),
+                yuan(s.subsidy_fen.get()),
+                group(u64::try_from(s.credit_count).unwrap_or(0)),
+                yuan(s.credit_fen.get())
+            ),
+        );
+    }
+    let cats: Vec<String> = by_category
+        .iter()
+        .map(|(k, (n, sales, sub))| {
+            format!(
+                "{k}: {} txns, sales {}, subsidy {}",
+                group(u64::try_from(*n).unwrap_or(0)),
+                yuan(*sales),
+                yuan(*sub)
+            )
+        })
+        .collect();
+    x.insert("by category".to_owned(), cats.join("\n              "));
+    let districts: Vec<String> = by_district
+        .iter()
+        .map(|(k, (n, sub))| {
+            format!(
+                "{k}: {} txns, subsidy {}",
+                group(u64::try_from(*n).unwrap_or(0)),
+                yuan(*sub)
+            )
+        })
+        .collect();
+    x.insert("by district".to_owned(), districts.join("\n              "));
+    x.insert(
+        "budget".to_owned(),
+        format!(
+            "{month}: {} granted of the month's {} · programme {}",
+            yuan(granted.get()),
+            yuan(policy.monthly_cap().get()),
+            yuan(policy.programme_total().get())
+        ),
+    );
+    x.insert(
+        "settlement".to_owned(),
+        format!(
+            "{} files in {}",
+            files.len(),
+            options.out_dir.join("settlement").display()
+        ),
+    );
+
+    gateway.shutdown()?;
+    let json = options.out_dir.join("demo-report.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let summary = options.out_dir.join("demo-summary.txt");
+    std::fs::write(&summary, report.table())?;
+    files.push(json);
+    files.push(summary);
+    Ok(DemoOutcome { report, files })
+}

@@ -1,0 +1,259 @@
+//! `wenxiao-sim`: the city simulator's command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use wenxiao_gateway::config::Config;
+use wenxiao_gateway::store::Store;
+use wenxiao_simulator::check::{self, Caps};
+use wenxiao_simulator::demo::{self, DemoOptions};
+use wenxiao_simulator::report::Report;
+use wenxiao_simulator::run::{Run, Shard, Target};
+use wenxiao_simulator::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(
+    name = "wenxiao-sim",
+    version,
+    about = "City-scale simulator for the Wenxiao gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Gateway on the embedded store + a simulated city day, clearing at midnight, credit
+    /// delivery, invariant check, summary (exit status 1 if an invariant fails).
+    Demo {
+        /// The scenario.
+        #[arg(long, default_value = "config/demo.toml")]
+        scenario: PathBuf,
+        /// Gateway configuration to start from (the demo replaces its data directory,
+        /// listeners, PKI and store).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// Card events in the day (overrides the scenario).
+        #[arg(long)]
+        events: Option<u64>,
+        /// Real seconds the day takes (overrides the scenario).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seed (overrides the scenario).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the summary, the JSON report and the settlement files go.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
+    /// Drives a running gateway with a scenario; checks the invariants against its store.
+    Run {
+        /// The gateway's configuration (its listener, PKI, keys, store, policy).
+        #[arg(long)]
+        config: PathBuf,
+        /// The scenario.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// This process's share of the devices, `i/n` (0-based).
+        #[arg(long, default_value = "0/1", value_parser = parse_shard)]
+        shard: Shard,
+        /// The gateway's process id, to measure its memory.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Prints the plan's size and digest for a scenario and the registry (no gateway): the
+    /// same seed and scenario print the same digest.
+    Plan {
+        /// The scenario.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// The registry's directory (merchants.csv, devices.csv).
+        #[arg(long, default_value = "config/registry")]
+        registry: PathBuf,
+    },
+    /// Writes a registry scaled to `devices` devices: the shipped one plus POS terminals
+    /// spread over its contracted merchants (for load scenarios).
+    Registry {
+        /// Devices in all.
+        #[arg(long)]
+        devices: usize,
+        /// The shipped registry's directory.
+        #[arg(long, default_value = "config/registry")]
+        from: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s.split_once('/').ok_or("expected i/n")?;
+    let index: u32 = i.parse().map_err(|e| format!("{e}"))?;
+    let count: u32 = n.parse().map_err(|e| format!("{e}"))?;
+    if count == 0 || index >= count {
+        return Err("need 0 ≤ i < n".to_owned());
+    }
+    Ok(Shard { index, count })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    if path.exists() {
+        Ok(Config::load(path)?)
+    } else {
+        anyhow::bail!(
+            "{} not found (run from the repository root, or pass --config)",
+            path.display()
+        )
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Demo {
+            scenario,
+            config,
+            events,
+            seconds,
+            seed,
+            out,
+        } => {
+            let mut scenario = Scenario::load(&scenario)?;
+            if let Some(e) = events {
+                scenario.city.events_per_day = e;
+            }
+            if let Some(s) = seconds {
+                scenario.clock.real_seconds = s;
+            }
+            if let Some(s) = seed {
+                scenario.seed = s;
+            }
+            scenario.validate()?;
+            let outcome = demo::demo(DemoOptions {
+                scenario,
+                gateway_config: load_config(&config)?,
+                out_dir: out,
+            })
+            .await?;
+            println!("{}", outcome.report.table());
+            for f in &outcome.files {
+                println!("wrote {}", f.display());
+            }
+            Ok(outcome.report.pass)
+        }
+        Command::Run {
+            config,
+            scenario,
+            shard,
+            gateway_pid,
+            report,
+        } => {
+            let config = load_config(&config)?;
+            let scenario = Scenario::load(&scenario)?;
+            drive(&config, &scenario, shard, gateway_pid, report.as_deref()).await
+        }
+        Command::Plan { scenario, registry } => {
+            let scenario = Scenario::load(&scenario)?;
+            let registry = wenxiao_gateway::registry::Registry::from_csv(
+                &registry.join("merchants.csv"),
+                &registry.join("devices.csv"),
+            )?;
+            let plan = wenxiao_simulator::plan::plan_day(scenario.seed, &scenario.city, &registry);
+            println!(
+                "{} events, digest {:016x}",
+                plan.len(),
+                wenxiao_simulator::plan::digest(&plan)
+            );
+            Ok(true)
+        }
+        Command::Registry { devices, from, out } => {
+            let (m, d) = wenxiao_simulator::plan::write_scaled_registry(&from, devices, &out)?;
+            println!("wrote {} and {}", m.display(), d.display());
+            Ok(true)
+        }
+    }
+}
+
+/// `run`: a scenario against a running gateway.
+async fn drive(
+    config: &Config,
+    scenario: &Scenario,
+    shard: Shard,
+    gateway_pid: Option<u32>,
+    report_path: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let store = wenxiao_gateway::server::open_store(config)?;
+    let registry = store.load_registry().await?;
+    let pki = config
+        .tls
+        .device_ca_cert_path
+        .parent()
+        .context("the device CA's directory")?;
+    let target = Target {
+        gateway: config.server.listen_addr,
+        registry,
+        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(pki)?),
+        keys: config.master_keys()?,
+        gateway_pid,
+    };
+    let policy = wenxiao_gateway::policy::Policy::load(&config.policy_path)?;
+    let mut run = Run::start(&target, scenario, shard).await?;
+    eprintln!(
+        "shard {}/{}: {} devices, {} transactions planned",
+        shard.index, shard.count, run.devices, run.planned
+    );
+    let progress = run.progress("run");
+    let day = run.play_day().await;
+    progress.abort();
+    eprintln!();
+    let reports = run.finish(Duration::from_secs(30)).await;
+    let audit = store.audit().await?;
+    let caps = Caps {
+        monthly: policy.monthly_cap(),
+        programme: policy.programme_total(),
+    };
+    let invariants = check::check(&reports, &audit, caps, shard);
+    let report = Report::new(&run, &day, &reports, invariants, None);
+    println!("{}", report.table());
+    if let Some(path) = report_path {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(report.pass)
+}

@@ -1,0 +1,545 @@
+//! One run against a gateway: plan the day, mint a certificate for every device, start the
+//! devices, play the day on the accelerated clock (with its storms and faults), wait for
+//! every answer, and collect what each device saw. The demo adds clearing and delivery
+//! between [`Run::play_day`] and [`Run::finish`].
+
+use crate::device::{self, DeviceFaults, DeviceReport, DeviceSetup, PRESENT_QUEUE_CARDS};
+use crate::plan::{self, PlannedEvent};
+use crate::scenario::Scenario;
+use crate::world::{CardBook, Control, Counters, SimClock, World};
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use wenxiao_gateway::pki::DevCa;
+use wenxiao_gateway::registry::Registry;
+use wenxiao_protocol::mac::MasterKeys;
+use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, Message, TxnKind};
+
+const HOUR_MS: i64 = 3_600_000;
+/// How often the live progress line is refreshed.
+pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+
+/// The gateway a run drives.
+pub struct Target {
+    /// Its device listener.
+    pub gateway: SocketAddr,
+    /// The registry it serves.
+    pub registry: Registry,
+    /// The development CA that signs device certificates (and the server's).
+    pub ca: Arc<DevCa>,
+    /// The card master keys of its configuration.
+    pub keys: MasterKeys,
+    /// Its process id, to read its memory (`None`: not measured).
+    pub gateway_pid: Option<u32>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("gateway", &self.gateway)
+            .field("gateway_pid", &self.gateway_pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This process's part of the devices when a run is spread over several processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based.
+    pub index: u32,
+    /// Processes in all.
+    pub count: u32,
+}
+
+impl Shard {
+    /// The whole run in one process.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether this process runs the device.
+    pub fn owns(&self, id: DeviceId) -> bool {
+        id.get() % u64::from(self.count.max(1)) == u64::from(self.index)
+    }
+}
+
+/// A reconnect storm and how long the sessions took to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StormOutcome {
+    /// Real seconds after the day started.
+    pub at_s: u64,
+    /// Sessions open when it struck.
+    pub sessions_before: i64,
+    /// Until every one of them was open again; `None` if they did not come back in time.
+    pub settled_ms: Option<u64>,
+}
+
+/// Memory of the gateway process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct RssSample {
+    /// Before any device connected.
+    pub before_kib: u64,
+    /// With every session open.
+    pub sessions_kib: u64,
+    /// Sessions open at that moment.
+    pub sessions: u64,
+    /// At the end of the day.
+    pub end_kib: u64,
+}
+
+/// What [`Run::play_day`] observed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DayOutcome {
+    /// Every planned transaction was answered in time.
+    pub all_answered: bool,
+    /// Real ms from the clock's start until the last answer (or the timeout).
+    pub answered_ms: u64,
+    /// Highest number of STORED/DUPLICATE acks in one progress interval, per second.
+    pub peak_acked_per_s: u64,
+    /// Most sessions open at once.
+    pub peak_sessions: i64,
+    /// Real ms the devices took to connect before the clock started.
+    pub connect_ms: u64,
+    /// The storms.
+    pub storms: Vec<StormOutcome>,
+    /// Gateway memory.
+    pub rss: Option<RssSample>,
+}
+
+/// A run in progress.
+pub struct Run {
+    /// Shared with the devices.
+    pub world: Arc<World>,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The shard this process runs.
+    pub shard: Shard,
+    /// Transactions planned for this process's devices in the played hours.
+    pub planned: u64,
+    /// FNV-1a over every planned TXN frame, in device and seq order.
+    pub plan_digest: u64,
+    /// Devices started.
+    pub devices: usize,
+    /// The whole day's plan (for the demo's delivery phase).
+    pub plan: Vec<PlannedEvent>,
+    tasks: Vec<JoinHandle<DeviceReport>>,
+    presenters: Vec<mpsc::Sender<CardNo>>,
+    gateway_pid: Option<u32>,
+    rss_before_kib: Option<u64>,
+    peak: Arc<AtomicU64>,
+    connect_ms: u64,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("devices", &self.devices)
+            .field("planned", &self.planned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shanghai midnight of `yyyymmdd` (0 = today), epoch ms.
+pub fn day_start_ms(date: u32) -> anyhow::Result<i64> {
+    use chrono::{Datelike, TimeZone};
+    use chrono_tz::Asia::Shanghai;
+    let today = chrono::Utc::now().with_timezone(&Shanghai).date_naive();
+    let day = if date == 0 {
+        today
+    } else {
+        chrono::NaiveDate::from_ymd_opt(
+            i32::try_from(date / 10_000)?,
+            (date / 100) % 100,
+            date % 100,
+        )
+        .with_context(|| format!("clock.date {date} is not a date"))?
+    };
+    let midnight = day
+        .and_hms_opt(0, 0, 0)
+        .context("midnight")?
+        .and_local_timezone(Shanghai)
+        .single()
+        .with_context(|| format!("midnight of {} in Shanghai", day.year()))?;
+    let _ = Shanghai.timestamp_millis_opt(0);
+    Ok(midnight.timestamp_millis())
+}
+
+/// FNV-1a 64 over bytes, continuing from `h`.
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The plan's TXN frames for a digest: the same seed and scenario give the same value.
+fn digest(by_device: &[(DeviceId, Vec<PlannedEvent>)], day_start: i64, keys: &MasterKeys) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    let mut buf = bytes::BytesMut::new();
+    for (_, events) in by_device {
+        for (i, e) in events.iter().enumerate() {
+            let seq = u64::try_from(i).unwrap_or(0) + 1;
+            if let Some(seq) = wenxiao_protocol::Seq::new(seq) {
+                buf.clear();
+                let t = crate::card::txn(e, seq, day_start, 0, keys);
+                Message::Txn(t).encode(&mut buf);
+                h = fnv1a(h, &buf);
+            }
+        }
+    }
+    h
+}
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn tls_for(ca: &DevCa, id: DeviceId) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let cert = ca.issue_device(id)?;
+    let config = wenxiao_gateway::tls::client_config(
+        &ca.pem().cert_pem,
+        Some((&cert.cert_pem, &cert.key_pem)),
+    )?;
+    // A few resumable sessions per device: a reconnect resumes instead of a full handshake.
+    let mut config = (*config).clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(4);
+    Ok(Arc::new(config))
+}
+
+impl Run {
+    /// Plans the day, starts this shard's devices and returns once they are connecting;
+    /// the clock starts `run.connect_s` later.
+    pub async fn start(target: &Target, scenario: &Scenario, shard: Shard) -> anyhow::Result<Run> {
+        let day_start = day_start_ms(scenario.clock.date)?;
+        let plan = plan::plan_day(scenario.seed, &scenario.city, &target.registry);
+        let from_ms = i64::from(scenario.clock.from_hour) * HOUR_MS;
+        let to_ms = i64::from(scenario.clock.to_hour) * HOUR_MS;
+        let mut devices: Vec<_> = target
+            .registry
+            .devices()
+            .into_iter()
+            .filter(|d| d.active && shard.owns(d.device_id))
+            .map(|d| (d.device_id, d.kind))
+            .collect();
+        devices.sort_unstable();
+        let mut by_device: HashMap<DeviceId, Vec<PlannedEvent>> = HashMap::new();
+        for e in plan
+            .iter()
+            .filter(|e| e.at_ms >= from_ms && e.at_ms < to_ms)
+        {
+            if shard.owns(e.device_id) {
+                by_device.entry(e.device_id).or_default().push(*e);
+            }
+        }
+        let mut ordered: Vec<(DeviceId, Vec<PlannedEvent>)> = devices
+            .iter()
+            .map(|(id, _)| (*id, by_device.remove(id).unwrap_or_default()))
+            .collect();
+        let planned = ordered.iter().map(|(_, e)| e.len()).sum::<usize>();
+        let plan_digest = digest(&ordered, day_start, &target.keys);
+
+        let mut online_after: HashMap<CardNo, u16> = HashMap::new();
+        for e in plan.iter().filter(|e| e.kind == TxnKind::TopUp) {
+            let v = u16::try_from(e.card_counter.get()).unwrap_or(u16::MAX);
+            let slot = online_after.entry(e.card_no).or_insert(v);
+            *slot = (*slot).max(v);
+        }
+        let speed = scenario.speed();
+        let connect = Duration::from_secs(scenario.run.connect_s);
+        let (control, _) = watch::channel(Control::default());
+        let world = Arc::new(World {
+            clock: SimClock {
+                origin: Instant::now() + connect,
+                sim_origin_ms: from_ms,
+                speed,
+            },
+            day_start_ms: day_start,
+            keys: target.keys.clone(),
+            counters: Counters::default(),
+            cards: CardBook::new(online_after, target.keys.clone()),
+            control,
+            reconnect_jitter_ms: scenario.faults.reconnect_jitter_ms,
+        });
+
+        let rss_before_kib = target.gateway_pid.and_then(rss_kib);
+        let mut rng = StdRng::seed_from_u64(scenario.seed);
+        let f = &scenario.faults;
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(devices.len());
+        let mut presenters = Vec::new();
+        for (i, ((id, kind), (_, events))) in devices.iter().zip(ordered.drain(..)).enumerate() {
+            let ca = Arc::clone(&target.ca);
+            let id_ = *id;
+            let tls = tokio::task::spawn_blocking(move || tls_for(&ca, id_)).await??;
+            let faults = DeviceFaults {
+                skew_ms: if f.clock_skew_max_ms > 0 {
+                    rng.random_range(-f.clock_skew_max_ms..=f.clock_skew_max_ms)
+                } else {
+                    0
+                },
+                slow_read_ms: if rng.random_range(0..1_000u32) < f.slow_reader_per_mille {
+                    f.slow_read_ms
+                } else {
+                    0
+                },
+                offline: (rng.random_range(0..1_000u32) < f.offline_per_mille).then(|| {
+                    let from = i64::from(f.offline_from_hour) * HOUR_MS;
+                    (from, from + i64::from(f.offline_hours) * HOUR_MS)
+                }),
+                mean_ms_between_drops: f.disconnect_mean_s.saturating_mul(1_000),
+            };
+            let present = if matches!(kind, DeviceKind::Pos | DeviceKind::Kiosk) {
+                let (tx, rx) = mpsc::channel(PRESENT_QUEUE_CARDS);
+                presenters.push(tx);
+                Some(rx)
+            } else {
+                None
+            };
+            let octet = u8::try_from(i % usize::try_from(scenario.run.source_addresses)?)? + 1;
+            let setup = DeviceSetup {
+                id: *id,
+                kind: *kind,
+                tls,
+                gateway: target.gateway,
+                source_ip: (scenario.run.source_addresses > 1)
+                    .then_some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet))),
+                events,
+                faults,
+                seed: scenario.seed,
+                present,
+            };
+            tasks.push(tokio::spawn(device::run_device(setup, Arc::clone(&world))));
+        }
+        let peak = Arc::new(AtomicU64::new(0));
+        let run = Run {
+            world,
+            scenario: scenario.clone(),
+            shard,
+            planned: u64::try_from(planned)?,
+            plan_digest,
+            devices: devices.len(),
+            plan,
+            tasks,
+            presenters,
+            gateway_pid: target.gateway_pid,
+            rss_before_kib,
+            peak,
+            connect_ms: 0,
+        };
+        let _ = started;
+        Ok(run)
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.world.counters
+    }
+
+    fn answered(&self) -> u64 {
+        let c = &self.world.counters;
+        c.acks_stored.load(Relaxed) + c.acks_duplicate.load(Relaxed) + c.acks_rejected.load(Relaxed)
+    }
+
+    /// Starts the live progress display (a line on stderr, redrawn in place on a terminal).
+    pub fn progress(&self, label: &'static str) -> JoinHandle<()> {
+        let world = Arc::clone(&self.world);
+        let planned = self.planned;
+        let tty = std::io::stderr().is_terminal();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
+            let mut last = 0u64;
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                n += 1;
+                let c = &world.counters;
+                let acked = c.acks_stored.load(Relaxed) + c.acks_duplicate.load(Relaxed);
+                let rate = (acked - last.min(acked)) * 1_000 / PROGRESS_INTERVAL_MS;
+                last = acked;
+                let sim = world.clock.sim_ms_now().clamp(0, 24 * HOUR_MS);
+                let line = format!(
+                    "{label} {:02}:{:02} sim · stored {acked}/{planned} ({rate}/s) · rejected {} · sessions {} · reconnects {} · offline {} · loaded {} · errors {}",
+                    sim / HOUR_MS,
+                    (sim % HOUR_MS) / 60_000,
+                    c.acks_rejected.load(Relaxed),
+                    c.sessions_open.load(Relaxed),
+                    c.reconnects.load(Relaxed),
+                    c.offline_devices.load(Relaxed),
+                    c.credits_loaded.load(Relaxed),
+                    c.errors.load(Relaxed),
+                );
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                } else if n.is_multiple_of(5) {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    }
+
+    /// Waits for the devices to connect, plays the hours (with the scenario's storms),
+    /// then waits for every planned transaction's answer (or the settle timeout).
+    pub async fn play_day(&mut self) -> DayOutcome {
+        let origin = self.world.clock.origin;
+        let connect_started = Instant::now();
+        let devices = i64::try_from(self.devices).unwrap_or(i64::MAX);
+        let c = &self.world.counters;
+        while c.sessions_open.load(Relaxed) < devices
+            && Instant::now() < origin + Duration::from_secs(self.scenario.run.connect_s.max(1) * 4)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.connect_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(0);
+        let mut outcome = DayOutcome {
+            connect_ms: self.connect_ms,
+            ..DayOutcome::default()
+        };
+        let sessions = c.sessions_open.load(Relaxed);
+        let rss_sessions = self.gateway_pid.and_then(rss_kib);
+        tokio::time::sleep_until(origin).await;
+        let sampler = {
+            let world = Arc::clone(&self.world);
+            let peak = Arc::clone(&self.peak);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
+                let mut last = 0u64;
+                loop {
+                    tick.tick().await;
+                    let c = &world.counters;
+                    let acked = c.acks_stored.load(Relaxed) + c.acks_duplicate.load(Relaxed);
+                    peak.fetch_max(
+                        (acked - last.min(acked)) * 1_000 / PROGRESS_INTERVAL_MS,
+                        Relaxed,
+                    );
+                    last = acked;
+                }
+            })
+        };
+        let day_end = self
+            .world
+            .clock
+            .instant_of(i64::from(self.scenario.clock.to_hour) * HOUR_MS);
+        let mut storms: Vec<u64> = self.scenario.faults.storm_at_s.clone();
+        storms.sort_unstable();
+        for at_s in storms {
+            tokio::time::sleep_until(origin + Duration::from_secs(at_s)).await;
+            outcome.storms.push(self.storm(at_s).await);
+        }
+        let deadline = day_end + Duration::from_secs(self.scenario.run.settle_timeout_s);
+        loop {
+            outcome.peak_sessions = outcome.peak_sessions.max(c.sessions_open.load(Relaxed));
+            let now = Instant::now();
+            if now >= day_end && self.answered() >= self.planned {
+                outcome.all_answered = true;
+                break;
+            }
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        outcome.answered_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(0);
+        sampler.abort();
+        if self.scenario.run.hold_s > 0 {
+            tokio::time::sleep(Duration::from_secs(self.scenario.run.hold_s)).await;
+        }
+        outcome.peak_acked_per_s = self.peak.load(Relaxed);
+        outcome.rss = self.gateway_pid.and_then(|pid| {
+            Some(RssSample {
+                before_kib: self.rss_before_kib?,
+                sessions_kib: rss_sessions?,
+                sessions: u64::try_from(sessions).unwrap_or(0),
+                end_kib: rss_kib(pid)?,
+            })
+        });
+        outcome
+    }
+
+    /// Every device drops its connection at once; waits (up to a minute) until as many
+    /// sessions are open as before.
+    async fn storm(&self, at_s: u64) -> StormOutcome {
+        const STORM_WAIT_MS_MAX: u64 = 60_000;
+        let c = &self.world.counters;
+        let before = c.sessions_open.load(Relaxed);
+        let reconnects_before = c.reconnects.load(Relaxed);
+        let struck = Instant::now();
+        self.world.control.send_modify(|ctl| ctl.storm_epoch += 1);
+        let mut settled_ms = None;
+        let want = u64::try_from(before).unwrap_or(0);
+        while struck.elapsed() < Duration::from_millis(STORM_WAIT_MS_MAX) {
+            let back = c.reconnects.load(Relaxed) - reconnects_before;
+            if back >= want && c.sessions_open.load(Relaxed) >= before {
+                settled_ms = Some(u64::try_from(struck.elapsed().as_millis()).unwrap_or(0));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        StormOutcome {
+            at_s,
+            sessions_before: before,
+            settled_ms,
+        }
+    }
+
+    /// Presents each card once at a POS or kiosk (round robin), as residents do the
+    /// morning after; the devices load what is offered.
+    pub async fn present(&self, cards: &[CardNo]) -> anyhow::Result<()> {
+        if self.presenters.is_empty() {
+            return Ok(());
+        }
+        for (i, card) in cards.iter().enumerate() {
+            let tx = self
+                .presenters
+                .get(i % self.presenters.len())
+                .context("presenter")?;
+            tx.send(*card).await.context("device stopped")?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `count` loads were recorded by the gateway, or `timeout`.
+    pub async fn wait_loads(&self, count: u64, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.world.counters.credits_loaded.load(Relaxed) >= count {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Lets the devices finish what they are doing and stop — those still busy after
+    /// `grace` stop where they are (their unanswered TXNs are counted); their reports.
+    pub async fn finish(&mut self, grace: Duration) -> Vec<DeviceReport> {
+        self.world.control.send_modify(|ctl| ctl.finish = true);
+        self.presenters.clear();
+        let until = Instant::now() + grace;
+        while Instant::now() < until && self.tasks.iter().any(|t| !t.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.world.control.send_modify(|ctl| ctl.abort = true);
+        let mut reports = Vec::with_capacity(self.tasks.len());
+        for t in self.tasks.drain(..) {
+            match t.await {
+                Ok(r) => reports.push(r),
+                Err(e) => tracing::error!("device task failed: {e}"),
+            }
+        }
+        reports
+    }
+}

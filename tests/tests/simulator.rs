@@ -1,0 +1,177 @@
+//! The simulator against real gateways: the demo end to end on the embedded store, and a
+//! faulty city on PostgreSQL (drops, a reconnect storm, slow readers, devices offline that
+//! flush their backlog, skewed clocks). Each run ends with the invariant check against the
+//! store; these tests fail when any invariant does.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use wenxiao_gateway::config::Config;
+use wenxiao_gateway::store::Store;
+use wenxiao_simulator::check::{self, Caps};
+use wenxiao_simulator::demo::{DemoOptions, demo};
+use wenxiao_simulator::report::Report;
+use wenxiao_simulator::run::{Run, Shard, Target};
+use wenxiao_simulator::scenario::Scenario;
+use wenxiao_tests::env::TestEnv;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_clears_delivers_and_passes_its_invariants() {
+    let mut scenario = Scenario::load(&repo("config/demo.toml")).unwrap();
+    scenario.city.events_per_day = 3_000;
+    scenario.clock.real_seconds = 6;
+    scenario.faults.storm_at_s = vec![3];
+    scenario.faults.disconnect_mean_s = 4;
+    let mut config = Config::load(&repo("config/gateway.toml")).unwrap();
+    config.policy_path = repo("config/policy.toml");
+    config.registry.merchants_path = repo("config/registry/merchants.csv");
+    config.registry.devices_path = repo("config/registry/devices.csv");
+    let out = tempfile::tempdir().unwrap();
+    let outcome = demo(DemoOptions {
+        scenario,
+        gateway_config: config,
+        out_dir: out.path().to_owned(),
+    })
+    .await
+    .unwrap();
+    let r = &outcome.report;
+    println!("{}", r.table());
+    assert!(r.pass, "{}", r.table());
+    assert!(r.txns.planned > 2_900, "{}", r.txns.planned);
+    assert_eq!(
+        r.txns.stored + r.txns.duplicate + r.txns.rejected,
+        r.txns.planned
+    );
+    assert!(r.credits.loaded > 100, "{:?}", r.credits);
+    assert!(r.credits.pushed > 0 && r.credits.presented > 0);
+    assert!(r.storms.iter().all(|s| s.settled_ms.is_some()));
+    assert!(r.sessions.reconnects >= 200, "{:?}", r.sessions);
+    for f in ["demo-summary.txt", "demo-report.json"] {
+        assert!(out.path().join(f).exists(), "{f}");
+    }
+    assert!(
+        outcome
+            .files
+            .iter()
+            .any(|f| f.ends_with("card_credits.csv"))
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("demo-report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["pass"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_city_on_postgres_loses_and_doubles_nothing() {
+    let env = TestEnv::postgres().await;
+    let gw = env.start();
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    let policy = wenxiao_gateway::policy::Policy::load(&env.config.policy_path).unwrap();
+    let target = Target {
+        gateway: gw.device_addr,
+        registry: store.load_registry().await.unwrap(),
+        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(&env.path().join("pki")).unwrap()),
+        keys: env.config.master_keys().unwrap(),
+        gateway_pid: None,
+    };
+    let mut scenario = Scenario::default();
+    scenario.seed = 5;
+    scenario.city.events_per_day = 3_000;
+    scenario.clock.real_seconds = 6;
+    scenario.faults.disconnect_mean_s = 2;
+    scenario.faults.slow_reader_per_mille = 300;
+    scenario.faults.slow_read_ms = 5;
+    scenario.faults.offline_per_mille = 400;
+    scenario.faults.offline_from_hour = 8;
+    scenario.faults.offline_hours = 6;
+    scenario.faults.clock_skew_max_ms = 600_000;
+    scenario.faults.storm_at_s = vec![3];
+    scenario.faults.reconnect_jitter_ms = 300;
+    scenario.run.connect_s = 1;
+    scenario.run.source_addresses = 3;
+    let mut run = Run::start(&target, &scenario, Shard::ALL).await.unwrap();
+    let day = run.play_day().await;
+    let reports = run.finish(Duration::from_secs(10)).await;
+    let audit = store.audit().await.unwrap();
+    let caps = Caps {
+        monthly: policy.monthly_cap(),
+        programme: policy.programme_total(),
+    };
+    let invariants = check::check(&reports, &audit, caps, Shard::ALL);
+    let r = Report::new(&run, &day, &reports, invariants, None);
+    println!("{}", r.table());
+    assert!(r.pass, "{}", r.table());
+    // The test registry has no performance venue: their share of the plan finds no device.
+    assert!(r.txns.planned > 2_500, "{}", r.txns.planned);
+    assert_eq!(
+        r.txns.stored + r.txns.duplicate + r.txns.rejected,
+        r.txns.planned
+    );
+    assert!(
+        r.sessions.reconnects >= 10 && r.sessions.dropped_by_faults > 0,
+        "{:?}",
+        r.sessions
+    );
+    // The store agrees with the devices, device by device (the invariant), and in total.
+    let stored: i64 = audit.devices.iter().map(|d| d.stored).sum();
+    assert_eq!(
+        u64::try_from(stored).unwrap(),
+        r.txns.stored + r.txns.duplicate
+    );
+    gw.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invariant_check_catches_an_acknowledged_txn_the_store_lacks() {
+    // The check itself must be able to fail: a run on SQLite, then one stored row removed
+    // behind the gateway's back.
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    let target = Target {
+        gateway: gw.device_addr,
+        registry: store.load_registry().await.unwrap(),
+        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(&env.path().join("pki")).unwrap()),
+        keys: env.config.master_keys().unwrap(),
+        gateway_pid: None,
+    };
+    let mut scenario = Scenario::default();
+    scenario.city.events_per_day = 400;
+    scenario.clock.real_seconds = 2;
+    scenario.run.connect_s = 1;
+    let mut run = Run::start(&target, &scenario, Shard::ALL).await.unwrap();
+    let day = run.play_day().await;
+    assert!(day.all_answered);
+    let reports = run.finish(Duration::from_secs(10)).await;
+    gw.shutdown().unwrap();
+    let caps = Caps {
+        monthly: wenxiao_protocol::Fen(200_000_000),
+        programme: wenxiao_protocol::Fen(2_000_000_000),
+    };
+    let before = check::check(&reports, &store.audit().await.unwrap(), caps, Shard::ALL);
+    assert!(before.iter().all(|i| i.pass), "{before:?}");
+    let db = rusqlite_path(&env);
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "DELETE FROM txns WHERE rowid = (SELECT MAX(rowid) FROM txns)",
+        [],
+    )
+    .unwrap();
+    let after = check::check(&reports, &store.audit().await.unwrap(), caps, Shard::ALL);
+    assert!(!after[0].pass, "{after:?}");
+}
+
+fn rusqlite_path(env: &TestEnv) -> std::path::PathBuf {
+    env.config.sqlite_path()
+}
