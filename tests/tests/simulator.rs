@@ -85,8 +85,10 @@ async fn a_faulty_city_on_postgres_loses_and_doubles_nothing() {
         keys: env.config.master_keys().unwrap(),
         gateway_pid: None,
     };
-    let mut scenario = Scenario::default();
-    scenario.seed = 5;
+    let mut scenario = Scenario {
+        seed: 5,
+        ..Scenario::default()
+    };
     scenario.city.events_per_day = 3_000;
     scenario.clock.real_seconds = 6;
     scenario.faults.disconnect_mean_s = 2;
