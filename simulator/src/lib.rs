@@ -2,6 +2,7 @@
 //! (`card`) and devices (`device`) that speak the device protocol over real mTLS, and the
 //! run that drives them against a gateway (`world`).
 
+pub mod bench;
 pub mod card;
 pub mod check;
 pub mod demo;

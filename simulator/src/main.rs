@@ -68,6 +68,26 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// A load scenario against a gateway process on PostgreSQL, beside the raw INSERT
+    /// limit of that PostgreSQL measured in the same run (see `load/run.sh`).
+    Bench {
+        /// The scenario.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// The gateway binary.
+        #[arg(long, default_value = "target/release/wenxiao-gateway")]
+        gateway_bin: PathBuf,
+        /// PostgreSQL (a fresh schema is made in it).
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Keep the data directory and the schema.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Prints the plan's size and digest for a scenario and the registry (no gateway): the
     /// same seed and scenario print the same digest.
     Plan {
@@ -201,6 +221,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 wenxiao_simulator::plan::digest(&plan)
             );
             Ok(true)
+        }
+        Command::Bench {
+            scenario,
+            gateway_bin,
+            database_url,
+            keep,
+        } => {
+            wenxiao_simulator::bench::bench(&wenxiao_simulator::bench::BenchOptions {
+                scenario_path: scenario,
+                gateway_bin,
+                database_url,
+                repo: std::env::current_dir()?,
+                keep,
+            })
+            .await
         }
         Command::Registry { devices, from, out } => {
             let (m, d) = wenxiao_simulator::plan::write_scaled_registry(&from, devices, &out)?;

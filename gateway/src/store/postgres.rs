@@ -461,15 +461,73 @@ async fn release_expired_holds(
     Ok(())
 }
 
+/// Awards the sign-in points of a batch in one statement: the first sign-in of each card
+/// and day (in batch order) that has no award yet earns; returns the (card, day) pairs
+/// awarded.
+const SIGN_IN_AWARDS: &str = "WITH i AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[]) \
+    AS i(card_no, award_day, merchant_id, ord)), \
+    firsts AS (SELECT DISTINCT ON (card_no, award_day) card_no, award_day, merchant_id FROM i \
+    ORDER BY card_no, award_day, ord), \
+    awarded AS (INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+    SELECT card_no, award_day, 1, merchant_id, $5 FROM firsts ORDER BY card_no, award_day \
+    ON CONFLICT DO NOTHING RETURNING card_no, award_day), \
+    credited AS (INSERT INTO points_accounts (card_no, balance, held) \
+    SELECT card_no, SUM($5::bigint), 0 FROM awarded GROUP BY card_no ORDER BY card_no \
+    ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + EXCLUDED.balance) \
+    SELECT card_no, award_day FROM awarded";
+
+/// Writes the final answers of the rows the points effects changed, in one statement.
+const ANSWER_ROWS: &str = "UPDATE txns t SET status = u.status, reason = u.reason, \
+    subsidy_fen = u.subsidy_fen, points_awarded = u.points_awarded \
+    FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::smallint[], $5::bigint[], $6::bigint[]) \
+    AS u(device_id, seq, status, reason, subsidy_fen, points_awarded) \
+    WHERE t.device_id = u.device_id AND t.seq = u.seq";
+
 /// Consumes holds and awards sign-in points for the batch's new rows; rows whose hold is
 /// not valid become REJECTED HOLD_INVALID (before the budget, so they take none of it).
+/// Sign-ins — most of the points rows — take one statement for the whole batch; holds
+/// and refunds one or two each; the changed answers are written back in one statement.
 async fn apply_points_effects(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
     ctx: &IngestCtx,
 ) -> Result<(), StoreError> {
-    for i in super::points_rows(batch, answers) {
+    let rows = super::points_rows(batch, answers);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sign_ins: Vec<usize> = rows
+        .iter()
+        .copied()
+        .filter(|&i| {
+            batch.get(i).is_some_and(|t| {
+                t.txn.points_hold_id.is_none() && t.txn.kind == wenxiao_protocol::TxnKind::SignIn
+            })
+        })
+        .collect();
+    let mut awarded: std::collections::HashSet<(i64, i32)> = std::collections::HashSet::new();
+    if !sign_ins.is_empty() {
+        let (mut cards, mut days, mut merchants, mut ords) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &i in &sign_ins {
+            if let Some(t) = batch.get(i) {
+                cards.push(db_u64(t.txn.card_no.get()));
+                days.push(i32::try_from(t.business_date.get()).unwrap_or(i32::MAX));
+                merchants.push(t.merchant_id.map_or(0, |m| m.0));
+                ords.push(i32::try_from(i).unwrap_or(i32::MAX));
+            }
+        }
+        let points = i64::from(ctx.sign_in_points.get());
+        for r in tx
+            .query(SIGN_IN_AWARDS, &[&cards, &days, &merchants, &ords, &points])
+            .await?
+        {
+            awarded.insert((r.get(0), r.get(1)));
+        }
+    }
+    let mut changed = Vec::with_capacity(rows.len());
+    for i in rows {
         let (Some(t), Some(Some(answer))) = (batch.get(i), answers.get_mut(i)) else {
             continue;
         };
@@ -532,42 +590,35 @@ async fn apply_points_effects(
             super::PointsEffect::Returned(back)
         } else {
             let day = i32::try_from(t.business_date.get()).unwrap_or(i32::MAX);
-            let points = i64::from(ctx.sign_in_points.get());
-            let n = tx
-                .execute(
-                    "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
-                     VALUES ($1, $2, 1, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&card, &day, &t.merchant_id.map_or(0, |m| m.0), &points],
-                )
-                .await?;
-            if n == 1 {
-                tx.execute(
-                    "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, $2, 0) \
-                     ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + $2",
-                    &[&card, &points],
-                )
-                .await?;
+            // Only the first sign-in of the card and day in this batch earns what the
+            // statement awarded.
+            if awarded.remove(&(card, day)) {
                 super::PointsEffect::Awarded(ctx.sign_in_points)
             } else {
                 super::PointsEffect::DailyLimit
             }
         };
         super::apply_points(answer, &effect);
-        let (d, q) = key(t);
-        tx.execute(
-            "UPDATE txns SET status = $3, reason = $4, subsidy_fen = $5, points_awarded = $6 \
-             WHERE device_id = $1 AND seq = $2",
-            &[
-                &d,
-                &q,
-                &i16::from(answer.status.code()),
-                &i16::try_from(answer.reason.code()).unwrap_or(i16::MAX),
-                &answer.subsidy_fen.get(),
-                &i64::from(answer.points_awarded.get()),
-            ],
-        )
-        .await?;
+        changed.push((key(t), *answer));
     }
+    let (mut ds, mut qs, mut st, mut rs, mut sub, mut pts) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for ((d, q), a) in changed {
+        ds.push(d);
+        qs.push(q);
+        st.push(i16::from(a.status.code()));
+        rs.push(i16::try_from(a.reason.code()).unwrap_or(i16::MAX));
+        sub.push(a.subsidy_fen.get());
+        pts.push(i64::from(a.points_awarded.get()));
+    }
+    tx.execute(ANSWER_ROWS, &[&ds, &qs, &st, &rs, &sub, &pts])
+        .await?;
     Ok(())
 }
 

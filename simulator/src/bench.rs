@@ -1,0 +1,304 @@
+//! `wenxiao-sim bench`: one load scenario against a gateway process on PostgreSQL, with
+//! the figures printed beside the limit measured in the same run — the raw batched INSERT
+//! rate of that PostgreSQL for the same rows. It prepares a data directory (development
+//! PKI, the registry scaled to the scenario's devices, a fresh schema), starts the gateway
+//! binary, runs the scenario from `run.processes` simulator processes (`wenxiao-sim run
+//! --shard i/n`: one process holds at most ~19,000 connections here), and stops the
+//! gateway with SIGTERM.
+
+use crate::scenario::Scenario;
+use anyhow::Context;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Rows per INSERT statement of the raw limit (one commit each).
+pub const RAW_ROWS_PER_INSERT: usize = 100;
+/// How long each raw INSERT measurement runs.
+pub const RAW_SECONDS: u64 = 10;
+
+/// What `bench` needs besides the scenario.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The scenario file.
+    pub scenario_path: PathBuf,
+    /// The gateway binary.
+    pub gateway_bin: PathBuf,
+    /// PostgreSQL (a fresh schema is made in it).
+    pub database_url: String,
+    /// The repository root (for `config/`).
+    pub repo: PathBuf,
+    /// Keep the data directory and the schema.
+    pub keep: bool,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("PostgreSQL at {url}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn with_schema(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Raw limit: the gateway's own rows (into a copy of `txns` with the same indexes),
+/// [`RAW_ROWS_PER_INSERT`] rows per INSERT and commit, from `connections` connections.
+pub async fn raw_insert_rate(url: &str, connections: usize, seconds: u64) -> anyhow::Result<u64> {
+    let c = pg(url).await?;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS raw_txns; CREATE TABLE raw_txns (LIKE txns INCLUDING ALL)",
+    )
+    .await?;
+    let values: Vec<String> = (0..RAW_ROWS_PER_INSERT)
+        .map(|r| {
+            let k = r * 3;
+            format!(
+                "(${}, ${}, 1, ${}, 1, 1, 10000, 0, 1, 0, 0, 0, 1795000000000, 16909060, 1001, 1, 0, 1000, 0, 1795000000500, 20261127)",
+                k + 1,
+                k + 2,
+                k + 3
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO raw_txns (device_id, seq, kind, card_no, card_counter, counter_kind, amount_fen, \
+         list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
+         merchant_id, status, reason, subsidy_fen, points_awarded, received_at_ms, business_date) VALUES {}",
+        values.join(",")
+    );
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..i64::try_from(connections)? {
+        let (url, sql) = (url.to_owned(), sql.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = pg(&url).await?;
+            let stmt = c.prepare(&sql).await?;
+            let mut rows = 0i64;
+            let per = i64::try_from(RAW_ROWS_PER_INSERT)?;
+            while Instant::now() < deadline {
+                let keys: Vec<(i64, i64)> = (0..per)
+                    .map(|r| (rows + r, w * 1_000_000_000_000 + rows + r))
+                    .collect();
+                let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                for (k, card) in &keys {
+                    p.push(&w);
+                    p.push(k);
+                    p.push(card);
+                }
+                c.execute(&stmt, &p).await?;
+                rows += per;
+            }
+            anyhow::Ok(rows)
+        }));
+    }
+    let mut total = 0i64;
+    for t in tasks {
+        total += t.await??;
+    }
+    let ms = u64::try_from(started.elapsed().as_millis())?.max(1);
+    Ok(u64::try_from(total)? * 1_000 / ms)
+}
+
+struct Gateway {
+    child: Child,
+}
+
+impl Gateway {
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(bin: &Path, config: &Path) -> anyhow::Result<Gateway> {
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let out = child.stdout.take().context("gateway stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("listening for devices on ") => break,
+            Some(Ok(_)) => {}
+            _ => {
+                let _ = child.wait();
+                anyhow::bail!("the gateway exited before listening");
+            }
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(Gateway { child })
+}
+
+fn num(v: &Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_u64().unwrap_or(0)
+}
+
+/// Runs the bench; true when every shard passed.
+pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
+    let scenario = Scenario::load(&o.scenario_path)?;
+    let dir = tempfile::Builder::new()
+        .prefix("wenxiao-bench-")
+        .tempdir()?;
+    let pki = dir.path().join("pki");
+    wenxiao_gateway::pki::init(&pki)?;
+    let shipped = o.repo.join("config/registry");
+    let registry = dir.path().join("registry");
+    crate::plan::write_scaled_registry(&shipped, scenario.run.devices, &registry)?;
+    let schema = format!("wxbench_{}_{}", std::process::id(), rand::random::<u32>());
+    pg(&o.database_url)
+        .await?
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await?;
+    let url = with_schema(&o.database_url, &schema);
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let config = format!(
+        "data_dir = {d:?}\npolicy_path = {policy:?}\n\
+         [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
+         [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
+         [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
+         [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = 8\n\
+         [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n",
+        d = dir.path(),
+        policy = o.repo.join("config/policy.toml"),
+        ca = pki.join("ca.pem"),
+        cert = pki.join("server.pem"),
+        key = pki.join("server.key"),
+        m = registry.join("merchants.csv"),
+        dv = registry.join("devices.csv"),
+    );
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config)?;
+    let gateway = start_gateway(&o.gateway_bin, &config_path)?;
+    let pid = gateway.child.id();
+    let rss_before = crate::run::rss_kib(pid);
+    println!(
+        "scenario {} · {} devices · {} simulator process(es) · gateway pid {pid}, metrics on http://127.0.0.1:{admin_port}/metrics",
+        o.scenario_path.display(),
+        scenario.run.devices,
+        scenario.run.processes
+    );
+    let exe = std::env::current_exe()?;
+    let n = scenario.run.processes;
+    let mut shards = Vec::new();
+    for i in 0..n {
+        let report = dir.path().join(format!("report-{i}.json"));
+        let child = Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--scenario")
+            .arg(&o.scenario_path)
+            .arg("--shard")
+            .arg(format!("{i}/{n}"))
+            .arg("--gateway-pid")
+            .arg(pid.to_string())
+            .arg("--report")
+            .arg(&report)
+            .spawn()
+            .context("start a simulator process")?;
+        shards.push((child, report));
+    }
+    let mut pass = true;
+    let mut reports = Vec::new();
+    for (mut child, report) in shards {
+        pass &= child.wait()?.success();
+        let text = std::fs::read_to_string(&report)
+            .with_context(|| format!("read {}", report.display()))?;
+        reports.push(serde_json::from_str::<Value>(&text)?);
+    }
+    gateway.stop();
+
+    // All shards together.
+    let sum = |path: &[&str]| reports.iter().map(|r| num(r, path)).sum::<u64>();
+    let max = |path: &[&str]| reports.iter().map(|r| num(r, path)).max().unwrap_or(0);
+    let stored = sum(&["txns", "stored"]) + sum(&["txns", "duplicate"]);
+    println!("== all {n} shard(s) ==");
+    println!(
+        "stored {stored} of {} planned · stored txn/s {} over the run · {} best second (sum of shards)",
+        sum(&["txns", "planned"]),
+        sum(&["stored_per_s"]),
+        sum(&["peak_stored_per_s"])
+    );
+    println!(
+        "ack latency (worst shard) p50 {} µs · p99 {} µs · p999 {} µs",
+        max(&["ack_latency", "p50_us"]),
+        max(&["ack_latency", "p99_us"]),
+        max(&["ack_latency", "p999_us"])
+    );
+    println!(
+        "sessions: peak {} open (sum of shards) · reconnects {} · failed connects {}",
+        sum(&["sessions", "peak_open"]),
+        sum(&["sessions", "reconnects"]),
+        sum(&["sessions", "connect_failures"])
+    );
+    for r in &reports {
+        if let Some(storms) = r["storms"].as_array() {
+            for s in storms {
+                println!(
+                    "storm at {} s (shard {}): {} sessions, back in {} ms",
+                    s["at_s"], r["shard"], s["sessions_before"], s["settled_ms"]
+                );
+            }
+        }
+    }
+    let sessions = sum(&["gateway_rss", "sessions"]);
+    let with_sessions = max(&["gateway_rss", "sessions_kib"]);
+    if let (Some(before), true) = (rss_before, sessions > 0) {
+        println!(
+            "gateway RSS {before} KiB before · {with_sessions} KiB with {sessions} sessions · {} bytes per session",
+            with_sessions.saturating_sub(before) * 1_024 / sessions
+        );
+    }
+    if stored > 0 {
+        let raw1 = raw_insert_rate(&url, 1, RAW_SECONDS).await?;
+        let raw4 = raw_insert_rate(&url, 4, RAW_SECONDS).await?;
+        let best = sum(&["peak_stored_per_s"]);
+        println!(
+            "raw {RAW_ROWS_PER_INSERT}-row INSERT rows/s (same PostgreSQL, this run): {raw1} from 1 connection, {raw4} from 4"
+        );
+        println!(
+            "ratio gateway best second / raw: {}.{:02} (vs 1 connection), {}.{:02} (vs 4)",
+            best / raw1.max(1),
+            best % raw1.max(1) * 100 / raw1.max(1),
+            best / raw4.max(1),
+            best % raw4.max(1) * 100 / raw4.max(1)
+        );
+    }
+    println!("result {}", if pass { "PASS" } else { "FAIL" });
+    if o.keep {
+        let kept = dir.keep();
+        println!("kept {} and schema {schema}", kept.display());
+    } else {
+        pg(&o.database_url)
+            .await?
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await?;
+    }
+    Ok(pass)
+}
