@@ -195,6 +195,20 @@ fn budget_within_caps(audit: &AuditFigures, caps: Caps) -> Invariant {
     }
 }
 
+/// After a delivery: every released credit was loaded in time.
+pub fn every_credit_loaded(all_loaded: bool, audit: &AuditFigures) -> Invariant {
+    Invariant {
+        name: "every released credit loaded",
+        pass: all_loaded && audit.loaded.0 == audit.released.0,
+        detail: format!(
+            "{} of {} released credits loaded within {} s",
+            audit.loaded.0,
+            audit.released.0,
+            crate::demo::DELIVERY_WAIT_S
+        ),
+    }
+}
+
 fn summarise(problems: &[String]) -> String {
     const SHOWN_MAX: usize = 5;
     let shown: Vec<&str> = problems

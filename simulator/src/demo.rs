@@ -23,6 +23,8 @@ use wenxiao_protocol::{BusinessDate, CardNo};
 
 /// Longest the demo waits for the credits to be loaded.
 pub const DELIVERY_WAIT_S: u64 = 60;
+/// The morning over which residents present their city cards (real seconds).
+pub const PRESENT_S: u64 = 10;
 /// Longest the devices get to finish once the demo is over.
 pub const FINISH_GRACE_S: u64 = 10;
 
@@ -134,55 +136,13 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     eprintln!();
     eprintln!("simulated midnight: clearing and approving");
 
-    // Midnight: every business day the gateway recorded (a run that crosses real
-    // midnight in Shanghai has two).
-    let last_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
-        .context("today's business date")?;
-    let mut files = Vec::new();
-    let release_at = Instant::now();
-    let mut clearing = Vec::new();
-    for date in [first_day, last_day] {
-        if clearing
-            .iter()
-            .any(|r: &wenxiao_gateway::store::ClearingReport| r.summary.business_date == date)
-        {
-            continue;
-        }
-        clearing
-            .push(clear_and_approve(&store, &policy, date, &options.out_dir, &mut files).await?);
-    }
-
-    // The next morning: SIM credits are pushed at once; residents present city cards.
-    let sim_ranges = [
-        config.credits.card_range(Operator::ChinaMobile),
-        config.credits.card_range(Operator::ChinaTelecom),
-    ];
-    let is_sim = |c: CardNo| {
-        sim_ranges
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&c.get()))
-    };
-    let credits: Vec<_> = clearing.iter().flat_map(|r| r.credits.iter()).collect();
-    let mut city_cards: Vec<CardNo> = credits
-        .iter()
-        .map(|c| c.card_no)
-        .filter(|c| !is_sim(*c))
-        .collect();
-    city_cards.sort_unstable();
-    city_cards.dedup();
-    eprintln!(
-        "delivering {} credits: {} to SIM cards by OTA push, {} city cards presented at POS and kiosks",
-        credits.len(),
-        credits.iter().filter(|c| is_sim(c.card_no)).count(),
-        city_cards.len()
-    );
-    run.present(&city_cards).await?;
-    let all_loaded = run
-        .wait_loads(
-            u64::try_from(credits.len())?,
-            Duration::from_secs(DELIVERY_WAIT_S),
-        )
-        .await;
+    let delivery = midnight(&run, &store, &policy, &config, first_day, &options.out_dir).await?;
+    let Delivery {
+        clearing,
+        mut files,
+        release_at,
+        all_loaded,
+    } = delivery;
     progress.abort();
     eprintln!();
     let reports = run.finish(Duration::from_secs(FINISH_GRACE_S)).await;
@@ -192,14 +152,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
         programme: policy.programme_total(),
     };
     let mut invariants = check::check(&reports, &audit, caps, Shard::ALL);
-    invariants.push(check::Invariant {
-        name: "every released credit loaded",
-        pass: all_loaded && audit.loaded.0 == audit.released.0,
-        detail: format!(
-            "{} of {} released credits loaded within {DELIVERY_WAIT_S} s",
-            audit.loaded.0, audit.released.0
-        ),
-    });
+    invariants.push(check::every_credit_loaded(all_loaded, &audit));
     let mut report = Report::new(&run, &day, &reports, invariants, Some(release_at));
 
     // The day in figures, from the store.
@@ -282,4 +235,85 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     files.push(json);
     files.push(summary);
     Ok(DemoOutcome { report, files })
+}
+
+/// What simulated midnight and the next morning produced.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The cleared days.
+    pub clearing: Vec<wenxiao_gateway::store::ClearingReport>,
+    /// Settlement files written.
+    pub files: Vec<PathBuf>,
+    /// When the audit step released the credits.
+    pub release_at: Instant,
+    /// Every credit was loaded within [`DELIVERY_WAIT_S`].
+    pub all_loaded: bool,
+}
+
+/// Simulated midnight and the next morning: clears and approves every business day the
+/// gateway recorded since `first_day` (a run that crosses real midnight in Shanghai has
+/// two), writes the settlement files under `out_dir`, then waits while the OTA endpoints
+/// load what is pushed to them and residents present their city cards at POS and kiosks.
+pub async fn midnight(
+    run: &Run,
+    store: &AnyStore,
+    policy: &Policy,
+    config: &Config,
+    first_day: BusinessDate,
+    out_dir: &Path,
+) -> anyhow::Result<Delivery> {
+    // Midnight: every business day the gateway recorded (a run that crosses real
+    // midnight in Shanghai has two).
+    let last_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+        .context("today's business date")?;
+    let mut files = Vec::new();
+    let release_at = Instant::now();
+    let mut clearing = Vec::new();
+    for date in [first_day, last_day] {
+        if clearing
+            .iter()
+            .any(|r: &wenxiao_gateway::store::ClearingReport| r.summary.business_date == date)
+        {
+            continue;
+        }
+        clearing.push(clear_and_approve(&store, &policy, date, out_dir, &mut files).await?);
+    }
+
+    // The next morning: SIM credits are pushed at once; residents present city cards.
+    let sim_ranges = [
+        config.credits.card_range(Operator::ChinaMobile),
+        config.credits.card_range(Operator::ChinaTelecom),
+    ];
+    let is_sim = |c: CardNo| {
+        sim_ranges
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&c.get()))
+    };
+    let credits: Vec<_> = clearing.iter().flat_map(|r| r.credits.iter()).collect();
+    let mut city_cards: Vec<CardNo> = credits
+        .iter()
+        .map(|c| c.card_no)
+        .filter(|c| !is_sim(*c))
+        .collect();
+    city_cards.sort_unstable();
+    city_cards.dedup();
+    eprintln!(
+        "delivering {} credits: {} to SIM cards by OTA push, {} city cards presented at POS and kiosks",
+        credits.len(),
+        credits.iter().filter(|c| is_sim(c.card_no)).count(),
+        city_cards.len()
+    );
+    run.present(&city_cards, Duration::from_secs(PRESENT_S)).await?;
+    let all_loaded = run
+        .wait_loads(
+            u64::try_from(credits.len())?,
+            Duration::from_secs(DELIVERY_WAIT_S),
+        )
+        .await;
+    Ok(Delivery {
+        clearing,
+        files,
+        release_at,
+        all_loaded,
+    })
 }

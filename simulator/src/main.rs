@@ -268,6 +268,8 @@ async fn drive(
         gateway_pid,
     };
     let policy = wenxiao_gateway::policy::Policy::load(&config.policy_path)?;
+    let first_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+        .context("today's business date")?;
     let mut run = Run::start(&target, scenario, shard).await?;
     eprintln!(
         "shard {}/{}: {} devices, {} transactions planned",
@@ -275,6 +277,12 @@ async fn drive(
     );
     let progress = run.progress("run");
     let day = run.play_day().await;
+    let delivery = if scenario.run.deliver {
+        let out = config.data_dir.join("settlement-out");
+        Some(demo::midnight(&run, &store, &policy, config, first_day, &out).await?)
+    } else {
+        None
+    };
     progress.abort();
     eprintln!();
     let reports = run.finish(Duration::from_secs(30)).await;
@@ -283,8 +291,17 @@ async fn drive(
         monthly: policy.monthly_cap(),
         programme: policy.programme_total(),
     };
-    let invariants = check::check(&reports, &audit, caps, shard);
-    let report = Report::new(&run, &day, &reports, invariants, None);
+    let mut invariants = check::check(&reports, &audit, caps, shard);
+    if let Some(d) = &delivery {
+        invariants.push(check::every_credit_loaded(d.all_loaded, &audit));
+    }
+    let report = Report::new(
+        &run,
+        &day,
+        &reports,
+        invariants,
+        delivery.map(|d| d.release_at),
+    );
     println!("{}", report.table());
     if let Some(path) = report_path {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

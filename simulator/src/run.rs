@@ -495,13 +495,17 @@ impl Run {
         }
     }
 
-    /// Presents each card once at a POS or kiosk (round robin), as residents do the
-    /// morning after; the devices load what is offered.
-    pub async fn present(&self, cards: &[CardNo]) -> anyhow::Result<()> {
-        if self.presenters.is_empty() {
+    /// Presents each card once at a POS or kiosk (round robin), evenly over `over`, as
+    /// residents do through the morning after; the devices load what is offered.
+    pub async fn present(&self, cards: &[CardNo], over: Duration) -> anyhow::Result<()> {
+        if self.presenters.is_empty() || cards.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
+        let n = u32::try_from(cards.len()).unwrap_or(u32::MAX);
         for (i, card) in cards.iter().enumerate() {
+            let due = started + over / n * u32::try_from(i).unwrap_or(u32::MAX);
+            tokio::time::sleep_until(due).await;
             let tx = self
                 .presenters
                 .get(i % self.presenters.len())

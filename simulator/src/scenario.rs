@@ -117,6 +117,9 @@ pub struct RunConfig {
     /// Source addresses 127.0.0.1 … 127.0.0.N the devices connect from (one pair of
     /// addresses gives ~28,000 ephemeral ports).
     pub source_addresses: u32,
+    /// After the day: clear and approve it, deliver the credits (OTA pushes, cards
+    /// presented), and check that every released credit was loaded (one process only).
+    pub deliver: bool,
     /// `bench`: devices in the registry it generates (0 = the shipped registry).
     pub devices: usize,
     /// `bench`: simulator processes (each holds at most ~19,000 connections).
@@ -130,6 +133,7 @@ impl Default for RunConfig {
             settle_timeout_s: 120,
             hold_s: 0,
             source_addresses: 1,
+            deliver: false,
             devices: 0,
             processes: 1,
         }
@@ -217,6 +221,9 @@ impl Scenario {
         }
         if !(1..=64).contains(&self.run.processes) {
             return bad("run.processes", "must be 1 to 64");
+        }
+        if self.run.deliver && self.run.processes != 1 {
+            return bad("run.deliver", "needs run.processes = 1");
         }
         if !(1..=250).contains(&self.run.source_addresses) {
             return bad("run.source_addresses", "must be 1 to 250");
