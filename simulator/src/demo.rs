@@ -276,7 +276,7 @@ pub async fn midnight(
         {
             continue;
         }
-        clearing.push(clear_and_approve(&store, &policy, date, out_dir, &mut files).await?);
+        clearing.push(clear_and_approve(store, policy, date, out_dir, &mut files).await?);
     }
 
     // The next morning: SIM credits are pushed at once; residents present city cards.
