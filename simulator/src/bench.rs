@@ -32,6 +32,10 @@ pub struct BenchOptions {
     pub repo: PathBuf,
     /// Keep the data directory and the schema.
     pub keep: bool,
+    /// The gateway's `[ingest] writers` (None: its default).
+    pub ingest_writers: Option<usize>,
+    /// The gateway's `[ingest] batch_linger_us` (None: its default).
+    pub batch_linger_us: Option<u64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -192,6 +196,19 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         m = registry.join("merchants.csv"),
         dv = registry.join("devices.csv"),
     );
+    let mut config = config;
+    let mut ingest = String::new();
+    if let Some(w) = o.ingest_writers {
+        ingest.push_str(&format!("writers = {w}\n"));
+    }
+    if let Some(l) = o.batch_linger_us {
+        ingest.push_str(&format!("batch_linger_us = {l}\n"));
+    }
+    if !ingest.is_empty() {
+        config.push_str("[ingest]\n");
+        config.push_str(&ingest);
+        println!("gateway [ingest]: {}", ingest.trim().replace('\n', ", "));
+    }
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
     let gateway = start_gateway(&o.gateway_bin, &config_path)?;

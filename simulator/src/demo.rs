@@ -303,7 +303,8 @@ pub async fn midnight(
         credits.iter().filter(|c| is_sim(c.card_no)).count(),
         city_cards.len()
     );
-    run.present(&city_cards, Duration::from_secs(PRESENT_S)).await?;
+    run.present(&city_cards, Duration::from_secs(PRESENT_S))
+        .await?;
     let all_loaded = run
         .wait_loads(
             u64::try_from(credits.len())?,

@@ -87,6 +87,12 @@ enum Command {
         /// Keep the data directory and the schema.
         #[arg(long)]
         keep: bool,
+        /// The gateway's `[ingest] writers` (default: its own default).
+        #[arg(long)]
+        ingest_writers: Option<usize>,
+        /// The gateway's `[ingest] batch_linger_us` (default: its own default).
+        #[arg(long)]
+        batch_linger_us: Option<u64>,
     },
     /// Prints the plan's size and digest for a scenario and the registry (no gateway): the
     /// same seed and scenario print the same digest.
@@ -227,6 +233,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             gateway_bin,
             database_url,
             keep,
+            ingest_writers,
+            batch_linger_us,
         } => {
             wenxiao_simulator::bench::bench(&wenxiao_simulator::bench::BenchOptions {
                 scenario_path: scenario,
@@ -234,6 +242,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 database_url,
                 repo: std::env::current_dir()?,
                 keep,
+                ingest_writers,
+                batch_linger_us,
             })
             .await
         }

@@ -216,8 +216,10 @@ impl Report {
             }
         }
         let stored_per_s = (t.stored + t.duplicate) * 1_000 / day.answered_ms.max(1);
+        // Per session only when this process ran every session (else `bench` divides
+        // the gateway's growth by all processes' sessions).
         let rss_per = day.rss.and_then(|r| {
-            (r.sessions > 0)
+            (r.sessions > 0 && run.shard.count == 1)
                 .then(|| r.sessions_kib.saturating_sub(r.before_kib) * 1_024 / r.sessions)
         });
         let pass = invariants.iter().all(|i| i.pass) && day.all_answered && t.unanswered == 0;
