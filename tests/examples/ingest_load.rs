@@ -261,64 +261,12 @@ fn print_latency(label: &str, h: &Histogram<u64>) {
 }
 
 /// Raw limit: the same rows into a copy of `txns` (same indexes), 100-row multi-row
-/// INSERT per commit, from `connections` connections for `seconds`.
+/// INSERT per commit, from `connections` connections for `seconds` (the simulator's
+/// bench measures it the same way).
 async fn raw_insert_rate(url: &str, connections: usize, seconds: u64) -> f64 {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    wenxiao_simulator::bench::raw_insert_rate(url, connections, seconds)
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(
-        "DROP TABLE IF EXISTS raw_txns; CREATE TABLE raw_txns (LIKE txns INCLUDING ALL)",
-    )
-    .await
-    .unwrap();
-    let values: Vec<String> = (0..100)
-        .map(|r| {
-            let cols: Vec<String> = (1..=3).map(|k| format!("${}", r * 3 + k)).collect();
-            format!("({}, {}, 1, {}, 1, 1, 100, 0, 1, 0, 0, 0, 1795000000000, 16909060, 1001, 1, 0, 0, 0, 1795000000500, 20261127)", cols[0], cols[1], cols[2])
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO raw_txns (device_id, seq, kind, card_no, card_counter, counter_kind, amount_fen, \
-         list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
-         merchant_id, status, reason, subsidy_fen, points_awarded, received_at_ms, business_date) VALUES {}",
-        values.join(",")
-    );
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..i64::try_from(connections).unwrap() {
-        let (url, sql) = (url.to_owned(), sql.clone());
-        tasks.push(tokio::spawn(async move {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let stmt = c.prepare(&sql).await.unwrap();
-            let mut rows = 0i64;
-            while Instant::now() < deadline {
-                // Each row: device w, seq k, its own card (unique card counters, as in
-                // real traffic).
-                let keys: Vec<(i64, i64)> = (0..100)
-                    .map(|r| (rows + r, w * 1_000_000_000_000 + rows + r))
-                    .collect();
-                let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-                for (k, card) in &keys {
-                    p.push(&w);
-                    p.push(k);
-                    p.push(card);
-                }
-                c.execute(&stmt, &p).await.unwrap();
-                rows += 100;
-            }
-            rows
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    total as f64 / started.elapsed().as_secs_f64()
+        .unwrap() as f64
 }
 
 async fn closed(rig: &Rig, devices: u64, seconds: u64, window: u64) -> f64 {

@@ -21,6 +21,21 @@ use wenxiao_simulator::run::{Run, Shard, Target};
 use wenxiao_simulator::scenario::Scenario;
 use wenxiao_tests::env::TestEnv;
 
+/// The run's view of a gateway started from `env`.
+async fn target(
+    env: &TestEnv,
+    gw: &wenxiao_gateway::server::GatewayHandle,
+    store: &wenxiao_gateway::store::AnyStore,
+) -> Target {
+    Target {
+        gateway: gw.device_addr,
+        registry: store.load_registry().await.unwrap(),
+        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(&env.path().join("pki")).unwrap()),
+        keys: env.config.master_keys().unwrap(),
+        gateway_pid: None,
+    }
+}
+
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
@@ -78,13 +93,7 @@ async fn a_faulty_city_on_postgres_loses_and_doubles_nothing() {
     let gw = env.start();
     let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
     let policy = wenxiao_gateway::policy::Policy::load(&env.config.policy_path).unwrap();
-    let target = Target {
-        gateway: gw.device_addr,
-        registry: store.load_registry().await.unwrap(),
-        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(&env.path().join("pki")).unwrap()),
-        keys: env.config.master_keys().unwrap(),
-        gateway_pid: None,
-    };
+    let target = target(&env, &gw, &store).await;
     let mut scenario = Scenario {
         seed: 5,
         ..Scenario::default()
@@ -141,13 +150,7 @@ async fn the_invariant_check_catches_an_acknowledged_txn_the_store_lacks() {
     let env = TestEnv::sqlite();
     let gw = env.start();
     let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
-    let target = Target {
-        gateway: gw.device_addr,
-        registry: store.load_registry().await.unwrap(),
-        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(&env.path().join("pki")).unwrap()),
-        keys: env.config.master_keys().unwrap(),
-        gateway_pid: None,
-    };
+    let target = target(&env, &gw, &store).await;
     let mut scenario = Scenario::default();
     scenario.city.events_per_day = 400;
     scenario.clock.real_seconds = 2;
