@@ -90,6 +90,11 @@ pub struct CreditsConfig {
     /// The embedded store has no notifications: a gateway on it looks for newly released
     /// credits this often. (PostgreSQL notifies at once.)
     pub release_poll_interval_ms: u64,
+    /// Most pushes an OTA endpoint has without a result (never more than
+    /// `session.max_in_flight`, which the contract allows). A push waits behind the others
+    /// of its window, so a smaller window is a shorter push → loaded time at the same
+    /// throughput, as long as it keeps the store busy.
+    pub push_window: u16,
 }
 
 impl Default for CreditsConfig {
@@ -101,6 +106,7 @@ impl Default for CreditsConfig {
             china_telecom_cards_from: 8_603_000_000_000_000,
             china_telecom_cards_to: 8_603_999_999_999_999,
             release_poll_interval_ms: 1_000,
+            push_window: 16,
         }
     }
 }
@@ -538,6 +544,7 @@ impl Config {
             i64::MAX / 4,
         )?;
         self.master_keys()?;
+        in_range("credits.push_window", self.credits.push_window, 1, 4_096)?;
         in_range(
             "registry.reload_interval_ms",
             self.registry.reload_interval_ms,

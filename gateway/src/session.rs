@@ -568,8 +568,13 @@ impl Session {
             self.claim_again = true;
             return;
         }
-        let free =
-            usize::from(self.shared.config.session.max_in_flight).saturating_sub(self.pushed.len());
+        let window = self
+            .shared
+            .config
+            .session
+            .max_in_flight
+            .min(self.shared.config.credits.push_window);
+        let free = usize::from(window).saturating_sub(self.pushed.len());
         if free == 0 {
             return;
         }

@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub ingest_writers: Option<usize>,
     /// The gateway's `[ingest] batch_linger_us` (None: its default).
     pub batch_linger_us: Option<u64>,
+    /// The gateway's `[credits] push_window` (None: its default).
+    pub push_window: Option<u16>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -209,6 +211,10 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         config.push_str(&ingest);
         println!("gateway [ingest]: {}", ingest.trim().replace('\n', ", "));
     }
+    if let Some(w) = o.push_window {
+        config.push_str(&format!("[credits]\npush_window = {w}\n"));
+        println!("gateway [credits]: push_window = {w}");
+    }
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
     let gateway = start_gateway(&o.gateway_bin, &config_path)?;
@@ -273,6 +279,22 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         sum(&["sessions", "peak_open"]),
         sum(&["sessions", "reconnects"]),
         sum(&["sessions", "connect_failures"])
+    );
+    let handshakes = |i: usize| {
+        reports
+            .iter()
+            .map(|r| {
+                r["sessions"]["handshakes"]
+                    .get(i)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    println!(
+        "TLS handshakes {} of which {} resumed",
+        handshakes(0),
+        handshakes(1)
     );
     for r in &reports {
         if let Some(storms) = r["storms"].as_array() {

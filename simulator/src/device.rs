@@ -334,6 +334,11 @@ impl Device {
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.setup.tls))
             .connect(name, tcp)
             .await?;
+        let c = &self.world.counters;
+        c.handshakes.fetch_add(1, Relaxed);
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            c.handshakes_resumed.fetch_add(1, Relaxed);
+        }
         Ok(Framed::new(tls, WxCodec::default()))
     }
 

@@ -93,6 +93,9 @@ enum Command {
         /// The gateway's `[ingest] batch_linger_us` (default: its own default).
         #[arg(long)]
         batch_linger_us: Option<u64>,
+        /// The gateway's `[credits] push_window` (default: its own default).
+        #[arg(long)]
+        push_window: Option<u16>,
     },
     /// Prints the plan's size and digest for a scenario and the registry (no gateway): the
     /// same seed and scenario print the same digest.
@@ -235,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             keep,
             ingest_writers,
             batch_linger_us,
+            push_window,
         } => {
             wenxiao_simulator::bench::bench(&wenxiao_simulator::bench::BenchOptions {
                 scenario_path: scenario,
@@ -244,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 keep,
                 ingest_writers,
                 batch_linger_us,
+                push_window,
             })
             .await
         }

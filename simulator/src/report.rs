@@ -81,6 +81,8 @@ pub struct SessionFigures {
     pub connect_ms: u64,
     /// Sessions after the first.
     pub reconnects: u64,
+    /// TLS handshakes, and how many of them resumed a session.
+    pub handshakes: (u64, u64),
     /// Failed connections or HELLOs.
     pub connect_failures: u64,
     /// Dropped by fault injection.
@@ -245,6 +247,10 @@ impl Report {
                 peak_open: day.peak_sessions,
                 connect_ms: day.connect_ms,
                 reconnects: c.reconnects.load(Relaxed),
+                handshakes: (
+                    c.handshakes.load(Relaxed),
+                    c.handshakes_resumed.load(Relaxed),
+                ),
                 connect_failures: c.connect_failures.load(Relaxed),
                 dropped_by_faults: c.faults_dropped.load(Relaxed),
                 drains: c.drains.load(Relaxed),

@@ -62,6 +62,10 @@ pub struct Counters {
     pub connects: AtomicU64,
     /// Sessions after the first.
     pub reconnects: AtomicU64,
+    /// TLS handshakes completed.
+    pub handshakes: AtomicU64,
+    /// Of those, resumed sessions (no certificate exchange).
+    pub handshakes_resumed: AtomicU64,
     /// Connections or HELLOs that failed.
     pub connect_failures: AtomicU64,
     /// Sessions dropped on purpose by fault injection.

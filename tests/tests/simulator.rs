@@ -71,6 +71,12 @@ async fn the_demo_clears_delivers_and_passes_its_invariants() {
     assert!(r.credits.pushed > 0 && r.credits.presented > 0);
     assert!(r.storms.iter().all(|s| s.settled_ms.is_some()));
     assert!(r.sessions.reconnects >= 200, "{:?}", r.sessions);
+    // Reconnects resume their TLS session instead of a full handshake.
+    assert!(
+        r.sessions.handshakes.1 * 2 > r.sessions.reconnects,
+        "{:?}",
+        r.sessions
+    );
     for f in ["demo-summary.txt", "demo-report.json"] {
         assert!(out.path().join(f).exists(), "{f}");
     }
