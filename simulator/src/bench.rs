@@ -283,12 +283,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let handshakes = |i: usize| {
         reports
             .iter()
-            .map(|r| {
-                r["sessions"]["handshakes"]
-                    .get(i)
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
-            })
+            .filter_map(|r| r.pointer("/sessions/handshakes")?.get(i)?.as_u64())
             .sum::<u64>()
     };
     println!(
