@@ -92,8 +92,8 @@ pub struct CreditsConfig {
     pub release_poll_interval_ms: u64,
     /// Most pushes an OTA endpoint has without a result (never more than
     /// `session.max_in_flight`, which the contract allows). A push waits behind the others
-    /// of its window, so a smaller window is a shorter push → loaded time at the same
-    /// throughput, as long as it keeps the store busy.
+    /// of its window: a smaller window is a shorter push → loaded time but fewer loads per
+    /// second, and real over-the-air loads that take seconds each need a wide one.
     pub push_window: u16,
 }
 
@@ -106,7 +106,7 @@ impl Default for CreditsConfig {
             china_telecom_cards_from: 8_603_000_000_000_000,
             china_telecom_cards_to: 8_603_999_999_999_999,
             release_poll_interval_ms: 1_000,
-            push_window: 16,
+            push_window: 64,
         }
     }
 }
