@@ -62,6 +62,8 @@ pub struct Shared {
     pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
     pub draining: AtomicBool,
+    /// Ended sessions' `stored_seq` checkpoints, for the one task that writes them.
+    checkpoints: tokio::sync::mpsc::Sender<(DeviceId, Seq)>,
     session_base: u64,
     session_next: AtomicU64,
     decoder: Decoder,
@@ -79,6 +81,8 @@ impl Shared {
         ingest: IngestSender,
     ) -> Self {
         let decoder = Decoder::new(config.session.frame_payload_bytes_max);
+        let (checkpoints, pending) = tokio::sync::mpsc::channel(CHECKPOINT_QUEUE_DEVICES);
+        store_rt.spawn(write_checkpoints(store.clone(), pending));
         // Session ids: start time in ms in the high bits, a counter in the low 20, so ids
         // stay unique across restarts of one node.
         let start = u64::try_from(clock::now_ms()).unwrap_or(0);
@@ -93,6 +97,7 @@ impl Shared {
             sessions: DashMap::new(),
             ota_sessions: DashMap::new(),
             draining: AtomicBool::new(false),
+            checkpoints,
             session_base: start << 20,
             session_next: AtomicU64::new(0),
             decoder,
@@ -114,6 +119,37 @@ impl Shared {
 
     fn ingest_sender(&self) -> Option<IngestSender> {
         self.ingest.read().ok().and_then(|s| s.clone())
+    }
+}
+
+/// Ended sessions whose `stored_seq` checkpoint waits to be written; beyond it a
+/// checkpoint is skipped (safe: it only shortens the next HELLO's scan).
+pub const CHECKPOINT_QUEUE_DEVICES: usize = 65_536;
+/// Checkpoints one pass of the writer takes from the queue (one per device, the highest).
+pub const CHECKPOINT_PASS_DEVICES_MAX: usize = 4_096;
+
+/// Writes `stored_seq` checkpoints one at a time, so that ending thousands of sessions at
+/// once (a reconnect storm) takes one pooled connection, not the whole pool that the
+/// reconnecting sessions' HELLOs need.
+async fn write_checkpoints(
+    store: AnyStore,
+    mut pending: tokio::sync::mpsc::Receiver<(DeviceId, Seq)>,
+) {
+    let mut pass: std::collections::HashMap<DeviceId, Seq> = std::collections::HashMap::new();
+    while let Some((device, seq)) = pending.recv().await {
+        pass.insert(device, seq);
+        while pass.len() < CHECKPOINT_PASS_DEVICES_MAX {
+            let Ok((device, seq)) = pending.try_recv() else {
+                break;
+            };
+            let highest = pass.get(&device).map_or(seq, |s| (*s).max(seq));
+            pass.insert(device, highest);
+        }
+        for (device, seq) in pass.drain() {
+            if let Err(e) = store.checkpoint_stored_seq(device, seq).await {
+                tracing::warn!(error = %e, %device, "stored_seq checkpoint failed");
+            }
+        }
     }
 }
 
@@ -817,12 +853,9 @@ impl Session {
             return;
         }
         self.seqs.checkpointed = self.seqs.watermark;
-        let store = self.shared.store.clone();
-        self.shared.store_rt.spawn(async move {
-            if let Err(e) = store.checkpoint_stored_seq(device, seq).await {
-                tracing::warn!(error = %e, %device, "stored_seq checkpoint failed");
-            }
-        });
+        if self.shared.checkpoints.try_send((device, seq)).is_err() {
+            tracing::debug!(%device, "stored_seq checkpoint skipped: queue full");
+        }
     }
 }
 
