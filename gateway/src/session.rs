@@ -62,6 +62,9 @@ pub struct Shared {
     pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
     pub draining: AtomicBool,
+    /// Each device's `stored_seq` as its last session on this node ended: a floor for the
+    /// next HELLO's scan (one entry per registered device at most).
+    pub watermarks: DashMap<DeviceId, u64>,
     /// Ended sessions' `stored_seq` checkpoints, for the one task that writes them.
     checkpoints: tokio::sync::mpsc::Sender<(DeviceId, Seq)>,
     session_base: u64,
@@ -97,6 +100,7 @@ impl Shared {
             sessions: DashMap::new(),
             ota_sessions: DashMap::new(),
             draining: AtomicBool::new(false),
+            watermarks: DashMap::new(),
             checkpoints,
             session_base: start << 20,
             session_next: AtomicU64::new(0),
@@ -381,9 +385,13 @@ impl Session {
         self.phase = Phase::Welcoming;
         self.device_id = Some(device.device_id);
         let store = shared.store.clone();
+        let floor = shared
+            .watermarks
+            .get(&device.device_id)
+            .and_then(|w| Seq::new(*w));
         let lookup = shared
             .store_rt
-            .spawn(async move { store.stored_seq(device.device_id).await });
+            .spawn(async move { store.stored_seq(device.device_id, floor).await });
         // `wait`: no other frame is handled before WELCOME is out.
         ctx.wait(
             actix::fut::wrap_future(lookup).map(move |res, act: &mut Session, ctx| {
@@ -853,6 +861,7 @@ impl Session {
             return;
         }
         self.seqs.checkpointed = self.seqs.watermark;
+        self.shared.watermarks.insert(device, self.seqs.watermark);
         if self.shared.checkpoints.try_send((device, seq)).is_err() {
             tracing::debug!(%device, "stored_seq checkpoint skipped: queue full");
         }

@@ -162,7 +162,7 @@ async fn rejected_proposals_are_recorded_and_answered_again(s: &impl Store) {
 }
 
 async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
-    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), None);
+    assert_eq!(s.stored_seq(DEVICE, None).await.unwrap(), None);
     let rows: Vec<_> = [1, 2, 3, 5]
         .iter()
         .map(|&q| ingest(DEVICE, txn(q, 100 + q, 1, 100), STORE_880))
@@ -178,7 +178,7 @@ async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
     )
     .await
     .unwrap();
-    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(5));
+    assert_eq!(s.stored_seq(DEVICE, None).await.unwrap(), Seq::new(5));
     s.checkpoint_stored_seq(DEVICE, Seq::new(5).unwrap())
         .await
         .unwrap();
@@ -188,8 +188,13 @@ async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
     s.ingest(&[ingest(DEVICE, txn(6, 200, 1, 1), STORE_880)], &B)
         .await
         .unwrap();
-    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(6));
-    assert_eq!(s.stored_seq(DeviceId(99)).await.unwrap(), None);
+    assert_eq!(s.stored_seq(DEVICE, None).await.unwrap(), Seq::new(6));
+    // A floor this node already knew starts the scan there, to the same answer.
+    assert_eq!(
+        s.stored_seq(DEVICE, Seq::new(3)).await.unwrap(),
+        Seq::new(6)
+    );
+    assert_eq!(s.stored_seq(DeviceId(99), None).await.unwrap(), None);
 }
 
 async fn registry_round_trips(s: &impl Store) {
@@ -236,7 +241,7 @@ async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + Clone)) {
     }
     assert_eq!(total, 500);
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (500, 0));
-    assert_eq!(s.stored_seq(DEVICE).await.unwrap(), Seq::new(500));
+    assert_eq!(s.stored_seq(DEVICE, None).await.unwrap(), Seq::new(500));
 }
 
 fn want(device: DeviceId, seq: u64, card: u64, subsidy: i64, date: u32) -> IngestTxn {

@@ -122,9 +122,12 @@ pub trait Store: Send + Sync + 'static {
     fn budget_granted(&self, key: i32) -> impl Future<Output = Result<Fen, StoreError>> + Send;
 
     /// The highest S such that every seq 1..=S of the device is recorded; `None` for 0.
+    /// `floor`, when given, is a seq already known to be covered (this node saw it in the
+    /// device's last session): the scan starts there instead of at the stored checkpoint.
     fn stored_seq(
         &self,
         device_id: DeviceId,
+        floor: Option<Seq>,
     ) -> impl Future<Output = Result<Option<Seq>, StoreError>> + Send;
 
     /// Records that every seq ≤ `seq` of the device is recorded, so that `stored_seq`
@@ -840,8 +843,12 @@ impl Store for AnyStore {
     async fn budget_granted(&self, key: i32) -> Result<Fen, StoreError> {
         delegate!(self, s => s.budget_granted(key))
     }
-    async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
-        delegate!(self, s => s.stored_seq(device_id))
+    async fn stored_seq(
+        &self,
+        device_id: DeviceId,
+        floor: Option<Seq>,
+    ) -> Result<Option<Seq>, StoreError> {
+        delegate!(self, s => s.stored_seq(device_id, floor))
     }
     async fn checkpoint_stored_seq(&self, device_id: DeviceId, seq: Seq) -> Result<(), StoreError> {
         delegate!(self, s => s.checkpoint_stored_seq(device_id, seq))

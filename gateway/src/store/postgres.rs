@@ -866,17 +866,23 @@ impl Store for PgStore {
         Ok(wenxiao_protocol::Fen(row.get(0)))
     }
 
-    async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
+    async fn stored_seq(
+        &self,
+        device_id: DeviceId,
+        floor: Option<Seq>,
+    ) -> Result<Option<Seq>, StoreError> {
         let client = self.client().await?;
         let device = db_u64(device_id.get());
-        let checkpoint: Option<i64> = client
-            .query_opt(
-                "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = $1",
-                &[&device],
-            )
-            .await?
-            .map(|r| r.get(0));
-        let mut watermark = checkpoint.map_or(0, from_db_u64);
+        let mut watermark = match floor {
+            Some(f) => f.get(),
+            None => client
+                .query_opt(
+                    "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = $1",
+                    &[&device],
+                )
+                .await?
+                .map_or(0, |r| from_db_u64(r.get(0))),
+        };
         let stmt = client
             .prepare_cached(
                 "SELECT seq FROM txns WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",

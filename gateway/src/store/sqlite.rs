@@ -562,18 +562,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn stored_seq(&self, device_id: DeviceId) -> Result<Option<Seq>, StoreError> {
+    async fn stored_seq(
+        &self,
+        device_id: DeviceId,
+        floor: Option<Seq>,
+    ) -> Result<Option<Seq>, StoreError> {
         Self::with(&self.reader, move |conn| {
             let device = db_u64(device_id.get());
             let tx = conn.transaction()?;
-            let checkpoint: Option<i64> = tx
-                .query_row(
-                    "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = ?1",
-                    [device],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let mut watermark = checkpoint.map_or(0, super::from_db_u64);
+            let mut watermark = match floor {
+                Some(f) => f.get(),
+                None => tx
+                    .query_row(
+                        "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = ?1",
+                        [device],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .map_or(0, super::from_db_u64),
+            };
             loop {
                 let page: Vec<i64> = tx
                     .prepare_cached(
