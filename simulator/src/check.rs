@@ -201,10 +201,10 @@ pub fn every_credit_loaded(all_loaded: bool, audit: &AuditFigures) -> Invariant 
         name: "every released credit loaded",
         pass: all_loaded && audit.loaded.0 == audit.released.0,
         detail: format!(
-            "{} of {} released credits loaded within {} s",
+            "{} of {} released credits loaded (delivery stops when none loads for {} s)",
             audit.loaded.0,
             audit.released.0,
-            crate::demo::DELIVERY_WAIT_S
+            crate::demo::DELIVERY_STALL_S
         ),
     }
 }

@@ -21,8 +21,10 @@ use wenxiao_gateway::registry::{Category, District, Operator};
 use wenxiao_gateway::store::{AnyStore, Store};
 use wenxiao_protocol::{BusinessDate, CardNo};
 
-/// Longest the demo waits for the credits to be loaded.
-pub const DELIVERY_WAIT_S: u64 = 60;
+/// Delivery has stalled when no credit was loaded for this long.
+pub const DELIVERY_STALL_S: u64 = 30;
+/// Longest delivery may take in all.
+pub const DELIVERY_CAP_S: u64 = 900;
 /// The morning over which residents present their city cards (real seconds).
 pub const PRESENT_S: u64 = 10;
 /// Longest the devices get to finish once the demo is over.
@@ -246,7 +248,8 @@ pub struct Delivery {
     pub files: Vec<PathBuf>,
     /// When the audit step released the credits.
     pub release_at: Instant,
-    /// Every credit was loaded within [`DELIVERY_WAIT_S`].
+    /// Every credit was loaded before delivery stalled for [`DELIVERY_STALL_S`] (or ran
+    /// past [`DELIVERY_CAP_S`]).
     pub all_loaded: bool,
 }
 
@@ -308,7 +311,8 @@ pub async fn midnight(
     let all_loaded = run
         .wait_loads(
             u64::try_from(credits.len())?,
-            Duration::from_secs(DELIVERY_WAIT_S),
+            Duration::from_secs(DELIVERY_STALL_S),
+            Duration::from_secs(DELIVERY_CAP_S),
         )
         .await;
     Ok(Delivery {

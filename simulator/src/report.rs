@@ -347,6 +347,11 @@ impl Report {
             s.dropped_by_faults,
             s.drains
         );
+        let _ = writeln!(
+            o,
+            "  TLS         {} handshakes, {} of them resumed",
+            s.handshakes.0, s.handshakes.1
+        );
         for storm in &self.storms {
             let _ = writeln!(
                 o,

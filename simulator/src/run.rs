@@ -515,16 +515,25 @@ impl Run {
         Ok(())
     }
 
-    /// Waits until `count` loads were recorded by the gateway, or `timeout`.
-    pub async fn wait_loads(&self, count: u64, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self.world.counters.credits_loaded.load(Relaxed) >= count {
+    /// Waits until `count` loads were recorded by the gateway; gives up when none was
+    /// recorded for `stall` (delivery stopped), or after `cap` in all.
+    pub async fn wait_loads(&self, count: u64, stall: Duration, cap: Duration) -> bool {
+        let started = Instant::now();
+        let (mut last, mut last_at) = (0, started);
+        loop {
+            let loaded = self.world.counters.credits_loaded.load(Relaxed);
+            if loaded >= count {
                 return true;
+            }
+            let now = Instant::now();
+            if loaded > last {
+                (last, last_at) = (loaded, now);
+            }
+            if now.duration_since(last_at) >= stall || now.duration_since(started) >= cap {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        false
     }
 
     /// Lets the devices finish what they are doing and stop — those still busy after
