@@ -327,16 +327,23 @@ fn assign_counters(events: &mut [PlannedEvent]) {
     }
 }
 
+/// FNV-1a 64's starting value.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 over `bytes`, continuing from `h` (start from [`FNV_OFFSET`]).
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// FNV-1a 64 over every event's fields in plan order: two plans are the same day exactly
 /// when their digests are equal (for comparing runs by their reports).
 pub fn digest(plan: &[PlannedEvent]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = FNV_OFFSET;
+    let mut eat = |bytes: &[u8]| h = fnv1a(h, bytes);
     for e in plan {
         eat(&e.at_ms.to_be_bytes());
         eat(&e.device_id.get().to_be_bytes());

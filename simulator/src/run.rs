@@ -149,7 +149,6 @@ impl std::fmt::Debug for Run {
 
 /// Shanghai midnight of `yyyymmdd` (0 = today), epoch ms.
 pub fn day_start_ms(date: u32) -> anyhow::Result<i64> {
-    use chrono::{Datelike, TimeZone};
     use chrono_tz::Asia::Shanghai;
     let today = chrono::Utc::now().with_timezone(&Shanghai).date_naive();
     let day = if date == 0 {
@@ -167,23 +166,13 @@ pub fn day_start_ms(date: u32) -> anyhow::Result<i64> {
         .context("midnight")?
         .and_local_timezone(Shanghai)
         .single()
-        .with_context(|| format!("midnight of {} in Shanghai", day.year()))?;
-    let _ = Shanghai.timestamp_millis_opt(0);
+        .with_context(|| format!("midnight of {day} in Shanghai"))?;
     Ok(midnight.timestamp_millis())
-}
-
-/// FNV-1a 64 over bytes, continuing from `h`.
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// The plan's TXN frames for a digest: the same seed and scenario give the same value.
 fn digest(by_device: &[(DeviceId, Vec<PlannedEvent>)], day_start: i64, keys: &MasterKeys) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325;
+    let mut h = plan::FNV_OFFSET;
     let mut buf = bytes::BytesMut::new();
     for (_, events) in by_device {
         for (i, e) in events.iter().enumerate() {
@@ -192,7 +181,7 @@ fn digest(by_device: &[(DeviceId, Vec<PlannedEvent>)], day_start: i64, keys: &Ma
                 buf.clear();
                 let t = crate::card::txn(e, seq, day_start, 0, keys);
                 Message::Txn(t).encode(&mut buf);
-                h = fnv1a(h, &buf);
+                h = plan::fnv1a(h, &buf);
             }
         }
     }
@@ -278,7 +267,6 @@ impl Run {
         let rss_before_kib = target.gateway_pid.and_then(rss_kib);
         let mut rng = StdRng::seed_from_u64(scenario.seed);
         let f = &scenario.faults;
-        let started = Instant::now();
         let mut tasks = Vec::with_capacity(devices.len());
         let mut presenters = Vec::new();
         for (i, ((id, kind), (_, events))) in devices.iter().zip(ordered.drain(..)).enumerate() {
@@ -340,7 +328,6 @@ impl Run {
             peak,
             connect_ms: 0,
         };
-        let _ = started;
         Ok(run)
     }
 
