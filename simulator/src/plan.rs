@@ -200,84 +200,72 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
             config.performance_per_mille,
             config.sign_in_per_mille,
         );
-        // Points wanted: decided here, the card (one that earned points by signing in
-        // earlier that day) and the number once the day is in time order.
-        let points = |rng: &mut StdRng, _amount: i64| {
-            Points(u32::from(
-                rng.random_range(0..1_000u32) < config.points_purchase_per_mille,
-            ))
-        };
-        let event = if roll < b {
+        // Each branch draws its amounts, then the device; a purchase that may use points
+        // then draws whether it wants them (the card and the number are chosen once the
+        // day is in time order).
+        let (from, kind, amount, list, item, may_use_points) = if roll < b {
             let amount = rng.random_range(1_000..30_000i64);
-            pick(&mut rng, &devices.bookstores).map(|device_id| PlannedEvent {
-                at_ms,
-                device_id,
-                kind: TxnKind::Purchase,
-                card_no,
-                amount_fen: Fen(amount),
-                list_price_fen: Fen(0),
-                item: Item::Book,
-                points: points(&mut rng, amount),
-                card_counter: CardCounter(0),
-            })
+            (
+                &devices.bookstores,
+                TxnKind::Purchase,
+                amount,
+                0,
+                Item::Book,
+                true,
+            )
         } else if roll < b + ci {
             let list = rng.random_range(3_000..8_000i64);
             let amount = list * rng.random_range(70..=100i64) / 100;
             let foreign = rng.random_range(0..1_000u32) < config.foreign_film_per_mille;
-            pick(&mut rng, &devices.cinemas).map(|device_id| PlannedEvent {
-                at_ms,
-                device_id,
-                kind: TxnKind::Purchase,
-                card_no,
-                amount_fen: Fen(amount),
-                list_price_fen: Fen(list),
-                item: if foreign {
-                    Item::FilmForeign
-                } else {
-                    Item::FilmDomestic
-                },
-                points: Points(0),
-                card_counter: CardCounter(0),
-            })
+            let item = if foreign {
+                Item::FilmForeign
+            } else {
+                Item::FilmDomestic
+            };
+            (
+                &devices.cinemas,
+                TxnKind::Purchase,
+                amount,
+                list,
+                item,
+                false,
+            )
         } else if roll < b + ci + p {
             let list = rng.random_range(8_000..60_000i64);
-            pick(&mut rng, &devices.venues).map(|device_id| PlannedEvent {
-                at_ms,
-                device_id,
-                kind: TxnKind::Purchase,
-                card_no,
-                amount_fen: Fen(list),
-                list_price_fen: Fen(list),
-                item: Item::Performance,
-                points: points(&mut rng, list),
-                card_counter: CardCounter(0),
-            })
+            (
+                &devices.venues,
+                TxnKind::Purchase,
+                list,
+                list,
+                Item::Performance,
+                true,
+            )
         } else if roll < b + ci + p + s {
-            pick(&mut rng, &devices.readers).map(|device_id| PlannedEvent {
-                at_ms,
-                device_id,
-                kind: TxnKind::SignIn,
-                card_no,
-                amount_fen: Fen(0),
-                list_price_fen: Fen(0),
-                item: Item::None,
-                points: Points(0),
-                card_counter: CardCounter(0),
-            })
+            (&devices.readers, TxnKind::SignIn, 0, 0, Item::None, false)
         } else {
             let amount = 10_000 * rng.random_range(1..=5i64);
-            pick(&mut rng, &devices.kiosks).map(|device_id| PlannedEvent {
-                at_ms,
-                device_id,
-                kind: TxnKind::TopUp,
-                card_no,
-                amount_fen: Fen(amount),
-                list_price_fen: Fen(0),
-                item: Item::None,
-                points: Points(0),
-                card_counter: CardCounter(0),
-            })
+            (
+                &devices.kiosks,
+                TxnKind::TopUp,
+                amount,
+                0,
+                Item::None,
+                false,
+            )
         };
+        let event = pick(&mut rng, from).map(|device_id| PlannedEvent {
+            at_ms,
+            device_id,
+            kind,
+            card_no,
+            amount_fen: Fen(amount),
+            list_price_fen: Fen(list),
+            item,
+            points: Points(u32::from(
+                may_use_points && rng.random_range(0..1_000u32) < config.points_purchase_per_mille,
+            )),
+            card_counter: CardCounter(0),
+        });
         events.extend(event);
     }
     // Stable by time, then by device: a total order independent of generation order.
