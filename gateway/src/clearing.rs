@@ -1,10 +1,56 @@
 //! Settlement files of a cleared business day: CSV, one header row, the rows in key
 //! order, and a control-total line (`TOTAL,…`) the receiving side checks. Money in fen.
-//! Regenerating the files of a day gives the same bytes.
+//! Regenerating the files of a day gives the same bytes. [`run_day`] is the clearing step
+//! the CLI and the simulator's demo share.
 
 use crate::registry::{Category, District};
-use crate::store::ClearingReport;
+use crate::store::{ClearingReport, Store};
 use std::path::{Path, PathBuf};
+use wenxiao_protocol::BusinessDate;
+
+/// What [`run_day`] does to the day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Clear it (idempotent), and approve it at once when `approve`.
+    Clear {
+        /// Also run the audit step.
+        approve: bool,
+    },
+    /// Only the audit step: the day must be cleared already.
+    Approve,
+}
+
+/// Runs `step` on `date`, then reads the day's report and writes its settlement files
+/// under `dir`; returns the report and the files.
+pub async fn run_day<S: Store>(
+    store: &S,
+    step: Step,
+    date: BusinessDate,
+    fen_per_point: i64,
+    dir: &Path,
+) -> anyhow::Result<(ClearingReport, Vec<PathBuf>)> {
+    let now = crate::clock::now_ms();
+    match step {
+        Step::Approve => {
+            anyhow::ensure!(
+                store.approve_day(date, now).await?,
+                "{date} is not cleared yet"
+            );
+        }
+        Step::Clear { approve } => {
+            store.clear_day(date, fen_per_point, now).await?;
+            if approve {
+                store.approve_day(date, now).await?;
+            }
+        }
+    }
+    let report = store
+        .clearing_report(date)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{date} is not cleared"))?;
+    let files = write_settlement_files(&report, dir)?;
+    Ok((report, files))
+}
 
 /// Writing a file failed.
 #[derive(Debug, thiserror::Error)]

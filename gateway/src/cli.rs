@@ -250,33 +250,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn clearing(config: &Config, command: ClearingCommand) -> anyhow::Result<()> {
     let policy = crate::policy::Policy::load(&config.policy_path)?;
-    let (date, approve_only) = match command {
-        ClearingCommand::Run { date } => (date, false),
-        ClearingCommand::Approve { date } => (date, true),
+    let (date, step) = match command {
+        ClearingCommand::Run { date } => (
+            date,
+            crate::clearing::Step::Clear {
+                approve: config.clearing.auto_approve,
+            },
+        ),
+        ClearingCommand::Approve { date } => (date, crate::clearing::Step::Approve),
     };
     let date = wenxiao_protocol::BusinessDate::new(date)?;
     let dir = config.data_dir.join(&config.clearing.settlement_dir);
-    let auto = config.clearing.auto_approve;
     with_store(config, |store| async move {
         store.migrate().await?;
-        let now = crate::clock::now_ms();
-        if approve_only {
-            anyhow::ensure!(
-                store.approve_day(date, now).await?,
-                "{date} is not cleared yet"
-            );
-        } else {
-            store
-                .clear_day(date, policy.points.fen_per_point, now)
-                .await?;
-            if auto {
-                store.approve_day(date, now).await?;
-            }
-        }
-        let report = store
-            .clearing_report(date)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("{date} is not cleared"))?;
+        let (report, files) =
+            crate::clearing::run_day(&store, step, date, policy.points.fen_per_point, &dir).await?;
         let s = report.summary;
         println!(
             "{date}: {} transactions, subsidy {} yuan, {} credits totalling {} yuan, {}",
@@ -290,7 +278,7 @@ fn clearing(config: &Config, command: ClearingCommand) -> anyhow::Result<()> {
                 "awaiting approval"
             }
         );
-        for f in crate::clearing::write_settlement_files(&report, &dir)? {
+        for f in files {
             println!("{}", f.display());
         }
         Ok(())

@@ -70,30 +70,6 @@ fn demo_config(base: &Config, data_dir: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Clears `date`, approves it (the audit step), writes its files; returns the report.
-async fn clear_and_approve(
-    store: &AnyStore,
-    policy: &Policy,
-    date: BusinessDate,
-    out_dir: &Path,
-    files: &mut Vec<PathBuf>,
-) -> anyhow::Result<wenxiao_gateway::store::ClearingReport> {
-    let now = wenxiao_gateway::clock::now_ms();
-    store
-        .clear_day(date, policy.points.fen_per_point, now)
-        .await?;
-    store.approve_day(date, now).await?;
-    let report = store
-        .clearing_report(date)
-        .await?
-        .with_context(|| format!("{date} was just cleared but has no report"))?;
-    files.extend(wenxiao_gateway::clearing::write_settlement_files(
-        &report,
-        &out_dir.join("settlement"),
-    )?);
-    Ok(report)
-}
-
 fn category_name(code: i16) -> String {
     Category::from_code(code).map_or_else(|| code.to_string(), |c| format!("{c:?}"))
 }
@@ -279,7 +255,16 @@ pub async fn midnight(
         {
             continue;
         }
-        clearing.push(clear_and_approve(store, policy, date, out_dir, &mut files).await?);
+        let (report, written) = wenxiao_gateway::clearing::run_day(
+            store,
+            wenxiao_gateway::clearing::Step::Clear { approve: true },
+            date,
+            policy.points.fen_per_point,
+            &out_dir.join("settlement"),
+        )
+        .await?;
+        files.extend(written);
+        clearing.push(report);
     }
 
     // The next morning: SIM credits are pushed at once; residents present city cards.
