@@ -208,7 +208,7 @@ struct Device {
     loads: HashMap<CreditId, Load>,
     /// CREDIT_RESULTs sent and not yet acknowledged (re-sent after a reconnect).
     results: HashMap<CreditId, (CreditResult, Instant, bool, Fen)>,
-    draining: bool,
+    /// DRAIN received: reconnect this long after the last ack.
     drain_after_ms: Option<u64>,
     control: tokio::sync::watch::Receiver<Control>,
     storm_epoch: u64,
@@ -235,6 +235,10 @@ impl Device {
 
     fn request_room(&self) -> bool {
         self.requests_in_flight() < self.max_in_flight
+    }
+
+    fn draining(&self) -> bool {
+        self.drain_after_ms.is_some()
     }
 
     fn day_done(&self) -> bool {
@@ -304,7 +308,7 @@ impl Device {
                 break;
             }
             self.next_event += 1;
-            if online && e.points.get() > 0 && !self.draining && self.request_room() {
+            if online && e.points.get() > 0 && !self.draining() && self.request_room() {
                 let req = self.next_req;
                 self.next_req = self.next_req.wrapping_add(1);
                 self.awaiting_points.insert(req, e);
@@ -370,7 +374,7 @@ impl Device {
 
     /// Writes journal entries not yet sent in this session, up to the window.
     async fn fill_window(&mut self, conn: &mut Conn) -> bool {
-        if self.draining {
+        if self.draining() {
             return true;
         }
         while self.in_flight < self.max_in_flight {
@@ -440,7 +444,7 @@ impl Device {
     async fn start_loads(&mut self, conn: &mut Conn) -> bool {
         let mut waiting = VecDeque::new();
         while let Some((card_no, credit, amount, started, pushed)) = self.to_load.pop_front() {
-            if !self.request_room() || self.draining {
+            if !self.request_room() || self.draining() {
                 waiting.push_back((card_no, credit, amount, started, pushed));
                 continue;
             }
@@ -587,10 +591,6 @@ impl Device {
             }
             Message::Drain(d) => {
                 self.world.counters.drains.fetch_add(1, Relaxed);
-                self.draining = true;
-                if self.in_flight == 0 {
-                    return Some(SessionEnd::Drained(u64::from(d.reconnect_after_ms)));
-                }
                 self.drain_after_ms = Some(u64::from(d.reconnect_after_ms));
             }
             Message::Error(e) => {
@@ -604,12 +604,6 @@ impl Device {
             }
             other => self.note_error(format!("unexpected {other:?}")),
         }
-        if self.draining
-            && self.in_flight == 0
-            && let Some(ms) = self.drain_after_ms
-        {
-            return Some(SessionEnd::Drained(ms));
-        }
         None
     }
 }
@@ -620,7 +614,6 @@ impl Device {
     async fn session(&mut self, conn: &mut Conn, welcome: Welcome) -> SessionEnd {
         self.max_in_flight = usize::from(welcome.max_in_flight.max(1));
         self.heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_s.max(1)));
-        self.draining = false;
         self.drain_after_ms = None;
         self.in_flight = 0;
         // Everything unanswered goes again, same seq and content; results too.
@@ -664,7 +657,7 @@ impl Device {
                     return SessionEnd::Lost;
                 }
             }
-            while self.request_room() && !self.draining {
+            while self.request_room() && !self.draining() {
                 let Some(card_no) = self.to_present.pop() else {
                     break;
                 };
@@ -681,10 +674,12 @@ impl Device {
             if self.finished() {
                 return SessionEnd::Done;
             }
-            if let Some(end) = self.draining.then_some(()).and(self.drain_after_ms)
+            // Drained once every TXN in flight is answered (the loop comes back here
+            // after each frame).
+            if let Some(ms) = self.drain_after_ms
                 && self.in_flight == 0
             {
-                return SessionEnd::Drained(end);
+                return SessionEnd::Drained(ms);
             }
             if self.offline_now().is_some() && self.in_flight == 0 {
                 return SessionEnd::Offline;
@@ -732,7 +727,7 @@ impl Device {
                         return SessionEnd::Lost;
                     }
                 }
-                card = recv_card(&mut self.setup.present), if !self.draining && self.to_present.is_empty() => match card {
+                card = recv_card(&mut self.setup.present), if !self.draining() && self.to_present.is_empty() => match card {
                     Some(card_no) => self.to_present.push(card_no),
                     None => self.setup.present = None,
                 },
@@ -913,7 +908,6 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         to_load: VecDeque::new(),
         loads: HashMap::new(),
         results: HashMap::new(),
-        draining: false,
         drain_after_ms: None,
         control,
         storm_epoch,
