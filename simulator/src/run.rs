@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use wenxiao_gateway::pki::DevCa;
 use wenxiao_gateway::registry::Registry;
 use wenxiao_protocol::mac::MasterKeys;
-use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, Message, TxnKind};
+use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, TxnKind};
 
 const HOUR_MS: i64 = 3_600_000;
 /// How often the live progress line is refreshed.
@@ -124,18 +124,15 @@ pub struct Run {
     pub shard: Shard,
     /// Transactions planned for this process's devices in the played hours.
     pub planned: u64,
-    /// FNV-1a over every planned TXN frame, in device and seq order.
+    /// A digest of this process's share of the day (see [`digest`]).
     pub plan_digest: u64,
     /// Devices started.
     pub devices: usize,
-    /// The whole day's plan (for the demo's delivery phase).
-    pub plan: Vec<PlannedEvent>,
     tasks: Vec<JoinHandle<DeviceReport>>,
     presenters: Vec<mpsc::Sender<CardNo>>,
     gateway_pid: Option<u32>,
     rss_before_kib: Option<u64>,
     peak: Arc<AtomicU64>,
-    connect_ms: u64,
 }
 
 impl std::fmt::Debug for Run {
@@ -170,22 +167,17 @@ pub fn day_start_ms(date: u32) -> anyhow::Result<i64> {
     Ok(midnight.timestamp_millis())
 }
 
-/// The plan's TXN frames for a digest: the same seed and scenario give the same value.
-fn digest(by_device: &[(DeviceId, Vec<PlannedEvent>)], day_start: i64, keys: &MasterKeys) -> u64 {
-    let mut h = plan::FNV_OFFSET;
-    let mut buf = bytes::BytesMut::new();
-    for (_, events) in by_device {
-        for (i, e) in events.iter().enumerate() {
-            let seq = u64::try_from(i).unwrap_or(0) + 1;
-            if let Some(seq) = wenxiao_protocol::Seq::new(seq) {
-                buf.clear();
-                let t = crate::card::txn(e, seq, day_start, 0, keys);
-                Message::Txn(t).encode(&mut buf);
-                h = plan::fnv1a(h, &buf);
-            }
-        }
-    }
-    h
+/// A digest of this process's share of the day: every device's events in seq order (which
+/// with the day's start and the card keys fix its TXNs byte for byte), and the day's start.
+/// The same seed and scenario give the same value.
+fn digest(by_device: &[(DeviceId, Vec<PlannedEvent>)], day_start: i64) -> u64 {
+    let h = by_device.iter().fold(plan::FNV_OFFSET, |h, (id, events)| {
+        plan::fnv1a(
+            plan::fnv1a(h, &id.get().to_be_bytes()),
+            &plan::digest(events).to_be_bytes(),
+        )
+    });
+    plan::fnv1a(h, &day_start.to_be_bytes())
 }
 
 /// VmRSS of a process, KiB.
@@ -239,7 +231,7 @@ impl Run {
             .map(|(id, _)| (*id, by_device.remove(id).unwrap_or_default()))
             .collect();
         let planned = ordered.iter().map(|(_, e)| e.len()).sum::<usize>();
-        let plan_digest = digest(&ordered, day_start, &target.keys);
+        let plan_digest = digest(&ordered, day_start);
 
         let mut online_after: HashMap<CardNo, u16> = HashMap::new();
         for e in plan.iter().filter(|e| e.kind == TxnKind::TopUp) {
@@ -313,22 +305,19 @@ impl Run {
             tasks.push(tokio::spawn(device::run_device(setup, Arc::clone(&world))));
         }
         let peak = Arc::new(AtomicU64::new(0));
-        let run = Run {
+        Ok(Run {
             world,
             scenario: scenario.clone(),
             shard,
             planned: u64::try_from(planned)?,
             plan_digest,
             devices: devices.len(),
-            plan,
             tasks,
             presenters,
             gateway_pid: target.gateway_pid,
             rss_before_kib,
             peak,
-            connect_ms: 0,
-        };
-        Ok(run)
+        })
     }
 
     /// Counters so far.
@@ -390,9 +379,8 @@ impl Run {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.connect_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(0);
         let mut outcome = DayOutcome {
-            connect_ms: self.connect_ms,
+            connect_ms: u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(0),
             ..DayOutcome::default()
         };
         let sessions = c.sessions_open.load(Relaxed);
