@@ -118,43 +118,126 @@ pub async fn raw_insert_rate(url: &str, connections: usize, seconds: u64) -> any
     Ok(u64::try_from(total)? * 1_000 / ms)
 }
 
-struct Gateway {
+/// A gateway binary running as its own process on a fresh PostgreSQL schema, in a
+/// temporary data directory with a development PKI (for benchmarks).
+pub struct GatewayProcess {
+    /// The data directory (`pki/`, `registry/`, `gateway.toml`); removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The schema made for it.
+    pub schema: String,
+    /// PostgreSQL URL whose connections use that schema.
+    pub url: String,
+    /// Its configuration file.
+    pub config_path: PathBuf,
+    /// Its device listener.
+    pub addr: std::net::SocketAddr,
+    /// Its admin (metrics) port.
+    pub admin_port: u16,
     child: Child,
 }
 
-impl Gateway {
-    fn stop(mut self) {
+impl std::fmt::Debug for GatewayProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayProcess")
+            .field("pid", &self.child.id())
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayProcess {
+    /// Makes the data directory, lets `write_registry` put `merchants.csv` and
+    /// `devices.csv` into its `registry/`, makes a schema in `database_url`, writes the
+    /// configuration (listeners on free ports, the PKI, the store, `policy_path`, a pool of
+    /// `pool_size`, then `extra_toml` for sections not written here), starts `bin` and
+    /// returns once it listens.
+    pub async fn start(
+        bin: &Path,
+        database_url: &str,
+        policy_path: &Path,
+        pool_size: usize,
+        extra_toml: &str,
+        write_registry: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("wenxiao-bench-")
+            .tempdir()?;
+        let pki = dir.path().join("pki");
+        wenxiao_gateway::pki::init(&pki)?;
+        let registry = dir.path().join("registry");
+        std::fs::create_dir_all(&registry)?;
+        write_registry(&registry)?;
+        let schema = format!("wxbench_{}_{}", std::process::id(), rand::random::<u32>());
+        pg(database_url)
+            .await?
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await?;
+        let url = with_schema(database_url, &schema);
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let config = format!(
+            "data_dir = {d:?}\npolicy_path = {policy_path:?}\n\
+             [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
+             [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
+             [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
+             [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool_size}\n\
+             [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n{extra_toml}",
+            d = dir.path(),
+            ca = pki.join("ca.pem"),
+            cert = pki.join("server.pem"),
+            key = pki.join("server.key"),
+            m = registry.join("merchants.csv"),
+            dv = registry.join("devices.csv"),
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let out = child.stdout.take().context("gateway stdout")?;
+        let mut lines = BufReader::new(out).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("listening for devices on ") {
+                        break a.parse()?;
+                    }
+                }
+                _ => {
+                    let _ = child.wait();
+                    anyhow::bail!("the gateway exited before listening");
+                }
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            dir,
+            schema,
+            url,
+            config_path,
+            addr,
+            admin_port,
+            child,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (the gateway drains), then waits for it to exit.
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn start_gateway(bin: &Path, config: &Path) -> anyhow::Result<Gateway> {
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let out = child.stdout.take().context("gateway stdout")?;
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("listening for devices on ") => break,
-            Some(Ok(_)) => {}
-            _ => {
-                let _ = child.wait();
-                anyhow::bail!("the gateway exited before listening");
-            }
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(Gateway { child })
 }
 
 fn num(v: &Value, path: &[&str]) -> u64 {
@@ -168,37 +251,7 @@ fn num(v: &Value, path: &[&str]) -> u64 {
 /// Runs the bench; true when every shard passed.
 pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let scenario = Scenario::load(&o.scenario_path)?;
-    let dir = tempfile::Builder::new()
-        .prefix("wenxiao-bench-")
-        .tempdir()?;
-    let pki = dir.path().join("pki");
-    wenxiao_gateway::pki::init(&pki)?;
-    let shipped = o.repo.join("config/registry");
-    let registry = dir.path().join("registry");
-    crate::plan::write_scaled_registry(&shipped, scenario.run.devices, &registry)?;
-    let schema = format!("wxbench_{}_{}", std::process::id(), rand::random::<u32>());
-    pg(&o.database_url)
-        .await?
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await?;
-    let url = with_schema(&o.database_url, &schema);
-    let (port, admin_port) = (free_port()?, free_port()?);
-    let config = format!(
-        "data_dir = {d:?}\npolicy_path = {policy:?}\n\
-         [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
-         [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
-         [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
-         [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = 8\n\
-         [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n",
-        d = dir.path(),
-        policy = o.repo.join("config/policy.toml"),
-        ca = pki.join("ca.pem"),
-        cert = pki.join("server.pem"),
-        key = pki.join("server.key"),
-        m = registry.join("merchants.csv"),
-        dv = registry.join("devices.csv"),
-    );
-    let mut config = config;
+    let mut extra = String::new();
     let mut ingest = String::new();
     if let Some(w) = o.ingest_writers {
         ingest.push_str(&format!("writers = {w}\n"));
@@ -207,18 +260,25 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         ingest.push_str(&format!("batch_linger_us = {l}\n"));
     }
     if !ingest.is_empty() {
-        config.push_str("[ingest]\n");
-        config.push_str(&ingest);
+        extra.push_str("[ingest]\n");
+        extra.push_str(&ingest);
         println!("gateway [ingest]: {}", ingest.trim().replace('\n', ", "));
     }
     if let Some(w) = o.push_window {
-        config.push_str(&format!("[credits]\npush_window = {w}\n"));
+        extra.push_str(&format!("[credits]\npush_window = {w}\n"));
         println!("gateway [credits]: push_window = {w}");
     }
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config)?;
-    let gateway = start_gateway(&o.gateway_bin, &config_path)?;
-    let pid = gateway.child.id();
+    let shipped = o.repo.join("config/registry");
+    let mut gateway = GatewayProcess::start(
+        &o.gateway_bin,
+        &o.database_url,
+        &o.repo.join("config/policy.toml"),
+        8,
+        &extra,
+        |dir| crate::plan::write_scaled_registry(&shipped, scenario.run.devices, dir).map(drop),
+    )
+    .await?;
+    let (pid, admin_port) = (gateway.pid(), gateway.admin_port);
     let rss_before = crate::run::rss_kib(pid);
     println!(
         "scenario {} · {} devices · {} simulator process(es) · gateway pid {pid}, metrics on http://127.0.0.1:{admin_port}/metrics",
@@ -230,11 +290,11 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let n = scenario.run.processes;
     let mut shards = Vec::new();
     for i in 0..n {
-        let report = dir.path().join(format!("report-{i}.json"));
+        let report = gateway.dir.path().join(format!("report-{i}.json"));
         let child = Command::new(&exe)
             .arg("run")
             .arg("--config")
-            .arg(&config_path)
+            .arg(&gateway.config_path)
             .arg("--scenario")
             .arg(&o.scenario_path)
             .arg("--shard")
@@ -310,8 +370,8 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         );
     }
     if stored > 0 {
-        let raw1 = raw_insert_rate(&url, 1, RAW_SECONDS).await?;
-        let raw4 = raw_insert_rate(&url, 4, RAW_SECONDS).await?;
+        let raw1 = raw_insert_rate(&gateway.url, 1, RAW_SECONDS).await?;
+        let raw4 = raw_insert_rate(&gateway.url, 4, RAW_SECONDS).await?;
         let best = sum(&["peak_stored_per_s"]);
         println!(
             "raw {RAW_ROWS_PER_INSERT}-row INSERT rows/s (same PostgreSQL, this run): {raw1} from 1 connection, {raw4} from 4"
@@ -325,6 +385,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         );
     }
     println!("result {}", if pass { "PASS" } else { "FAIL" });
+    let GatewayProcess { dir, schema, .. } = gateway;
     if o.keep {
         let kept = dir.keep();
         println!("kept {} and schema {schema}", kept.display());

@@ -24,14 +24,13 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wenxiao_gateway::pki::DevCa;
 use wenxiao_protocol::*;
+use wenxiao_simulator::bench::GatewayProcess;
 use wenxiao_tests::device::{TestDevice, book_purchase};
 
 /// First device id of the generated registry.
@@ -79,84 +78,43 @@ enum Mode {
 }
 
 struct Rig {
-    dir: tempfile::TempDir,
+    gateway: GatewayProcess,
     ca: DevCa,
     url: String,
-    gateway: Child,
     addr: SocketAddr,
     admin_port: u16,
 }
 
 impl Rig {
     async fn start(bin: &Path, devices: u64, writers: usize) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        wenxiao_gateway::pki::init(&pki).unwrap();
-        let ca = DevCa::load(&pki).unwrap();
-        let mut reg = String::from("device_id,kind,merchant_id,operator,active\n");
-        for i in 0..devices {
-            reg.push_str(&format!("{},POS,1001,,1\n", DEVICE_BASE + i));
-        }
-        std::fs::write(dir.path().join("devices.csv"), reg).unwrap();
-        std::fs::write(
-            dir.path().join("merchants.csv"),
-            "merchant_id,name,category,district,active\n1001,Bench bookstore,BOOKSTORE,ERQI,1\n",
+        let gateway = GatewayProcess::start(
+            bin,
+            &wenxiao_tests::database_url(),
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml"),
+            writers + 4,
+            &format!("[session]\nheartbeat_s = 600\n[ingest]\nwriters = {writers}\n"),
+            |dir| {
+                let mut reg = String::from("device_id,kind,merchant_id,operator,active\n");
+                for i in 0..devices {
+                    reg.push_str(&format!("{},POS,1001,,1\n", DEVICE_BASE + i));
+                }
+                std::fs::write(dir.join("devices.csv"), reg)?;
+                std::fs::write(
+                    dir.join("merchants.csv"),
+                    "merchant_id,name,category,district,active\n1001,Bench bookstore,BOOKSTORE,ERQI,1\n",
+                )?;
+                Ok(())
+            },
         )
+        .await
         .unwrap();
-        let url = wenxiao_tests::fresh_pg_url().await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            "data_dir = {d:?}\npolicy_path = {policy:?}\n\
-             [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
-             [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
-             [session]\nheartbeat_s = 600\n\
-             [ingest]\nwriters = {writers}\n\
-             [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
-             [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool}\n\
-             [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n",
-            d = dir.path(),
-            policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml"),
-            ca = pki.join("ca.pem"),
-            cert = pki.join("server.pem"),
-            key = pki.join("server.key"),
-            pool = writers + 4,
-            m = dir.path().join("merchants.csv"),
-            dv = dir.path().join("devices.csv"),
-        );
-        let config_path = dir.path().join("gateway.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut gateway = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let l = lines.next().expect("gateway exited").unwrap();
-            if let Some(a) = l.strip_prefix("listening for devices on ") {
-                break a.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let ca = DevCa::load(&gateway.dir.path().join("pki")).unwrap();
         Rig {
-            dir,
             ca,
-            url,
+            url: gateway.url.clone(),
+            addr: gateway.addr,
+            admin_port: gateway.admin_port,
             gateway,
-            addr,
-            admin_port,
         }
     }
 
@@ -202,13 +160,7 @@ impl Rig {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.gateway.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap()
+        wenxiao_simulator::run::rss_kib(self.gateway.pid()).unwrap()
     }
 
     async fn connect(&self, ids: impl Iterator<Item = u64>) -> Vec<TestDevice> {
@@ -236,12 +188,7 @@ impl Rig {
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.gateway.id().to_string())
-            .status();
-        let _ = self.gateway.wait();
-        drop(self.dir);
+        self.gateway.stop();
     }
 }
 
