@@ -792,8 +792,16 @@ async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &impl Store
             .unwrap(),
         (ResultStatus::Rejected, Reason::BadMac)
     );
+    // A presentation read before the attempt was recorded (still in flight from a replaced
+    // session) proves nothing: the attempt stays in doubt, nothing is offered.
+    assert!(
+        s.card_presented(seen(70, 5, POS_B, 900))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The card comes back unchanged: the attempt was void, the credit is offered again.
-    let again = s.card_presented(seen(70, 5, POS_B, 200)).await.unwrap();
+    let again = s.card_presented(seen(70, 5, POS_B, 2_500)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(
         s.begin_load(init(c, 70, 5, POS_B, 3_000), |_| true)
@@ -806,7 +814,7 @@ async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &impl Store
     );
     // The result was lost, but the card shows the load: loaded, final, offered nowhere.
     assert!(
-        s.card_presented(seen(70, 6, POS_A, 300))
+        s.card_presented(seen(70, 6, POS_A, 3_500))
             .await
             .unwrap()
             .is_empty()
@@ -916,7 +924,7 @@ async fn a_top_up_that_took_the_counter_voids_the_attempt(s: &impl Store) {
         .unwrap();
     // Counter 8 now: taken by the top-up, so the credit did not load; offered again.
     assert_eq!(
-        s.card_presented(seen(90, 8, POS_A, 2)).await.unwrap().len(),
+        s.card_presented(seen(90, 8, POS_A, 6)).await.unwrap().len(),
         1
     );
     assert_eq!(s.credit_state(c).await.unwrap(), Some((2, Fen(700))));

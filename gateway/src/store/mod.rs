@@ -512,12 +512,25 @@ pub(crate) enum Settlement {
     Loaded,
     /// It did not: the attempt is void and the credit may be offered again.
     Void,
-    /// The counter says neither (it went backwards): stays in doubt, for staff.
+    /// The counter says neither (it went backwards), or the card was read before the
+    /// attempt was recorded: stays in doubt.
     Unknown,
 }
 
-pub(crate) fn settle(attempt: i32, online_seq_now: i32, counter_taken: bool) -> Settlement {
-    if online_seq_now == attempt || (online_seq_now > attempt && counter_taken) {
+/// Settles a recorded attempt (online_seq `attempt` before the load, recorded at
+/// `attempt_at_ms`) by a card seen with `online_seq_now` at `seen_at_ms`. A card read no
+/// later than the attempt was recorded (a presentation still in flight from a replaced
+/// session) proves nothing about it: the attempt stays in doubt.
+pub(crate) fn settle(
+    attempt: i32,
+    attempt_at_ms: i64,
+    online_seq_now: i32,
+    seen_at_ms: i64,
+    counter_taken: bool,
+) -> Settlement {
+    if seen_at_ms <= attempt_at_ms {
+        Settlement::Unknown
+    } else if online_seq_now == attempt || (online_seq_now > attempt && counter_taken) {
         Settlement::Void
     } else if online_seq_now > attempt {
         Settlement::Loaded

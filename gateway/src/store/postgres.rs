@@ -1228,8 +1228,8 @@ impl Store for PgStore {
         let rows = tx
             .query(
                 "SELECT credit_id, amount_fen, business_date, bound_device, bound_at_ms, \
-                 attempt_online_seq FROM credits WHERE card_no = $1 AND status = $2 \
-                 ORDER BY credit_id FOR UPDATE",
+                 attempt_online_seq, attempt_host_time_ms FROM credits \
+                 WHERE card_no = $1 AND status = $2 ORDER BY credit_id FOR UPDATE",
                 &[&card, &RELEASED],
             )
             .await?;
@@ -1247,7 +1247,8 @@ impl Store for PgStore {
                         )
                         .await?
                         .get(0);
-                    match super::settle(attempt, now_seq, taken) {
+                    let attempt_at: i64 = r.get::<_, Option<i64>>(6).unwrap_or(0);
+                    match super::settle(attempt, attempt_at, now_seq, seen.now_ms, taken) {
                         super::Settlement::Loaded => {
                             tx.execute(
                                 "UPDATE credits SET status = $2, settled_at_ms = $3 WHERE credit_id = $1",

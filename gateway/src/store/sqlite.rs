@@ -930,22 +930,22 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let card = db_u64(seen.card_no.get());
             let now_seq = i32::from(seen.online_seq.get());
-            let doubts: Vec<(i64, i32)> = tx
+            let doubts: Vec<(i64, i32, Option<i64>)> = tx
                 .prepare_cached(
-                    "SELECT credit_id, attempt_online_seq FROM credits \
+                    "SELECT credit_id, attempt_online_seq, attempt_host_time_ms FROM credits \
                      WHERE card_no = ?1 AND status = 2 AND attempt_online_seq IS NOT NULL",
                 )?
-                .query_map([card], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([card], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             let mut in_doubt = false;
-            for (id, attempt) in doubts {
+            for (id, attempt, attempt_at) in doubts {
                 let taken: bool = tx.query_row(
                     "SELECT EXISTS (SELECT 1 FROM txns WHERE card_no = ?1 AND counter_kind = 2 \
                      AND card_counter = ?2 AND status = 1)",
                     params![card, i64::from(attempt) + 1],
                     |r| r.get(0),
                 )?;
-                match super::settle(attempt, now_seq, taken) {
+                match super::settle(attempt, attempt_at.unwrap_or(0), now_seq, seen.now_ms, taken) {
                     super::Settlement::Loaded => {
                         tx.execute(
                             "UPDATE credits SET status = ?2, settled_at_ms = ?3 WHERE credit_id = ?1",
