@@ -7,6 +7,7 @@ pub mod clearing;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod credits;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use wenxiao_gateway::config::{Config, StoreKind};
 use wenxiao_gateway::policy::Policy;
 use wenxiao_gateway::registry::{Category, District, Operator};
-use wenxiao_gateway::store::{AnyStore, Store};
+use wenxiao_gateway::store::{AnyStore, Store, StoreAudit};
 use wenxiao_protocol::{BusinessDate, CardNo};
 
 /// Delivery has stalled when no credit was loaded for this long.

@@ -9,7 +9,7 @@
     clippy::indexing_slicing
 )]
 
-use wenxiao_gateway::store::Store;
+use wenxiao_gateway::store::{Store, StoreAudit};
 use wenxiao_protocol::*;
 use wenxiao_tests::card::Card;
 use wenxiao_tests::device::{TestDevice, book_purchase};

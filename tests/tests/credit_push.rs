@@ -9,7 +9,7 @@
 )]
 
 use std::time::Instant;
-use wenxiao_gateway::store::Store;
+use wenxiao_gateway::store::{Store, StoreAudit};
 use wenxiao_protocol::*;
 use wenxiao_tests::card::Card;
 use wenxiao_tests::device::{TestDevice, book_purchase};

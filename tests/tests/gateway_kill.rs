@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wenxiao_gateway::store::Store;
+use wenxiao_gateway::store::StoreAudit;
 use wenxiao_protocol::*;
 use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello};
 use wenxiao_tests::env::{POS, POS2, TestEnv};

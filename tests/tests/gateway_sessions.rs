@@ -7,7 +7,7 @@
     clippy::indexing_slicing
 )]
 
-use wenxiao_gateway::store::Store;
+use wenxiao_gateway::store::StoreAudit;
 use wenxiao_protocol::*;
 use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello, sign};
 use wenxiao_tests::env::*;

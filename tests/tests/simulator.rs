@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use wenxiao_gateway::config::Config;
-use wenxiao_gateway::store::Store;
+use wenxiao_gateway::store::{Store, StoreAudit};
 use wenxiao_simulator::check::{self, Caps};
 use wenxiao_simulator::demo::{DemoOptions, demo};
 use wenxiao_simulator::report::Report;

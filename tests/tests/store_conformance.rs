@@ -12,7 +12,7 @@ use wenxiao_gateway::registry::{MerchantId, Registry};
 use wenxiao_gateway::store::{
     AwardApproval, AwardInput, CardSeen, DeviceAudit, HoldOutcome, HoldRequest, IngestCtx,
     IngestTxn, LoadDecision, LoadInitRequest, PROGRAMME_BUDGET_KEY, Proposal, ResultReport, Store,
-    TxnAnswer,
+    StoreAudit, TxnAnswer,
 };
 use wenxiao_protocol::*;
 
@@ -69,7 +69,7 @@ fn stored(subsidy: i64) -> TxnAnswer {
     }
 }
 
-async fn new_rows_are_stored_and_resends_are_duplicates(s: &impl Store) {
+async fn new_rows_are_stored_and_resends_are_duplicates(s: &(impl Store + StoreAudit)) {
     let batch = [
         ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880),
         ingest(DEVICE, txn(2, 11, 1, 8800), STORE_880),
@@ -87,7 +87,7 @@ async fn new_rows_are_stored_and_resends_are_duplicates(s: &impl Store) {
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (2, 0));
 }
 
-async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &impl Store) {
+async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &(impl Store + StoreAudit)) {
     s.ingest(&[ingest(DEVICE, txn(1, 10, 1, 8800), STORE_880)], &B)
         .await
         .unwrap();
@@ -104,7 +104,7 @@ async fn same_seq_other_content_is_seq_conflict_and_original_stands(s: &impl Sto
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 0));
 }
 
-async fn card_counter_replay_is_rejected_and_recorded(s: &impl Store) {
+async fn card_counter_replay_is_rejected_and_recorded(s: &(impl Store + StoreAudit)) {
     s.ingest(&[ingest(DEVICE, txn(1, 10, 7, 100), STORE_880)], &B)
         .await
         .unwrap();
@@ -129,7 +129,7 @@ async fn card_counter_replay_is_rejected_and_recorded(s: &impl Store) {
     );
 }
 
-async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
+async fn replays_and_duplicates_inside_one_batch(s: &(impl Store + StoreAudit)) {
     let first = ingest(DEVICE, txn(1, 10, 7, 100), STORE_880);
     let replay = ingest(DEVICE, txn(2, 10, 7, 100), STORE_880);
     let conflict = ingest(DEVICE, txn(1, 10, 7, 999), STORE_880);
@@ -145,7 +145,7 @@ async fn replays_and_duplicates_inside_one_batch(s: &impl Store) {
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (1, 1));
 }
 
-async fn rejected_proposals_are_recorded_and_answered_again(s: &impl Store) {
+async fn rejected_proposals_are_recorded_and_answered_again(s: &(impl Store + StoreAudit)) {
     let bad = ingest(DEVICE, txn(1, 10, 1, 100), Proposal::Reject(Reason::BadMac));
     assert_eq!(
         s.ingest(&[bad], &B).await.unwrap(),
@@ -161,7 +161,7 @@ async fn rejected_proposals_are_recorded_and_answered_again(s: &impl Store) {
     assert_eq!(s.ingest(&[good], &B).await.unwrap(), vec![stored(880)]);
 }
 
-async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
+async fn stored_seq_counts_contiguous_answered_seqs(s: &(impl Store + StoreAudit)) {
     assert_eq!(s.stored_seq(DEVICE, None).await.unwrap(), None);
     let rows: Vec<_> = [1, 2, 3, 5]
         .iter()
@@ -197,7 +197,7 @@ async fn stored_seq_counts_contiguous_answered_seqs(s: &impl Store) {
     assert_eq!(s.stored_seq(DeviceId(99), None).await.unwrap(), None);
 }
 
-async fn registry_round_trips(s: &impl Store) {
+async fn registry_round_trips(s: &(impl Store + StoreAudit)) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
     let r = Registry::from_csv(&dir.join("merchants.csv"), &dir.join("devices.csv")).unwrap();
     s.import_registry(&r).await.unwrap();
@@ -208,7 +208,7 @@ async fn registry_round_trips(s: &impl Store) {
     s.ping().await.unwrap();
 }
 
-async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + Clone)) {
+async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + StoreAudit + Clone)) {
     let mut tasks = Vec::new();
     for w in 0..4u64 {
         let s = s.clone();
@@ -260,7 +260,7 @@ fn want(device: DeviceId, seq: u64, card: u64, subsidy: i64, date: u32) -> Inges
     }
 }
 
-async fn the_budget_pays_in_order_exactly_to_the_cap(s: &impl Store) {
+async fn the_budget_pays_in_order_exactly_to_the_cap(s: &(impl Store + StoreAudit)) {
     let caps = IngestCtx {
         monthly_cap: Fen(2_000),
         programme_cap: Fen(3_000),
@@ -320,7 +320,7 @@ async fn the_budget_pays_in_order_exactly_to_the_cap(s: &impl Store) {
     assert_eq!(s.budget_granted(0).await.unwrap(), Fen(3_000));
 }
 
-async fn concurrent_writers_never_exceed_the_budget(s: &(impl Store + Clone)) {
+async fn concurrent_writers_never_exceed_the_budget(s: &(impl Store + StoreAudit + Clone)) {
     let mut tasks = Vec::new();
     for w in 0..8u64 {
         let s = s.clone();
@@ -361,7 +361,7 @@ async fn concurrent_writers_never_exceed_the_budget(s: &(impl Store + Clone)) {
     assert_eq!(s.budget_granted(202611).await.unwrap(), Fen(12_345));
 }
 
-async fn a_shard_that_borrowed_leaves_no_phantom_room(s: &impl Store) {
+async fn a_shard_that_borrowed_leaves_no_phantom_room(s: &(impl Store + StoreAudit)) {
     // Cap 800 over 8 shards of 100. Shard 0 takes 500 (borrowing 400 from the others);
     // then every other shard asks for 100: only 300 remain in all.
     let caps = |shard| IngestCtx {
@@ -406,13 +406,13 @@ fn refund(seq: u64, card: u64, counter: u32, amount: i64, of: u64, date: u32) ->
     }
 }
 
-async fn import_shipped_registry(s: &impl Store) {
+async fn import_shipped_registry(s: &(impl Store + StoreAudit)) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
     let r = Registry::from_csv(&dir.join("merchants.csv"), &dir.join("devices.csv")).unwrap();
     s.import_registry(&r).await.unwrap();
 }
 
-async fn clearing_credits_each_card_once_and_is_idempotent(s: &impl Store) {
+async fn clearing_credits_each_card_once_and_is_idempotent(s: &(impl Store + StoreAudit)) {
     import_shipped_registry(s).await;
     let d = BusinessDate::new(20261127).unwrap();
     s.ingest(
@@ -478,7 +478,7 @@ async fn clearing_credits_each_card_once_and_is_idempotent(s: &impl Store) {
     );
 }
 
-async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &impl Store) {
+async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &(impl Store + StoreAudit)) {
     s.ingest(&[want(DEVICE, 1, 10, 1_000, 20261201)], &B)
         .await
         .unwrap();
@@ -532,7 +532,7 @@ fn sign_in(seq: u64, card: u64, date: u32) -> IngestTxn {
     }
 }
 
-async fn sign_ins_earn_points_once_per_card_and_day(s: &impl Store) {
+async fn sign_ins_earn_points_once_per_card_and_day(s: &(impl Store + StoreAudit)) {
     let a = s
         .ingest(
             &[
@@ -590,7 +590,7 @@ fn purchase_with(seq: u64, card: u64, hold: HoldId, points: u32, received: i64) 
     }
 }
 
-async fn a_purchase_consumes_its_hold_exactly_once(s: &impl Store) {
+async fn a_purchase_consumes_its_hold_exactly_once(s: &(impl Store + StoreAudit)) {
     s.ingest(&[sign_in(1, 60, 20261101), sign_in(2, 60, 20261102)], &B)
         .await
         .unwrap();
@@ -675,7 +675,13 @@ const POS_A: DeviceId = DeviceId(310_100_000_005);
 const POS_B: DeviceId = DeviceId(310_100_000_006);
 
 /// Clears and approves a day in which `card` earned `subsidy`; returns the credit.
-async fn released_credit(s: &impl Store, seq: u64, card: u64, subsidy: i64, date: u32) -> CreditId {
+async fn released_credit(
+    s: &(impl Store + StoreAudit),
+    seq: u64,
+    card: u64,
+    subsidy: i64,
+    date: u32,
+) -> CreditId {
     s.ingest(&[want(DEVICE, seq, card, subsidy, date)], &B)
         .await
         .unwrap();
@@ -727,7 +733,7 @@ fn result(credit: CreditId, card: u64, outcome: CreditOutcome, device: DeviceId)
     }
 }
 
-async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &impl Store) {
+async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &(impl Store + StoreAudit)) {
     let c = released_credit(s, 1, 70, 880, 20261127).await;
     let offered = s.card_presented(seen(70, 5, POS_A, 100)).await.unwrap();
     assert_eq!(
@@ -834,7 +840,7 @@ async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &impl Store
     );
 }
 
-async fn results_are_idempotent_and_retry_final_behave(s: &impl Store) {
+async fn results_are_idempotent_and_retry_final_behave(s: &(impl Store + StoreAudit)) {
     let c = released_credit(s, 1, 80, 500, 20261127).await;
     s.card_presented(seen(80, 1, POS_A, 1)).await.unwrap();
     // RETRY before LOAD_AUTH releases it to any device.
@@ -909,7 +915,7 @@ async fn results_are_idempotent_and_retry_final_behave(s: &impl Store) {
     );
 }
 
-async fn a_top_up_that_took_the_counter_voids_the_attempt(s: &impl Store) {
+async fn a_top_up_that_took_the_counter_voids_the_attempt(s: &(impl Store + StoreAudit)) {
     let c = released_credit(s, 1, 90, 700, 20261127).await;
     s.card_presented(seen(90, 7, POS_A, 1)).await.unwrap();
     s.begin_load(init(c, 90, 7, POS_A, 5), |_| true)
@@ -930,7 +936,7 @@ async fn a_top_up_that_took_the_counter_voids_the_attempt(s: &impl Store) {
     assert_eq!(s.credit_state(c).await.unwrap(), Some((2, Fen(700))));
 }
 
-async fn awards_are_paid_whole_from_the_budget_once(s: &impl Store) {
+async fn awards_are_paid_whole_from_the_budget_once(s: &(impl Store + StoreAudit)) {
     let caps = IngestCtx {
         monthly_cap: Fen(80_000_000),
         programme_cap: Fen(1_000_000_000),
@@ -978,7 +984,7 @@ async fn awards_are_paid_whole_from_the_budget_once(s: &impl Store) {
     );
 }
 
-async fn blacklisted_cards_earn_no_subsidy_and_take_no_budget(s: &impl Store) {
+async fn blacklisted_cards_earn_no_subsidy_and_take_no_budget(s: &(impl Store + StoreAudit)) {
     s.set_blacklisted(CardNo(33), true, "report 2026-114".to_owned(), 1)
         .await
         .unwrap();
@@ -1016,7 +1022,7 @@ async fn blacklisted_cards_earn_no_subsidy_and_take_no_budget(s: &impl Store) {
     assert_eq!(later[0].subsidy_fen, Fen(880));
 }
 
-async fn the_audit_sums_devices_credits_and_budgets(s: &impl Store) {
+async fn the_audit_sums_devices_credits_and_budgets(s: &(impl Store + StoreAudit)) {
     let other = DeviceId(310_100_000_002);
     s.ingest(
         &[
@@ -1065,6 +1071,43 @@ async fn the_audit_sums_devices_credits_and_budgets(s: &impl Store) {
     assert_eq!(after.loaded, (0, Fen(0)));
 }
 
+/// Defect 8: a later copy of a TXN in the same batch (an old session's queued copy beside
+/// the new session's re-send) gets the first copy's final answer, after points, blacklist
+/// and budget decided it — never DUPLICATE for a row recorded REJECTED.
+async fn copies_in_one_batch_get_the_first_copys_final_answer(s: &(impl Store + StoreAudit)) {
+    // A purchase quoting a hold that does not exist: REJECTED HOLD_INVALID, twice.
+    let bad_hold = purchase_with(1, 70, HoldId::new(999).unwrap(), 10, 1_795_000_000_500);
+    let a = s.ingest(&[bad_hold, bad_hold], &B).await.unwrap();
+    assert_eq!(a, vec![TxnAnswer::rejected(Reason::HoldInvalid); 2]);
+    // A blacklisted card's purchase: both copies say CARD_BLACKLISTED with no subsidy.
+    s.set_blacklisted(CardNo(71), true, "test".into(), 1)
+        .await
+        .unwrap();
+    let listed = ingest(DEVICE, txn(2, 71, 2, 8800), STORE_880);
+    let b = s.ingest(&[listed, listed], &B).await.unwrap();
+    assert_eq!(
+        (b[0].status, b[0].reason, b[0].subsidy_fen),
+        (TxnStatus::Stored, Reason::CardBlacklisted, Fen(0))
+    );
+    assert_eq!(
+        (b[1].status, b[1].reason, b[1].subsidy_fen),
+        (TxnStatus::Duplicate, Reason::CardBlacklisted, Fen(0))
+    );
+    // A sign-in and its copy: the copy reports the points the first earned.
+    let si = sign_in(3, 72, 20261117);
+    let c = s.ingest(&[si, si], &B).await.unwrap();
+    assert_eq!(c[0].points_awarded, Points(10));
+    assert_eq!(
+        (c[1].status, c[1].points_awarded),
+        (TxnStatus::Duplicate, Points(10))
+    );
+    // And a re-send in a later batch agrees with the copies.
+    assert_eq!(
+        s.ingest(&[bad_hold, listed, si], &B).await.unwrap(),
+        vec![a[1], b[1], c[1]]
+    );
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -1110,4 +1153,5 @@ on_both_stores!(
     awards_are_paid_whole_from_the_budget_once,
     blacklisted_cards_earn_no_subsidy_and_take_no_budget,
     the_audit_sums_devices_credits_and_budgets,
+    copies_in_one_batch_get_the_first_copys_final_answer,
 );

@@ -1,6 +1,6 @@
-//! The clearing run's SQL, shared by both stores. Written for PostgreSQL; [`sqlite`]
-//! rewrites the few dialect differences. `$1` is the business date, `$2` the value of a
-//! point in fen, `$3` the time of the run.
+//! The clearing run's SQL, shared by both stores (SQLite runs the mechanical rewrite of
+//! `store/backend.rs`). `$1` is the business date, `$2` the value of a
+//! point in fen (MERCHANTS), or the time of the run (RUN).
 
 /// Each stored transaction's effect on its card's credit: a purchase's subsidy, minus a
 /// refund's reversal — the original purchase's subsidy in proportion to the amount
@@ -19,7 +19,8 @@ pub(crate) const DAY_NETS: &str = "INSERT INTO clearing_nets (card_no, net_fen) 
 
 /// Credits: each card's net after what it owed; ids are the date and the card's rank.
 pub(crate) const CREDITS: &str = "INSERT INTO credits (credit_id, business_date, card_no, amount_fen, status) \
-    SELECT $1 * 10000000000 + ROW_NUMBER() OVER (ORDER BY n.card_no), $1, n.card_no, \
+    SELECT CAST($1 AS BIGINT) * 10000000000 + ROW_NUMBER() OVER (ORDER BY n.card_no), \
+        CAST($1 AS INTEGER), n.card_no, \
         n.net_fen - COALESCE(d.owed_fen, 0), 1 \
     FROM clearing_nets n LEFT JOIN card_debts d ON d.card_no = n.card_no \
     WHERE n.net_fen - COALESCE(d.owed_fen, 0) > 0";
@@ -39,7 +40,7 @@ pub(crate) const DEBTS_OWED: &str = "INSERT INTO card_debts (card_no, owed_fen) 
 /// Per-merchant settlement: sales and refunds (card part), points to reimburse, subsidy.
 pub(crate) const MERCHANTS: &str = "INSERT INTO merchant_settlements \
     (business_date, merchant_id, txn_count, sales_fen, refunds_fen, points_fen, subsidy_fen) \
-    SELECT $1, merchant_id, COUNT(*), \
+    SELECT CAST($1 AS INTEGER), merchant_id, COUNT(*), \
         SUM(CASE WHEN kind = 1 THEN amount_fen ELSE 0 END), \
         SUM(CASE WHEN kind = 4 THEN amount_fen ELSE 0 END), \
         SUM(CASE WHEN kind = 1 THEN points_used * $2 ELSE 0 END), \
@@ -51,7 +52,7 @@ pub(crate) const MERCHANTS: &str = "INSERT INTO merchant_settlements \
 /// Statistics by district and category.
 pub(crate) const STATISTICS: &str = "INSERT INTO day_statistics \
     (business_date, district, category, txn_count, sales_fen, subsidy_fen) \
-    SELECT $1, m.district, m.category, COUNT(*), \
+    SELECT CAST($1 AS INTEGER), m.district, m.category, COUNT(*), \
         SUM(CASE WHEN t.kind = 1 THEN t.amount_fen ELSE 0 END), SUM(t.subsidy_fen) \
     FROM txns t JOIN merchants m ON m.merchant_id = t.merchant_id \
     WHERE t.business_date = $1 AND t.status = 1 \
@@ -60,16 +61,8 @@ pub(crate) const STATISTICS: &str = "INSERT INTO day_statistics \
 /// The run's row.
 pub(crate) const RUN: &str = "INSERT INTO clearing_runs (business_date, status, cleared_at_ms, \
     approved_at_ms, txn_count, subsidy_fen, credit_count, credit_fen) \
-    SELECT $1, 1, $3, NULL, \
+    SELECT CAST($1 AS INTEGER), 1, CAST($2 AS BIGINT), NULL, \
         (SELECT COUNT(*) FROM txns WHERE business_date = $1 AND status = 1), \
         (SELECT COALESCE(SUM(net_fen), 0) FROM clearing_nets), \
         (SELECT COUNT(*) FROM credits WHERE business_date = $1), \
         (SELECT COALESCE(SUM(amount_fen), 0) FROM credits WHERE business_date = $1)";
-
-/// The same statement for SQLite: `?N` parameters, `MIN` for `LEAST`.
-pub(crate) fn sqlite(sql: &str) -> String {
-    sql.replace("LEAST(", "MIN(")
-        .replace("$1", "?1")
-        .replace("$2", "?2")
-        .replace("$3", "?3")
-}

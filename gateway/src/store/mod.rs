@@ -5,12 +5,15 @@
 //! validated TXNs, and returns one answer per TXN. Nothing is answered before the
 //! transaction has committed, so a STORED answer is a durable row.
 
+pub mod backend;
 mod clearing_sql;
-mod postgres;
-mod sqlite;
+mod ledger;
+mod lite;
+mod pg;
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use ledger::{Ledger, PgStore, SqliteStore};
+pub use lite::{Lite, LiteTx};
+pub use pg::{Pg, PgTx};
 
 use crate::registry::{MerchantId, Registry};
 use std::future::Future;
@@ -117,9 +120,6 @@ pub trait Store: Send + Sync + 'static {
         batch: &[IngestTxn],
         budget: &IngestCtx,
     ) -> impl Future<Output = Result<Vec<TxnAnswer>, StoreError>> + Send;
-
-    /// What a budget (a month `yyyymm`, or [`PROGRAMME_BUDGET_KEY`]) has granted.
-    fn budget_granted(&self, key: i32) -> impl Future<Output = Result<Fen, StoreError>> + Send;
 
     /// The highest S such that every seq 1..=S of the device is recorded; `None` for 0.
     /// `floor`, when given, is a seq already known to be covered (this node saw it in the
@@ -256,6 +256,13 @@ pub trait Store: Send + Sync + 'static {
         approved_date: BusinessDate,
         now_ms: i64,
     ) -> impl Future<Output = Result<AwardApproval, StoreError>> + Send;
+}
+
+/// Queries for tests, audits and the end-of-run invariant check: nothing on the device
+/// path uses them.
+pub trait StoreAudit: Send + Sync + 'static {
+    /// What a budget (a month `yyyymm`, or [`PROGRAMME_BUDGET_KEY`]) has granted.
+    fn budget_granted(&self, key: i32) -> impl Future<Output = Result<Fen, StoreError>> + Send;
 
     /// A credit's status code and amount (for tests and audits).
     fn credit_state(
@@ -327,17 +334,6 @@ pub(crate) mod audit_sql {
     /// Granted per budget, over its shards.
     pub(crate) const BUDGETS: &str = "SELECT budget_key, CAST(SUM(granted_fen) AS BIGINT) \
          FROM budget_shards GROUP BY budget_key ORDER BY budget_key";
-}
-
-/// Credit statuses in the `credits` table (1, cleared and waiting for the audit step, is
-/// only ever written by the clearing SQL).
-pub(crate) mod credit_status {
-    /// Released: may be offered, bound, loaded.
-    pub(crate) const RELEASED: i16 = 2;
-    /// Loaded onto the card: final.
-    pub(crate) const LOADED: i16 = 3;
-    /// Parked for staff (NOT_LOADED_FINAL).
-    pub(crate) const PARKED: i16 = 4;
 }
 
 /// A card on a POS or kiosk reader (CARD_PRESENTED).
@@ -502,171 +498,6 @@ pub struct ResultReport {
     pub device_id: DeviceId,
     /// Now.
     pub now_ms: i64,
-}
-
-/// What `card_presented` found for a credit in doubt, given the card's online counter:
-/// the attempt recorded `attempt` (the counter before the load). `counter_taken` says
-/// whether a recorded top-up or refund of the card already holds `attempt + 1`.
-pub(crate) enum Settlement {
-    /// The card applied the load.
-    Loaded,
-    /// It did not: the attempt is void and the credit may be offered again.
-    Void,
-    /// The counter says neither (it went backwards), or the card was read before the
-    /// attempt was recorded: stays in doubt.
-    Unknown,
-}
-
-/// Settles a recorded attempt (online_seq `attempt` before the load, recorded at
-/// `attempt_at_ms`) by a card seen with `online_seq_now` at `seen_at_ms`. A card read no
-/// later than the attempt was recorded (a presentation still in flight from a replaced
-/// session) proves nothing about it: the attempt stays in doubt.
-pub(crate) fn settle(
-    attempt: i32,
-    attempt_at_ms: i64,
-    online_seq_now: i32,
-    seen_at_ms: i64,
-    counter_taken: bool,
-) -> Settlement {
-    if seen_at_ms <= attempt_at_ms {
-        Settlement::Unknown
-    } else if online_seq_now == attempt || (online_seq_now > attempt && counter_taken) {
-        Settlement::Void
-    } else if online_seq_now > attempt {
-        Settlement::Loaded
-    } else {
-        Settlement::Unknown
-    }
-}
-
-/// A `credits` row as the load exchange sees it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CreditView {
-    pub card_no: i64,
-    pub status: i16,
-    pub amount_fen: i64,
-    pub bound_device: Option<i64>,
-    /// (online_seq before the load, host time) of a recorded attempt.
-    pub attempt: Option<(i32, i64)>,
-}
-
-/// The first part of LOAD_INIT's checks, on the credit's own row.
-pub(crate) enum BeginCheck {
-    Decline(Reason),
-    /// The same LOAD_INIT again (its LOAD_AUTH was lost): approve with the recorded time.
-    Again {
-        amount_fen: i64,
-        host_time_ms: i64,
-    },
-    /// Passes so far: check for other loads of the card in doubt, then MAC1, then record.
-    Fresh {
-        amount_fen: i64,
-    },
-}
-
-pub(crate) fn begin_check(row: Option<CreditView>, r: &LoadInitRequest) -> BeginCheck {
-    let Some(c) = row else {
-        return BeginCheck::Decline(Reason::UnknownCredit);
-    };
-    if c.status != credit_status::RELEASED {
-        return BeginCheck::Decline(Reason::UnknownCredit);
-    }
-    if c.card_no != db_u64(r.card_no.get()) || c.bound_device != Some(db_u64(r.device_id.get())) {
-        return BeginCheck::Decline(Reason::CreditNotYours);
-    }
-    let n = i32::from(r.online_seq.get());
-    match c.attempt {
-        Some((seq, host_time_ms)) if seq == n => BeginCheck::Again {
-            amount_fen: c.amount_fen,
-            host_time_ms,
-        },
-        Some(_) => BeginCheck::Decline(Reason::CreditInDoubt),
-        // The load TAC covers online_seq + 1, which a card at 65,535 does not have.
-        None if r.online_seq.get() == u16::MAX => BeginCheck::Decline(Reason::InvalidField),
-        None => BeginCheck::Fresh {
-            amount_fen: c.amount_fen,
-        },
-    }
-}
-
-/// The rest of LOAD_INIT's checks, after [`begin_check`]: another load of the card in
-/// doubt (`other_in_doubt`, looked up only for a fresh attempt), then MAC1. Returns the
-/// answer and whether the attempt must be recorded before it is sent.
-pub(crate) fn begin_decide(
-    check: BeginCheck,
-    other_in_doubt: bool,
-    host_time_ms: i64,
-    mac1_ok: impl FnOnce(Fen) -> bool,
-) -> (LoadDecision, bool) {
-    // The time of an attempt already recorded (a re-sent LOAD_INIT), or none.
-    let (amount_fen, recorded) = match check {
-        BeginCheck::Decline(reason) => return (LoadDecision::Declined(reason), false),
-        BeginCheck::Fresh { .. } if other_in_doubt => {
-            return (LoadDecision::Declined(Reason::CreditInDoubt), false);
-        }
-        BeginCheck::Again {
-            amount_fen,
-            host_time_ms,
-        } => (amount_fen, Some(host_time_ms)),
-        BeginCheck::Fresh { amount_fen } => (amount_fen, None),
-    };
-    if !mac1_ok(Fen(amount_fen)) {
-        return (LoadDecision::Declined(Reason::BadMac), false);
-    }
-    let approved = |host_time_ms| LoadDecision::Approved {
-        amount_fen: Fen(amount_fen),
-        host_time_ms,
-    };
-    match recorded {
-        Some(t) => (approved(t), false),
-        None => (approved(host_time_ms), true),
-    }
-}
-
-/// What a CREDIT_RESULT does to the credit's row.
-pub(crate) enum FinishStep {
-    Answer(wenxiao_protocol::ResultStatus, Reason),
-    /// LOADED: verify the TAC against the attempt; mark loaded if it holds.
-    VerifyTac(LoadAttempt),
-    /// Release the binding (NOT_LOADED_RETRY before any attempt).
-    Unbind,
-    /// Park for staff (NOT_LOADED_FINAL).
-    Park,
-}
-
-pub(crate) fn finish_step(row: Option<CreditView>, r: &ResultReport) -> FinishStep {
-    use wenxiao_protocol::{CreditOutcome, ResultStatus};
-    let Some(c) = row else {
-        return FinishStep::Answer(ResultStatus::Rejected, Reason::UnknownCredit);
-    };
-    if c.card_no != db_u64(r.card_no.get()) {
-        return FinishStep::Answer(ResultStatus::Rejected, Reason::CreditNotYours);
-    }
-    if c.status == credit_status::LOADED || c.status == credit_status::PARKED {
-        return FinishStep::Answer(ResultStatus::Duplicate, Reason::None);
-    }
-    if c.status != credit_status::RELEASED {
-        return FinishStep::Answer(ResultStatus::Rejected, Reason::UnknownCredit);
-    }
-    if c.bound_device != Some(db_u64(r.device_id.get())) {
-        return FinishStep::Answer(ResultStatus::Rejected, Reason::CreditNotYours);
-    }
-    match (r.outcome, c.attempt) {
-        (CreditOutcome::Loaded, Some((seq, host_time_ms))) => FinishStep::VerifyTac(LoadAttempt {
-            amount_fen: Fen(c.amount_fen),
-            online_seq: wenxiao_protocol::OnlineSeq(u16::try_from(seq).unwrap_or(u16::MAX)),
-            host_time_ms,
-        }),
-        (CreditOutcome::Loaded, None) => {
-            FinishStep::Answer(ResultStatus::Rejected, Reason::InvalidField)
-        }
-        (CreditOutcome::NotLoadedRetry, None) => FinishStep::Unbind,
-        // After LOAD_AUTH the card may have applied the load: only its counter can tell.
-        (CreditOutcome::NotLoadedRetry, Some(_)) => {
-            FinishStep::Answer(ResultStatus::Recorded, Reason::None)
-        }
-        (CreditOutcome::NotLoadedFinal, _) => FinishStep::Park,
-    }
 }
 
 /// A POINTS_AUTH to record.
@@ -853,9 +684,6 @@ impl Store for AnyStore {
     ) -> Result<Vec<TxnAnswer>, StoreError> {
         delegate!(self, s => s.ingest(batch, budget))
     }
-    async fn budget_granted(&self, key: i32) -> Result<Fen, StoreError> {
-        delegate!(self, s => s.budget_granted(key))
-    }
     async fn stored_seq(
         &self,
         device_id: DeviceId,
@@ -875,12 +703,6 @@ impl Store for AnyStore {
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, s => s.ping())
     }
-    async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
-        delegate!(self, s => s.count_txns(device_id))
-    }
-    async fn audit(&self) -> Result<AuditFigures, StoreError> {
-        delegate!(self, s => s.audit())
-    }
     async fn clear_day(
         &self,
         date: BusinessDate,
@@ -891,9 +713,6 @@ impl Store for AnyStore {
     }
     async fn create_hold(&self, request: HoldRequest) -> Result<HoldOutcome, StoreError> {
         delegate!(self, s => s.create_hold(request))
-    }
-    async fn points_balance(&self, card_no: CardNo) -> Result<(Points, Points), StoreError> {
-        delegate!(self, s => s.points_balance(card_no))
     }
     async fn card_presented(
         &self,
@@ -920,12 +739,6 @@ impl Store for AnyStore {
         F: FnOnce(&LoadAttempt) -> bool + Send + 'static,
     {
         delegate!(self, s => s.finish_load(report, tac_ok))
-    }
-    async fn credit_state(
-        &self,
-        credit_id: wenxiao_protocol::CreditId,
-    ) -> Result<Option<(i16, Fen)>, StoreError> {
-        delegate!(self, s => s.credit_state(credit_id))
     }
     async fn claim_pushes(
         &self,
@@ -968,6 +781,27 @@ impl Store for AnyStore {
         date: BusinessDate,
     ) -> Result<Option<ClearingReport>, StoreError> {
         delegate!(self, s => s.clearing_report(date))
+    }
+}
+
+impl StoreAudit for AnyStore {
+    async fn budget_granted(&self, key: i32) -> Result<Fen, StoreError> {
+        delegate!(self, s => s.budget_granted(key))
+    }
+    async fn credit_state(
+        &self,
+        credit_id: wenxiao_protocol::CreditId,
+    ) -> Result<Option<(i16, Fen)>, StoreError> {
+        delegate!(self, s => s.credit_state(credit_id))
+    }
+    async fn points_balance(&self, card_no: CardNo) -> Result<(Points, Points), StoreError> {
+        delegate!(self, s => s.points_balance(card_no))
+    }
+    async fn count_txns(&self, device_id: DeviceId) -> Result<(u64, u64), StoreError> {
+        delegate!(self, s => s.count_txns(device_id))
+    }
+    async fn audit(&self) -> Result<AuditFigures, StoreError> {
+        delegate!(self, s => s.audit())
     }
 }
 
@@ -1179,8 +1013,9 @@ pub(crate) fn advance_watermark(mut watermark: u64, page: &[i64]) -> (u64, bool)
 /// Rows fetched per page when walking seqs above a checkpoint.
 pub(crate) const SEQ_PAGE_ROWS: i64 = 10_000;
 
-/// Migrations, in order: (version, SQL). Written for PostgreSQL; the embedded store runs
-/// them through [`sqlite_schema`], so there is one schema to keep true.
+/// Migrations, in order: (version, SQL). Written for PostgreSQL; the embedded backend
+/// rewrites the few column types SQLite spells differently, so there is one schema to keep
+/// true.
 pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_budget.sql")),
@@ -1190,14 +1025,6 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_awards.sql")),
     (7, include_str!("migrations/0007_blacklist.sql")),
 ];
-
-/// A migration's SQLite text: the column types SQLite spells differently (an
-/// auto-assigned `BIGSERIAL` key is SQLite's rowid).
-pub(crate) fn sqlite_schema(sql: &str) -> String {
-    sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY")
-        .replace("BYTEA", "BLOB")
-        .replace("BOOLEAN", "INTEGER")
-}
 
 // ---------------------------------------------------------------------------------------
 // The budget, enforced at ingest.
@@ -1355,38 +1182,17 @@ pub(crate) fn cut_to_programme(
     given_back
 }
 
-/// Applies grants to answers; returns the rows whose stored subsidy must be lowered. A
-/// re-send of such a row later in the same batch was answered from the row before the
-/// cut: it gets the lowered figure too.
-pub(crate) fn apply_grants(
-    grants: &[(usize, i64)],
-    batch: &[IngestTxn],
-    answers: &mut [Option<TxnAnswer>],
-) -> Vec<(usize, TxnAnswer)> {
-    let mut reduced = Vec::new();
+/// Applies grants to answers: a row granted less than its subsidy gets what was granted,
+/// with BUDGET_EXHAUSTED.
+pub(crate) fn apply_grants(grants: &[(usize, i64)], answers: &mut [Option<TxnAnswer>]) {
     for &(i, g) in grants {
         if let Some(Some(a)) = answers.get_mut(i)
             && g < a.subsidy_fen.get()
         {
             a.subsidy_fen = Fen(g);
             a.reason = Reason::BudgetExhausted;
-            reduced.push((i, *a));
         }
     }
-    for &(i, cut) in &reduced {
-        let Some(t) = batch.get(i) else { continue };
-        for (u, a) in batch.iter().zip(answers.iter_mut()).skip(i + 1) {
-            if let Some(a) = a
-                && a.status == TxnStatus::Duplicate
-                && u.device_id == t.device_id
-                && u.txn.seq == t.txn.seq
-            {
-                a.subsidy_fen = cut.subsidy_fen;
-                a.reason = cut.reason;
-            }
-        }
-    }
-    reduced
 }
 
 #[cfg(test)]

@@ -1,0 +1,152 @@
+//! The budget at ingest: shard rows per month and for the programme, granted in batch
+//! order, never past a cap (the pure parts are in `store/mod.rs`: `rebalance`,
+//! `distribute`, `cut_to_programme`).
+
+use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
+use super::super::{
+    BUDGET_SHARDS, IngestCtx, IngestTxn, PROGRAMME_BUDGET_KEY, StoreError, TxnAnswer, apply_grants,
+    budget_wants, cut_to_programme, distribute, rebalance,
+};
+use super::Ledger;
+use wenxiao_protocol::Fen;
+
+const ENSURE_SHARDS: Bulk = Bulk {
+    pg: "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
+         SELECT k, s, c, 0 FROM unnest($1::int4[], $2::int4[], $3::int8[]) AS u(k, s, c) \
+         ON CONFLICT DO NOTHING",
+    lite: "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
+           VALUES (?1, ?2, ?3, 0) ON CONFLICT DO NOTHING",
+};
+
+impl<B: Backend> Ledger<B> {
+    /// Creates the shard rows of the budgets of `months` and the programme that are not
+    /// known to exist, in a transaction of their own before the caller's. Inside an
+    /// ingest transaction it would deadlock: an `INSERT … ON CONFLICT` waits for every
+    /// transaction that has updated a row with the same key, while that transaction may
+    /// wait for the shard rows this one holds.
+    pub(super) async fn ensure_budgets(
+        &self,
+        months: &[i32],
+        ctx: &IngestCtx,
+    ) -> Result<(), StoreError> {
+        let wanted: Vec<(i32, Fen)> = months
+            .iter()
+            .map(|&m| (m, ctx.monthly_cap))
+            .chain([(PROGRAMME_BUDGET_KEY, ctx.programme_cap)])
+            .filter(|(key, _)| {
+                self.budgets
+                    .lock()
+                    .map(|k| !k.contains_key(key))
+                    .unwrap_or(true)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (mut keys, mut shards, mut caps) = (Vec::new(), Vec::new(), Vec::new());
+        for &(key, cap) in &wanted {
+            for s in 0..BUDGET_SHARDS {
+                keys.push(i64::from(key));
+                shards.push(i64::from(s));
+                caps.push(IngestCtx::shard_cap(cap, s));
+            }
+        }
+        let mut tx = self.backend.begin(TxMode::Write).await?;
+        tx.bulk(
+            &ENSURE_SHARDS,
+            &[Col::Int(keys), Col::Int(shards), Col::Int(caps)],
+        )
+        .await?;
+        tx.commit().await?;
+        if let Ok(mut known) = self.budgets.lock() {
+            known.extend(wanted);
+        }
+        Ok(())
+    }
+}
+
+const SAVEPOINT: Sql = Sql::both("SAVEPOINT budget_fast");
+const ROLLBACK_TO_SAVEPOINT: Sql = Sql::both("ROLLBACK TO SAVEPOINT budget_fast");
+const FAST: Sql = Sql::both(
+    "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
+     WHERE budget_key = $1 AND shard = $2 AND granted_fen + $3 <= cap_fen",
+);
+const ALL_SHARDS: Sql = Sql::both(
+    "SELECT shard, cap_fen, granted_fen FROM budget_shards WHERE budget_key = $1 \
+     ORDER BY shard FOR UPDATE",
+);
+const SET_CAP: Sql =
+    Sql::both("UPDATE budget_shards SET cap_fen = $3 WHERE budget_key = $1 AND shard = $2");
+const ADD: Sql = Sql::both(
+    "UPDATE budget_shards SET granted_fen = granted_fen + $3 \
+     WHERE budget_key = $1 AND shard = $2",
+);
+
+/// Takes up to `want` from budget `key`: from this writer's shard while it has room (one
+/// row locked), else from all shards' common remainder (all rows locked, in order). The
+/// shard rows exist (`ensure_budgets`).
+///
+/// The fast attempt runs inside a savepoint: an UPDATE that waited for another writer's
+/// lock and then found no room updates nothing but would keep the lock, and the slow path
+/// would then take the other shards while holding it — out of shard order, a cycle with
+/// another writer's slow path. Rolling back to the savepoint releases it.
+pub(super) async fn take<T: Tx>(
+    tx: &mut T,
+    key: i32,
+    shard: i32,
+    want: i64,
+) -> Result<i64, StoreError> {
+    if want <= 0 {
+        return Ok(0);
+    }
+    tx.execute(&SAVEPOINT, &[]).await?;
+    if tx.execute(&FAST, params![key, shard, want]).await? == 1 {
+        return Ok(want);
+    }
+    tx.execute(&ROLLBACK_TO_SAVEPOINT, &[]).await?;
+    let shards = tx
+        .query(&ALL_SHARDS, params![key])
+        .await?
+        .iter()
+        .map(|r| Ok((r.get::<i32>(0)?, r.int(1)?, r.int(2)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let (granted, new_caps) = rebalance(&shards, shard, want);
+    for (s, cap) in new_caps {
+        tx.execute(&SET_CAP, params![key, s, cap]).await?;
+    }
+    if granted > 0 {
+        tx.execute(&ADD, params![key, shard, granted]).await?;
+    }
+    Ok(granted)
+}
+
+/// Draws the batch's new subsidies from the budget, months in ascending order then the
+/// programme (one lock order for every writer), and lowers the answers it cannot pay.
+/// Returns nothing: the caller writes every changed answer back.
+pub(super) async fn apply<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    ctx: &IngestCtx,
+) -> Result<(), StoreError> {
+    let wants = budget_wants(batch, answers);
+    if wants.is_empty() {
+        return Ok(());
+    }
+    let mut month_grants = Vec::with_capacity(wants.len());
+    for (&month, rows) in &wants {
+        let want = rows.iter().map(|r| r.1).sum();
+        month_grants.push((month, take(tx, month, ctx.shard, want).await?));
+    }
+    let sum: i64 = month_grants.iter().map(|m| m.1).sum();
+    let programme = take(tx, PROGRAMME_BUDGET_KEY, ctx.shard, sum).await?;
+    for (month, cut) in cut_to_programme(&mut month_grants, programme) {
+        tx.execute(&ADD, params![month, ctx.shard, -cut]).await?;
+    }
+    for (month, granted) in month_grants {
+        if let Some(rows) = wants.get(&month) {
+            apply_grants(&distribute(rows, granted), answers);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The daily clearing run, its approval and its report.
+
+use super::super::backend::{Backend, Row, Sql, Tx, TxMode, params};
+use super::super::{
+    AwardRow, ClearingReport, ClearingSummary, CreditRow, MerchantSettlement, StatisticsRow,
+    StoreError, clearing_sql as q, from_db_u64,
+};
+use super::date_param;
+use crate::registry::MerchantId;
+use wenxiao_protocol::{BusinessDate, CardNo, CreditId, Fen};
+
+const SELECT_RUN: Sql = Sql::both(
+    "SELECT status, txn_count, subsidy_fen, credit_count, credit_fen \
+     FROM clearing_runs WHERE business_date = $1",
+);
+
+/// Serialises clearing runs and approvals across nodes. A table lock, not an advisory
+/// one: `LOCK TABLE` takes no snapshot, so the run's REPEATABLE READ snapshot is taken
+/// after the lock is granted and sees every run committed before it.
+const LOCK_RUNS: Sql = Sql::pg_only("LOCK TABLE clearing_runs IN SHARE ROW EXCLUSIVE MODE");
+
+fn summary(date: BusinessDate, r: &Row) -> Result<ClearingSummary, StoreError> {
+    Ok(ClearingSummary {
+        business_date: date,
+        approved: r.get::<i16>(0)? == 2,
+        txn_count: r.int(1)?,
+        subsidy_fen: Fen(r.int(2)?),
+        credit_count: r.int(3)?,
+        credit_fen: Fen(r.int(4)?),
+    })
+}
+
+/// Clears `date` in one snapshot: see [`super::super::Store::clear_day`].
+pub(super) async fn clear_day<B: Backend>(
+    backend: &B,
+    date: BusinessDate,
+    fen_per_point: i64,
+    now_ms: i64,
+) -> Result<ClearingSummary, StoreError> {
+    let d = date_param(date);
+    let mut tx = backend.begin(TxMode::Snapshot).await?;
+    tx.execute(&LOCK_RUNS, &[]).await?;
+    if let Some(r) = tx.query_opt(&SELECT_RUN, params![d]).await? {
+        return summary(date, &r);
+    }
+    // One card per row by construction (GROUP BY), so PostgreSQL's scratch table needs
+    // no index; sorts and hashes of a few million rows fit in memory instead of spilling.
+    tx.execute(&Sql::pg_only("SET LOCAL work_mem = '256MB'"), &[])
+        .await?;
+    tx.execute(
+        &Sql::each(
+            "CREATE TEMP TABLE clearing_nets (card_no BIGINT NOT NULL, net_fen BIGINT NOT NULL) \
+             ON COMMIT DROP",
+            "CREATE TEMP TABLE clearing_nets (card_no INTEGER PRIMARY KEY, net_fen INTEGER NOT NULL)",
+        ),
+        &[],
+    )
+    .await?;
+    let steps = [
+        (q::DAY_NETS, params![d]),
+        (q::CREDITS, params![d]),
+        (q::DEBTS_PAID, params![]),
+        (q::DEBTS_OWED, params![]),
+        (q::MERCHANTS, params![d, fen_per_point]),
+        (q::STATISTICS, params![d]),
+        (q::RUN, params![d, now_ms]),
+    ];
+    for (sql, p) in steps {
+        let started = std::time::Instant::now();
+        let rows = tx.execute(&Sql::both(sql), p).await?;
+        tracing::debug!(
+            rows,
+            ms = started.elapsed().as_millis(),
+            sql = sql.get(..40).unwrap_or(sql),
+            "clearing step"
+        );
+    }
+    tx.execute(&Sql::lite_only("DROP TABLE temp.clearing_nets"), &[])
+        .await?;
+    let r = tx.query_one(&SELECT_RUN, params![d]).await?;
+    let s = summary(date, &r)?;
+    tx.commit().await?;
+    Ok(s)
+}
+
+/// The audit step: see [`super::super::Store::approve_day`].
+pub(super) async fn approve_day<B: Backend>(
+    backend: &B,
+    date: BusinessDate,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let d = date_param(date);
+    let mut tx = backend.begin(TxMode::Write).await?;
+    if tx.query_opt(&SELECT_RUN, params![d]).await?.is_none() {
+        return Ok(false);
+    }
+    tx.execute(
+        &Sql::both(
+            "UPDATE clearing_runs SET status = 2, approved_at_ms = $2 \
+             WHERE business_date = $1 AND status = 1",
+        ),
+        params![d, now_ms],
+    )
+    .await?;
+    tx.execute(
+        &Sql::both("UPDATE credits SET status = 2 WHERE business_date = $1 AND status = 1"),
+        params![d],
+    )
+    .await?;
+    // Every gateway LISTENing hears it when this commits: pushes go out at once.
+    tx.execute(&Sql::pg_only("NOTIFY wenxiao_credits_released"), &[])
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Everything a cleared day produced: see [`super::super::Store::clearing_report`].
+pub(super) async fn report<B: Backend>(
+    backend: &B,
+    date: BusinessDate,
+) -> Result<Option<ClearingReport>, StoreError> {
+    let d = date_param(date);
+    let mut tx = backend.begin(TxMode::Snapshot).await?;
+    let Some(run) = tx.query_opt(&SELECT_RUN, params![d]).await? else {
+        return Ok(None);
+    };
+    let mut credits = Vec::new();
+    for r in tx
+        .query(
+            &Sql::both(
+                "SELECT credit_id, card_no, amount_fen FROM credits \
+                 WHERE business_date = $1 ORDER BY credit_id",
+            ),
+            params![d],
+        )
+        .await?
+    {
+        credits.push(CreditRow {
+            credit_id: CreditId(from_db_u64(r.int(0)?)),
+            card_no: CardNo(from_db_u64(r.int(1)?)),
+            amount_fen: Fen(r.int(2)?),
+        });
+    }
+    let mut merchants = Vec::new();
+    for r in tx
+        .query(
+            &Sql::both(
+                "SELECT merchant_id, txn_count, sales_fen, refunds_fen, points_fen, subsidy_fen \
+                 FROM merchant_settlements WHERE business_date = $1 ORDER BY merchant_id",
+            ),
+            params![d],
+        )
+        .await?
+    {
+        merchants.push(MerchantSettlement {
+            merchant_id: MerchantId(r.int(0)?),
+            txn_count: r.int(1)?,
+            sales_fen: Fen(r.int(2)?),
+            refunds_fen: Fen(r.int(3)?),
+            points_fen: Fen(r.int(4)?),
+            subsidy_fen: Fen(r.int(5)?),
+        });
+    }
+    let mut statistics = Vec::new();
+    for r in tx
+        .query(
+            &Sql::both(
+                "SELECT district, category, txn_count, sales_fen, subsidy_fen FROM day_statistics \
+                 WHERE business_date = $1 ORDER BY district, category",
+            ),
+            params![d],
+        )
+        .await?
+    {
+        statistics.push(StatisticsRow {
+            district: r.get(0)?,
+            category: r.get(1)?,
+            txn_count: r.int(2)?,
+            sales_fen: Fen(r.int(3)?),
+            subsidy_fen: Fen(r.int(4)?),
+        });
+    }
+    let mut awards = Vec::new();
+    for r in tx
+        .query(
+            &Sql::both(
+                "SELECT award_id, merchant_id, show_date, kind, amount_fen FROM organizer_awards \
+                 WHERE status = 2 AND approved_date = $1 ORDER BY award_id",
+            ),
+            params![d],
+        )
+        .await?
+    {
+        awards.push(AwardRow {
+            award_id: r.int(0)?,
+            merchant_id: MerchantId(r.int(1)?),
+            show_date: r.get(2)?,
+            kind: r.get(3)?,
+            amount_fen: Fen(r.int(4)?),
+        });
+    }
+    let l = tx
+        .query_one(
+            &Sql::both(
+                "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) \
+                 FROM credits WHERE business_date = $1 AND status = 3",
+            ),
+            params![d],
+        )
+        .await?;
+    let loaded = (l.int(0)?, Fen(l.int(1)?));
+    tx.commit().await?;
+    Ok(Some(ClearingReport {
+        summary: summary(date, &run)?,
+        credits,
+        merchants,
+        statistics,
+        awards,
+        loaded,
+    }))
+}

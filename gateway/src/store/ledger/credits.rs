@@ -1,0 +1,313 @@
+//! The credit load exchange on the store: the decisions are the pure functions of
+//! `crate::credits`; this module locks the rows and applies them.
+//!
+//! Every operation on one card's credits first locks all of that card's credits in
+//! credit-id order (`lock_card`), so two of them never wait on each other in a cycle.
+//! OTA claims lock across cards with `SKIP LOCKED`, which never waits.
+
+use super::super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, params};
+use super::super::{
+    CardSeen, LoadAttempt, LoadDecision, LoadInitRequest, PushClaim, ResultReport, StoreError,
+    db_u64, from_db_u64,
+};
+use crate::credits::{
+    BeginCheck, CreditView, FinishStep, Settlement, begin_check, begin_decide, credit_status,
+    finish_step, settle,
+};
+use wenxiao_protocol::{
+    BusinessDate, CardNo, CreditId, CreditPush, Fen, OfferedCredit, Reason, ResultStatus,
+};
+
+/// One of a card's credits, locked.
+struct Locked {
+    credit_id: i64,
+    amount_fen: i64,
+    business_date: BusinessDate,
+    bound_at_ms: Option<i64>,
+    attempt_at_ms: Option<i64>,
+    view: CreditView,
+}
+
+const LOCK_CARD: Sql = Sql::both(
+    "SELECT credit_id, card_no, status, amount_fen, business_date, bound_device, bound_at_ms, \
+     attempt_online_seq, attempt_host_time_ms FROM credits WHERE card_no = $1 \
+     ORDER BY credit_id FOR UPDATE",
+);
+
+const ONE_CREDIT: Sql = Sql::both(
+    "SELECT credit_id, card_no, status, amount_fen, business_date, bound_device, bound_at_ms, \
+     attempt_online_seq, attempt_host_time_ms FROM credits WHERE credit_id = $1",
+);
+
+fn locked(r: &Row) -> Result<Locked, StoreError> {
+    let date = r.get::<u32>(4)?;
+    let attempt_seq: Option<i32> = r.opt(7)?;
+    let attempt_at = r.opt_int(8)?;
+    Ok(Locked {
+        credit_id: r.int(0)?,
+        amount_fen: r.int(3)?,
+        business_date: BusinessDate::new(date)
+            .map_err(|e| StoreError::Corrupt(format!("credit business_date {date}: {e}")))?,
+        bound_at_ms: r.opt_int(6)?,
+        attempt_at_ms: attempt_at,
+        view: CreditView {
+            card_no: r.int(1)?,
+            status: r.get(2)?,
+            amount_fen: r.int(3)?,
+            bound_device: r.opt_int(5)?,
+            attempt: attempt_seq.zip(attempt_at),
+        },
+    })
+}
+
+/// Locks every credit of `card`, in credit-id order.
+async fn lock_card<T: Tx>(tx: &mut T, card: CardNo) -> Result<Vec<Locked>, StoreError> {
+    tx.query(&LOCK_CARD, params![db_u64(card.get())])
+        .await?
+        .iter()
+        .map(locked)
+        .collect()
+}
+
+/// The view of credit `id`: from the locked rows of the card it was asked for, or — when
+/// it is not that card's — read without a lock, only to be declined.
+async fn view_of<T: Tx>(
+    tx: &mut T,
+    rows: &[Locked],
+    id: CreditId,
+) -> Result<Option<CreditView>, StoreError> {
+    let id = db_u64(id.get());
+    if let Some(l) = rows.iter().find(|l| l.credit_id == id) {
+        return Ok(Some(l.view));
+    }
+    tx.query_opt(&ONE_CREDIT, params![id])
+        .await?
+        .map(|r| locked(&r).map(|l| l.view))
+        .transpose()
+}
+
+const BIND: Bulk = Bulk {
+    pg: "UPDATE credits c SET bound_device = u.d, bound_at_ms = u.t \
+         FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(id, d, t) WHERE c.credit_id = u.id",
+    lite: "UPDATE credits SET bound_device = ?2, bound_at_ms = ?3 WHERE credit_id = ?1",
+};
+
+async fn bind<T: Tx>(tx: &mut T, ids: &[i64], device: i64, now_ms: i64) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let cols = [
+        Col::Int(ids.to_vec()),
+        Col::Int(vec![device; ids.len()]),
+        Col::Int(vec![now_ms; ids.len()]),
+    ];
+    tx.bulk(&BIND, &cols).await?;
+    Ok(())
+}
+
+const SETTLE: Sql =
+    Sql::both("UPDATE credits SET status = $2, settled_at_ms = $3 WHERE credit_id = $1");
+
+const VOID_ATTEMPT: Sql = Sql::both(
+    "UPDATE credits SET attempt_online_seq = NULL, attempt_host_time_ms = NULL, \
+     bound_device = NULL, bound_at_ms = NULL WHERE credit_id = $1",
+);
+
+const COUNTER_TAKEN: Sql = Sql::both(
+    "SELECT 1 FROM txns WHERE card_no = $1 AND counter_kind = 2 AND card_counter = $2 \
+     AND status = 1 LIMIT 1",
+);
+
+/// CARD_PRESENTED: see [`super::super::Store::card_presented`].
+pub(super) async fn card_presented<B: Backend>(
+    backend: &B,
+    seen: CardSeen,
+) -> Result<Vec<OfferedCredit>, StoreError> {
+    let card = db_u64(seen.card_no.get());
+    let now_seq = i32::from(seen.online_seq.get());
+    let device = db_u64(seen.device_id.get());
+    let mut tx = backend.begin(TxMode::Write).await?;
+    let rows = lock_card(&mut tx, seen.card_no).await?;
+    let mut in_doubt = false;
+    let mut free = Vec::new();
+    for l in rows
+        .iter()
+        .filter(|l| l.view.status == credit_status::RELEASED)
+    {
+        match l.view.attempt {
+            Some((attempt, _)) => {
+                let taken = tx
+                    .query_opt(&COUNTER_TAKEN, params![card, i64::from(attempt) + 1])
+                    .await?
+                    .is_some();
+                let attempt_at = l.attempt_at_ms.unwrap_or(0);
+                match settle(attempt, attempt_at, now_seq, seen.now_ms, taken) {
+                    Settlement::Loaded => {
+                        tx.execute(
+                            &SETTLE,
+                            params![l.credit_id, credit_status::LOADED, seen.now_ms],
+                        )
+                        .await?;
+                    }
+                    Settlement::Void => {
+                        tx.execute(&VOID_ATTEMPT, params![l.credit_id]).await?;
+                        free.push(l);
+                    }
+                    Settlement::Unknown => in_doubt = true,
+                }
+            }
+            None => {
+                let bound = l.view.bound_device;
+                let lapsed = l
+                    .bound_at_ms
+                    .is_some_and(|t| t.saturating_add(seen.binding_timeout_ms) <= seen.now_ms);
+                if bound.is_none() || bound == Some(device) || lapsed {
+                    free.push(l);
+                }
+            }
+        }
+    }
+    let mut offered = Vec::new();
+    if !in_doubt {
+        let chosen: Vec<&Locked> = free
+            .into_iter()
+            .take(wenxiao_protocol::limits::CREDIT_OFFER_COUNT_MAX)
+            .collect();
+        let ids: Vec<i64> = chosen.iter().map(|l| l.credit_id).collect();
+        bind(&mut tx, &ids, device, seen.now_ms).await?;
+        offered = chosen
+            .iter()
+            .map(|l| OfferedCredit {
+                credit_id: CreditId(from_db_u64(l.credit_id)),
+                amount_fen: Fen(l.amount_fen),
+                business_date: l.business_date,
+            })
+            .collect();
+    }
+    tx.commit().await?;
+    Ok(offered)
+}
+
+/// LOAD_INIT: see [`super::super::Store::begin_load`].
+pub(super) async fn begin_load<B: Backend, F>(
+    backend: &B,
+    r: LoadInitRequest,
+    mac1_ok: F,
+) -> Result<LoadDecision, StoreError>
+where
+    F: FnOnce(Fen) -> bool + Send + 'static,
+{
+    let mut tx = backend.begin(TxMode::Write).await?;
+    let rows = lock_card(&mut tx, r.card_no).await?;
+    let check = begin_check(view_of(&mut tx, &rows, r.credit_id).await?, &r);
+    let id = db_u64(r.credit_id.get());
+    // Two loads of one card starting at once see each other: both hold the card's rows.
+    let other_in_doubt = matches!(check, BeginCheck::Fresh { .. })
+        && rows.iter().any(|l| {
+            l.credit_id != id
+                && l.view.status == credit_status::RELEASED
+                && l.view.attempt.is_some()
+        });
+    let (decision, record) = begin_decide(check, other_in_doubt, r.host_time_ms, mac1_ok);
+    if record {
+        tx.execute(
+            &Sql::both(
+                "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3 \
+                 WHERE credit_id = $1",
+            ),
+            params![id, r.online_seq.get(), r.host_time_ms],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(decision)
+}
+
+/// CREDIT_RESULT: see [`super::super::Store::finish_load`].
+pub(super) async fn finish_load<B: Backend, F>(
+    backend: &B,
+    r: ResultReport,
+    tac_ok: F,
+) -> Result<(ResultStatus, Reason), StoreError>
+where
+    F: FnOnce(&LoadAttempt) -> bool + Send + 'static,
+{
+    let id = db_u64(r.credit_id.get());
+    let mut tx = backend.begin(TxMode::Write).await?;
+    let rows = lock_card(&mut tx, r.card_no).await?;
+    let recorded = (ResultStatus::Recorded, Reason::None);
+    let answer = match finish_step(view_of(&mut tx, &rows, r.credit_id).await?, &r) {
+        FinishStep::Answer(status, reason) => (status, reason),
+        FinishStep::VerifyTac(attempt) if tac_ok(&attempt) => {
+            tx.execute(&SETTLE, params![id, credit_status::LOADED, r.now_ms])
+                .await?;
+            recorded
+        }
+        FinishStep::VerifyTac(_) => (ResultStatus::Rejected, Reason::BadMac),
+        FinishStep::Unbind => {
+            tx.execute(
+                &Sql::both(
+                    "UPDATE credits SET bound_device = NULL, bound_at_ms = NULL \
+                     WHERE credit_id = $1",
+                ),
+                params![id],
+            )
+            .await?;
+            recorded
+        }
+        FinishStep::Park => {
+            tx.execute(&SETTLE, params![id, credit_status::PARKED, r.now_ms])
+                .await?;
+            recorded
+        }
+    };
+    tx.commit().await?;
+    Ok(answer)
+}
+
+/// Credits for an OTA endpoint: see [`super::super::Store::claim_pushes`].
+pub(super) async fn claim_pushes<B: Backend>(
+    backend: &B,
+    c: PushClaim,
+) -> Result<Vec<CreditPush>, StoreError> {
+    let device = db_u64(c.device_id.get());
+    let mut tx = backend.begin(TxMode::Write).await?;
+    let rows = tx
+        .query(
+            &Sql::both(
+                "SELECT credit_id, card_no, amount_fen, business_date FROM credits \
+                 WHERE status = $1 AND card_no BETWEEN $2 AND $3 \
+                 AND (bound_device IS NULL \
+                      OR (bound_device = $4 AND $5) \
+                      OR (attempt_online_seq IS NULL AND bound_device <> $4 \
+                          AND bound_at_ms + $7 <= $6)) \
+                 ORDER BY credit_id LIMIT $8 FOR UPDATE SKIP LOCKED",
+            ),
+            params![
+                credit_status::RELEASED,
+                db_u64(c.cards_from.get()),
+                db_u64(c.cards_to.get()),
+                device,
+                c.include_bound,
+                c.now_ms,
+                c.binding_timeout_ms,
+                c.limit
+            ],
+        )
+        .await?;
+    let mut pushes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let date = r.get::<u32>(3)?;
+        pushes.push(CreditPush {
+            credit_id: CreditId(from_db_u64(r.int(0)?)),
+            card_no: CardNo(from_db_u64(r.int(1)?)),
+            amount_fen: Fen(r.int(2)?),
+            business_date: BusinessDate::new(date)
+                .map_err(|e| StoreError::Corrupt(format!("credit business_date {date}: {e}")))?,
+        });
+    }
+    let ids: Vec<i64> = pushes.iter().map(|p| db_u64(p.credit_id.get())).collect();
+    bind(&mut tx, &ids, device, c.now_ms).await?;
+    tx.commit().await?;
+    Ok(pushes)
+}

@@ -1,0 +1,371 @@
+//! Ingest: one transaction per batch, in steps that are each one set-based statement on
+//! PostgreSQL (so the batch can later become one round trip):
+//! 1. insert the first copy of every (device, seq) with its proposed answer;
+//! 2. look up the rows that were not inserted: identical re-sends are answered from the
+//!    recorded row, other content is SEQ_CONFLICT (recorded as evidence);
+//! 3. what is neither inserted nor recorded collided on the card-counter index: recorded
+//!    REJECTED CARD_COUNTER_REPLAY;
+//! 4. points, then the blacklist, then the budget decide the new rows' final answers,
+//!    which are written back in one statement;
+//! 5. later copies of a key in the same batch are answered last, from the row as this
+//!    batch leaves it, exactly as a re-send in a later batch would be.
+
+use super::super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, params};
+use super::super::{
+    IngestCtx, IngestTxn, Reason, Recorded, Resend, StoreError, TxnAnswer, TxnRow, answer_resend,
+    db_u64, recorded_from_columns, txn_payload,
+};
+use super::{Ledger, budget, points};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use wenxiao_protocol::TxnStatus;
+
+const INSERT_TXNS: Bulk = Bulk {
+    pg: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+         counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
+         occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
+         received_at_ms, business_date) \
+         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[], \
+         $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], $11::int8[], $12::int8[], \
+         $13::int8[], $14::int4[], $15::int8[], $16::int2[], $17::int2[], $18::int8[], $19::int8[], \
+         $20::int8[], $21::int4[]) \
+         ON CONFLICT DO NOTHING RETURNING device_id, seq",
+    lite: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+           counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
+           occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
+           received_at_ms, business_date) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+           ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+           ON CONFLICT DO NOTHING RETURNING device_id, seq",
+};
+
+const SELECT_RECORDED: Bulk = Bulk {
+    pg: "SELECT device_id, seq, kind, card_no, card_counter, amount_fen, \
+         list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
+         status, reason, subsidy_fen, points_awarded FROM txns \
+         WHERE (device_id, seq) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))",
+    lite: "SELECT device_id, seq, kind, card_no, card_counter, amount_fen, \
+           list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
+           status, reason, subsidy_fen, points_awarded FROM txns WHERE device_id = ?1 AND seq = ?2",
+};
+
+const RECORD_CONFLICT: Sql = Sql::both(
+    "INSERT INTO txn_conflicts (device_id, seq, payload, received_at_ms) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+);
+
+const BLACKLISTED: Bulk = Bulk {
+    pg: "SELECT card_no FROM card_blacklist WHERE card_no = ANY($1::int8[])",
+    lite: "SELECT card_no FROM card_blacklist WHERE card_no = ?1",
+};
+
+const WRITE_ANSWERS: Bulk = Bulk {
+    pg: "UPDATE txns t SET status = u.status, reason = u.reason, \
+         subsidy_fen = u.subsidy_fen, points_awarded = u.points_awarded \
+         FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int2[], $5::int8[], $6::int8[]) \
+         AS u(device_id, seq, status, reason, subsidy_fen, points_awarded) \
+         WHERE t.device_id = u.device_id AND t.seq = u.seq",
+    lite: "UPDATE txns SET status = ?3, reason = ?4, subsidy_fen = ?5, points_awarded = ?6 \
+           WHERE device_id = ?1 AND seq = ?2",
+};
+
+type Key = (i64, i64);
+
+fn key(t: &IngestTxn) -> Key {
+    (db_u64(t.device_id.get()), db_u64(t.txn.seq.get()))
+}
+
+fn reason_code(r: Reason) -> i64 {
+    i64::from(r.code())
+}
+
+impl<B: Backend> Ledger<B> {
+    /// One attempt of [`super::super::Store::ingest`].
+    pub(super) async fn ingest_once(
+        &self,
+        batch: &[IngestTxn],
+        ctx: &IngestCtx,
+    ) -> Result<Vec<TxnAnswer>, StoreError> {
+        let months: BTreeSet<i32> = batch
+            .iter()
+            .filter(|t| {
+                matches!(t.proposal, super::super::Proposal::Store { subsidy_fen, .. }
+                    if subsidy_fen.get() > 0)
+            })
+            .map(|t| i32::try_from(t.business_date.get() / 100).unwrap_or(i32::MAX))
+            .collect();
+        if !months.is_empty() {
+            let months: Vec<i32> = months.into_iter().collect();
+            self.ensure_budgets(&months, ctx).await?;
+        }
+
+        // The first copy of each key, and the later copies with their first's index.
+        let mut first_of: HashMap<Key, usize> = HashMap::with_capacity(batch.len());
+        let (mut firsts, mut copies) = (Vec::with_capacity(batch.len()), Vec::new());
+        for (i, t) in batch.iter().enumerate() {
+            match first_of.get(&key(t)) {
+                Some(&f) => copies.push((i, f)),
+                None => {
+                    first_of.insert(key(t), i);
+                    firsts.push(i);
+                }
+            }
+        }
+
+        let mut tx = self.backend.begin(TxMode::Write).await?;
+        let mut answers: Vec<Option<TxnAnswer>> = vec![None; batch.len()];
+        // Rows recorded before this batch, by key.
+        let mut before: HashMap<Key, Recorded> = HashMap::new();
+        let left = insert(
+            &mut tx,
+            batch,
+            &firsts,
+            |t| TxnRow::first_answer(t.proposal),
+            &mut answers,
+        )
+        .await?;
+        let missing = answer_recorded(&mut tx, batch, &left, &mut answers, &mut before).await?;
+        let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
+        let left = insert(&mut tx, batch, &missing, |_| replay, &mut answers).await?;
+        let missing = answer_recorded(&mut tx, batch, &left, &mut answers, &mut before).await?;
+        if let Some(&i) = missing.first() {
+            return Err(StoreError::Corrupt(format!(
+                "batch row {i} neither inserted nor found"
+            )));
+        }
+
+        let inserted = answers.clone();
+        points::apply(&mut tx, batch, &mut answers, ctx).await?;
+        apply_blacklist(&mut tx, batch, &mut answers).await?;
+        budget::apply(&mut tx, batch, &mut answers, ctx).await?;
+        write_changed(&mut tx, batch, &inserted, &answers).await?;
+
+        for (c, f) in copies {
+            let (Some(copy), Some(first)) = (batch.get(c), batch.get(f)) else {
+                continue;
+            };
+            let recorded =
+                match before.get(&key(first)) {
+                    Some(r) => *r,
+                    None => Recorded {
+                        txn: first.txn,
+                        answer: answers.get(f).copied().flatten().ok_or_else(|| {
+                            StoreError::Corrupt(format!("batch row {f} unanswered"))
+                        })?,
+                    },
+                };
+            let answer = match answer_resend(&recorded, &copy.txn) {
+                Resend::Same(a) => a,
+                Resend::Conflict => record_conflict(&mut tx, copy).await?,
+            };
+            if let Some(slot) = answers.get_mut(c) {
+                *slot = Some(answer);
+            }
+        }
+        tx.commit().await?;
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
+            .collect()
+    }
+}
+
+/// Inserts the rows `idxs` (distinct keys) with `answer_of`'s answer and fills `answers`
+/// for the rows inserted; returns the indices not inserted.
+async fn insert<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    idxs: &[usize],
+    answer_of: impl Fn(&IngestTxn) -> TxnAnswer,
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<Vec<usize>, StoreError> {
+    if idxs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(usize, TxnRow, TxnAnswer)> = idxs
+        .iter()
+        .filter_map(|&i| batch.get(i).map(|t| (i, t)))
+        .map(|(i, t)| {
+            let a = answer_of(t);
+            (i, TxnRow::new(t, a), a)
+        })
+        .collect();
+    macro_rules! col {
+        ($f:ident) => {
+            Col::Int(rows.iter().map(|(_, r, _)| i64::from(r.$f)).collect())
+        };
+    }
+    let cols = [
+        col!(device_id),
+        col!(seq),
+        col!(kind),
+        col!(card_no),
+        col!(card_counter),
+        col!(counter_kind),
+        col!(amount_fen),
+        col!(list_price_fen),
+        col!(item),
+        col!(points_hold_id),
+        col!(points_used),
+        col!(refund_of_seq),
+        col!(occurred_at_ms),
+        col!(tac),
+        Col::OptInt(rows.iter().map(|(_, r, _)| r.merchant_id).collect()),
+        col!(status),
+        col!(reason),
+        col!(subsidy_fen),
+        col!(points_awarded),
+        col!(received_at_ms),
+        col!(business_date),
+    ];
+    let inserted: HashSet<Key> = tx
+        .bulk(&INSERT_TXNS, &cols)
+        .await?
+        .iter()
+        .map(|r| Ok((r.int(0)?, r.int(1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    let mut left = Vec::new();
+    for (i, row, answer) in rows {
+        if inserted.contains(&(row.device_id, row.seq)) {
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = Some(answer);
+            }
+        } else {
+            left.push(i);
+        }
+    }
+    Ok(left)
+}
+
+fn recorded_of(r: &Row) -> Result<Recorded, StoreError> {
+    recorded_from_columns(
+        r.int(1)?,
+        r.get(2)?,
+        r.int(3)?,
+        r.int(4)?,
+        r.int(5)?,
+        r.int(6)?,
+        r.get(7)?,
+        r.int(8)?,
+        r.int(9)?,
+        r.int(10)?,
+        r.int(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+        r.int(15)?,
+        r.int(16)?,
+    )
+}
+
+/// Answers the rows among `idxs` whose key is already recorded (re-sends, and seq
+/// conflicts, which are recorded) and keeps the recorded rows in `before`; returns the
+/// indices whose key is not recorded.
+async fn answer_recorded<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    idxs: &[usize],
+    answers: &mut [Option<TxnAnswer>],
+    before: &mut HashMap<Key, Recorded>,
+) -> Result<Vec<usize>, StoreError> {
+    if idxs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Key> = idxs.iter().filter_map(|&i| batch.get(i)).map(key).collect();
+    let cols = [
+        Col::Int(keys.iter().map(|k| k.0).collect()),
+        Col::Int(keys.iter().map(|k| k.1).collect()),
+    ];
+    for r in tx.bulk(&SELECT_RECORDED, &cols).await? {
+        before.insert((r.int(0)?, r.int(1)?), recorded_of(&r)?);
+    }
+    let mut missing = Vec::new();
+    for &i in idxs {
+        let Some(t) = batch.get(i) else { continue };
+        let answer = match before.get(&key(t)) {
+            None => {
+                missing.push(i);
+                continue;
+            }
+            Some(rec) => match answer_resend(rec, &t.txn) {
+                Resend::Same(a) => a,
+                Resend::Conflict => record_conflict(tx, t).await?,
+            },
+        };
+        if let Some(slot) = answers.get_mut(i) {
+            *slot = Some(answer);
+        }
+    }
+    Ok(missing)
+}
+
+/// Records the payload of a TXN that reused a recorded seq with other content.
+async fn record_conflict<T: Tx>(tx: &mut T, t: &IngestTxn) -> Result<TxnAnswer, StoreError> {
+    let (d, s) = key(t);
+    tx.execute(
+        &RECORD_CONFLICT,
+        params![d, s, txn_payload(&t.txn), t.received_at_ms],
+    )
+    .await?;
+    Ok(TxnAnswer::rejected(Reason::SeqConflict))
+}
+
+/// Takes the subsidy off new rows of blacklisted cards (before the budget, so they take
+/// none of it).
+async fn apply_blacklist<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<(), StoreError> {
+    let cards: BTreeSet<i64> = batch
+        .iter()
+        .zip(answers.iter())
+        .filter(|(_, a)| {
+            a.is_some_and(|a| a.status == TxnStatus::Stored && a.subsidy_fen.get() > 0)
+        })
+        .map(|(t, _)| db_u64(t.txn.card_no.get()))
+        .collect();
+    if cards.is_empty() {
+        return Ok(());
+    }
+    let listed: HashSet<i64> = tx
+        .bulk(&BLACKLISTED, &[Col::Int(cards.into_iter().collect())])
+        .await?
+        .iter()
+        .map(|r| r.int(0))
+        .collect::<Result<_, _>>()?;
+    if !listed.is_empty() {
+        super::super::apply_blacklist(batch, answers, &listed);
+    }
+    Ok(())
+}
+
+/// Writes back, in one statement, the answers that points, blacklist and budget changed.
+async fn write_changed<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    inserted: &[Option<TxnAnswer>],
+    answers: &[Option<TxnAnswer>],
+) -> Result<(), StoreError> {
+    let mut cols: [Vec<i64>; 6] = Default::default();
+    for ((t, before), after) in batch.iter().zip(inserted).zip(answers) {
+        let (Some(before), Some(a)) = (before, after) else {
+            continue;
+        };
+        if before == a {
+            continue;
+        }
+        let (d, s) = key(t);
+        let [ds, qs, st, rs, sub, pts] = &mut cols;
+        ds.push(d);
+        qs.push(s);
+        st.push(i64::from(a.status.code()));
+        rs.push(reason_code(a.reason));
+        sub.push(a.subsidy_fen.get());
+        pts.push(i64::from(a.points_awarded.get()));
+    }
+    if cols[0].is_empty() {
+        return Ok(());
+    }
+    tx.bulk(&WRITE_ANSWERS, &cols.map(Col::Int)).await?;
+    Ok(())
+}

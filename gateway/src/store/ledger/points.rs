@@ -1,0 +1,314 @@
+//! Points: holds (POINTS_AUTH), their consumption at ingest, sign-in awards, refunds
+//! giving points back, and the app's reviews and shares.
+
+use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
+use super::super::{
+    Activity, ActivityOutcome, HoldOutcome, HoldRequest, IngestCtx, IngestTxn, PointsEffect,
+    StoreError, TxnAnswer, apply_points, db_u64, from_db_u64, points_rows,
+};
+use super::points_of;
+use std::collections::{BTreeMap, HashSet};
+use wenxiao_protocol::{Fen, HoldId, Points, TxnKind};
+
+const AWARD_SIGN_INS: Bulk = Bulk {
+    pg: "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+         SELECT card_no, award_day, 1, merchant_id, points \
+         FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[]) \
+         AS i(card_no, award_day, merchant_id, points) ORDER BY card_no, award_day \
+         ON CONFLICT DO NOTHING RETURNING card_no, award_day",
+    lite: "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+           VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT DO NOTHING RETURNING card_no, award_day",
+};
+
+const CREDIT_ACCOUNTS: Bulk = Bulk {
+    pg: "INSERT INTO points_accounts (card_no, balance, held) \
+         SELECT card_no, points, 0 FROM unnest($1::int8[], $2::int8[]) AS u(card_no, points) \
+         ORDER BY card_no \
+         ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + excluded.balance",
+    lite: "INSERT INTO points_accounts (card_no, balance, held) VALUES (?1, ?2, 0) \
+           ON CONFLICT (card_no) DO UPDATE SET balance = balance + excluded.balance",
+};
+
+const CONSUME_HOLD: Sql = Sql::both(
+    "UPDATE points_holds SET status = 2, consumed_seq = $5 \
+     WHERE hold_id = $1 AND card_no = $2 AND device_id = $3 AND points = $4 \
+     AND status = 1 AND expires_at_ms > $6",
+);
+
+const SPEND_HELD: Sql = Sql::both(
+    "UPDATE points_accounts SET balance = balance - $2, held = held - $2 WHERE card_no = $1",
+);
+
+const REFUNDED_PURCHASE: Sql = Sql::both(
+    "SELECT amount_fen, points_used FROM txns \
+     WHERE device_id = $1 AND seq = $2 AND status = 1 AND kind = 1",
+);
+
+const CREDIT_ONE: Sql = Sql::both(
+    "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, $2, 0) \
+     ON CONFLICT (card_no) DO UPDATE SET balance = points_accounts.balance + excluded.balance \
+     RETURNING balance",
+);
+
+/// Consumes holds, awards sign-in points and gives refunds their points back, for the
+/// batch's new rows; a row whose hold is not valid becomes REJECTED HOLD_INVALID (before
+/// the budget, so it takes none of it). Sign-ins — most of the points rows — take two
+/// statements for the whole batch; holds and refunds one or two each.
+pub(super) async fn apply<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    ctx: &IngestCtx,
+) -> Result<(), StoreError> {
+    let rows = points_rows(batch, answers);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let awarded = award_sign_ins(tx, batch, &rows, ctx).await?;
+    for i in rows {
+        let (Some(t), Some(Some(answer))) = (batch.get(i), answers.get_mut(i)) else {
+            continue;
+        };
+        let card = db_u64(t.txn.card_no.get());
+        let effect = if let Some(hold) = t.txn.points_hold_id {
+            let points = i64::from(t.txn.points_used.get());
+            let consumed = tx
+                .execute(
+                    &CONSUME_HOLD,
+                    params![
+                        db_u64(hold.get()),
+                        card,
+                        db_u64(t.device_id.get()),
+                        points,
+                        db_u64(t.txn.seq.get()),
+                        t.received_at_ms
+                    ],
+                )
+                .await?;
+            if consumed == 1 {
+                tx.execute(&SPEND_HELD, params![card, points]).await?;
+                PointsEffect::HoldConsumed
+            } else {
+                PointsEffect::HoldInvalid
+            }
+        } else if t.txn.kind == TxnKind::Refund {
+            let original = match t.txn.refund_of_seq {
+                Some(of) => {
+                    tx.query_opt(
+                        &REFUNDED_PURCHASE,
+                        params![db_u64(t.device_id.get()), db_u64(of.get())],
+                    )
+                    .await?
+                }
+                None => None,
+            };
+            let back = match original {
+                Some(o) => crate::rules::points_returned(
+                    Points(o.get(1)?),
+                    Fen(o.int(0)?),
+                    t.txn.amount_fen,
+                ),
+                None => Points(0),
+            };
+            if back.get() > 0 {
+                tx.execute(&CREDIT_ONE, params![card, back.get()]).await?;
+            }
+            PointsEffect::Returned(back)
+        } else if awarded.contains(&i) {
+            PointsEffect::Awarded(ctx.sign_in_points)
+        } else {
+            PointsEffect::DailyLimit
+        };
+        apply_points(answer, &effect);
+    }
+    Ok(())
+}
+
+/// Awards the sign-in points of a batch: the first sign-in of each card and day (in batch
+/// order) that has no award yet earns. Returns the batch rows that earned.
+async fn award_sign_ins<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    rows: &[usize],
+    ctx: &IngestCtx,
+) -> Result<HashSet<usize>, StoreError> {
+    let mut firsts: BTreeMap<(i64, i64), (usize, i64)> = BTreeMap::new();
+    for &i in rows {
+        let Some(t) = batch.get(i) else { continue };
+        if t.txn.kind == TxnKind::SignIn && t.txn.points_hold_id.is_none() {
+            let day = (
+                db_u64(t.txn.card_no.get()),
+                i64::from(t.business_date.get()),
+            );
+            firsts
+                .entry(day)
+                .or_insert((i, t.merchant_id.map_or(0, |m| m.0)));
+        }
+    }
+    if firsts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let points = i64::from(ctx.sign_in_points.get());
+    let cols = [
+        Col::Int(firsts.keys().map(|k| k.0).collect()),
+        Col::Int(firsts.keys().map(|k| k.1).collect()),
+        Col::Int(firsts.values().map(|v| v.1).collect()),
+        Col::Int(vec![points; firsts.len()]),
+    ];
+    let mut earned = HashSet::new();
+    let mut per_card: BTreeMap<i64, i64> = BTreeMap::new();
+    for r in tx.bulk(&AWARD_SIGN_INS, &cols).await? {
+        let k = (r.int(0)?, r.int(1)?);
+        if let Some(&(i, _)) = firsts.get(&k) {
+            earned.insert(i);
+            *per_card.entry(k.0).or_default() += points;
+        }
+    }
+    if !per_card.is_empty() {
+        tx.bulk(
+            &CREDIT_ACCOUNTS,
+            &[
+                Col::Int(per_card.keys().copied().collect()),
+                Col::Int(per_card.values().copied().collect()),
+            ],
+        )
+        .await?;
+    }
+    Ok(earned)
+}
+
+/// Releases a card's holds past their expiry.
+async fn release_expired_holds<T: Tx>(
+    tx: &mut T,
+    card: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let released = tx
+        .query(
+            &Sql::both(
+                "UPDATE points_holds SET status = 3 \
+                 WHERE card_no = $1 AND status = 1 AND expires_at_ms <= $2 RETURNING points",
+            ),
+            params![card, now_ms],
+        )
+        .await?
+        .iter()
+        .map(|r| r.int(0))
+        .sum::<Result<i64, _>>()?;
+    if released > 0 {
+        tx.execute(
+            &Sql::both("UPDATE points_accounts SET held = held - $2 WHERE card_no = $1"),
+            params![card, released],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// POINTS_AUTH: see [`super::super::Store::create_hold`].
+pub(super) async fn create_hold<B: Backend>(
+    backend: &B,
+    r: HoldRequest,
+) -> Result<HoldOutcome, StoreError> {
+    let card = db_u64(r.card_no.get());
+    let points = i64::from(r.points.get());
+    let mut tx = backend.begin(TxMode::Write).await?;
+    tx.execute(
+        &Sql::both(
+            "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, 0, 0) \
+             ON CONFLICT DO NOTHING",
+        ),
+        params![card],
+    )
+    .await?;
+    release_expired_holds(&mut tx, card, r.now_ms).await?;
+    let held = tx
+        .query_opt(
+            &Sql::both(
+                "UPDATE points_accounts SET held = held + $2 \
+                 WHERE card_no = $1 AND balance - held >= $2 RETURNING balance - held",
+            ),
+            params![card, points],
+        )
+        .await?;
+    let outcome = match held {
+        None => {
+            let row = tx
+                .query_one(
+                    &Sql::both("SELECT balance - held FROM points_accounts WHERE card_no = $1"),
+                    params![card],
+                )
+                .await?;
+            HoldOutcome::Insufficient {
+                available: points_of(row.int(0)?),
+            }
+        }
+        Some(row) => {
+            let id = tx
+                .query_one(
+                    &Sql::both(
+                        "INSERT INTO points_holds (card_no, device_id, points, purchase_fen, \
+                         expires_at_ms, status) VALUES ($1, $2, $3, $4, $5, 1) RETURNING hold_id",
+                    ),
+                    params![
+                        card,
+                        db_u64(r.device_id.get()),
+                        points,
+                        r.purchase_fen.get(),
+                        r.expires_at_ms
+                    ],
+                )
+                .await?
+                .int(0)?;
+            HoldOutcome::Approved {
+                hold_id: HoldId::new(from_db_u64(id))
+                    .ok_or_else(|| StoreError::Corrupt("hold id 0".to_owned()))?,
+                available: points_of(row.int(0)?),
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// A review or share: see [`super::super::Store::award_activity`].
+pub(super) async fn award_activity<B: Backend>(
+    backend: &B,
+    a: Activity,
+) -> Result<ActivityOutcome, StoreError> {
+    let card = db_u64(a.card_no.get());
+    let day = i64::from(a.day.get());
+    let mut tx = backend.begin(TxMode::Write).await?;
+    let signed_in = tx
+        .query_opt(
+            &Sql::both(
+                "SELECT 1 FROM txns WHERE card_no = $1 AND counter_kind = 1 \
+                 AND status = 1 AND kind = 2 AND merchant_id = $2 AND business_date = $3 LIMIT 1",
+            ),
+            params![card, a.venue.0, day],
+        )
+        .await?
+        .is_some();
+    if !signed_in {
+        return Ok(ActivityOutcome::NoSignIn);
+    }
+    let points = i64::from(a.points.get());
+    let n = tx
+        .execute(
+            &Sql::both(
+                "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            ),
+            params![card, day, a.kind, a.venue.0, points],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(ActivityOutcome::DailyLimit);
+    }
+    let balance = tx
+        .query_one(&CREDIT_ONE, params![card, points])
+        .await?
+        .int(0)?;
+    tx.commit().await?;
+    Ok(ActivityOutcome::Awarded(points_of(balance)))
+}

@@ -1,0 +1,293 @@
+//! The production backend: PostgreSQL through a deadpool connection pool.
+//!
+//! Transactions are opened and closed with plain `BEGIN`/`COMMIT` on a pooled connection
+//! the transaction owns, so the ledger can hold one across awaits without borrowing the
+//! pool. One dropped before its commit is rolled back on the store runtime before its
+//! connection goes back to the pool; where that cannot be done the connection is closed.
+
+use super::StoreError;
+use super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, Value};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use std::error::Error as StdError;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+/// The PostgreSQL backend. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Pg {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl Pg {
+    /// A pool of at most `pool_size_max` connections to `url`; waiting for one is bounded
+    /// by `pool_wait_ms`. Connections are opened lazily, on the runtime that first needs
+    /// them: callers keep all store work on one dedicated runtime.
+    pub(crate) fn connect(
+        url: &str,
+        pool_size_max: usize,
+        pool_wait_ms: u64,
+    ) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let wait = Some(Duration::from_millis(pool_wait_ms));
+        let pool = Pool::builder(manager)
+            .max_size(pool_size_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(wait)
+            .create_timeout(wait)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            other => StoreError::Pool(other.to_string()),
+        })
+    }
+}
+
+impl Backend for Pg {
+    type Tx = PgTx;
+
+    async fn begin(&self, mode: TxMode) -> Result<PgTx, StoreError> {
+        let client = self.client().await?;
+        let open = match mode {
+            TxMode::Write => Some("BEGIN"),
+            TxMode::Snapshot => Some("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+            TxMode::Autocommit => None,
+        };
+        if let Some(begin) = open {
+            client.batch_execute(begin).await?;
+        }
+        Ok(PgTx {
+            client: Some(client),
+            open: open.is_some(),
+        })
+    }
+
+    fn retryable(e: &StoreError) -> bool {
+        use tokio_postgres::error::SqlState;
+        matches!(e, StoreError::Postgres(e) if e.code().is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        }))
+    }
+
+    fn schema_text(sql: &str) -> String {
+        sql.to_owned()
+    }
+}
+
+/// An open PostgreSQL transaction on a connection of its own.
+pub struct PgTx {
+    client: Option<Object>,
+    /// A `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` has succeeded.
+    open: bool,
+}
+
+impl std::fmt::Debug for PgTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTx").field("open", &self.open).finish()
+    }
+}
+
+impl PgTx {
+    fn client(&self) -> Result<&Object, StoreError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Task("transaction already closed".to_owned()))
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if !self.open {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        // Never hand a connection in an unknown state back to the pool.
+                        drop(Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(client)),
+        }
+    }
+}
+
+fn param_refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+impl Tx for PgTx {
+    async fn query(&mut self, sql: &Sql, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        if sql.pg.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client()?;
+        let stmt = client.prepare_cached(sql.pg).await?;
+        client
+            .query(&stmt, &param_refs(params))
+            .await?
+            .iter()
+            .map(row_values)
+            .collect()
+    }
+
+    async fn execute(&mut self, sql: &Sql, params: &[Value]) -> Result<u64, StoreError> {
+        if sql.pg.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client()?;
+        let stmt = client.prepare_cached(sql.pg).await?;
+        Ok(client.execute(&stmt, &param_refs(params)).await?)
+    }
+
+    async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {
+        if cols.first().is_none_or(|c| c.len() == 0) {
+            return Ok(Vec::new());
+        }
+        let client = self.client()?;
+        let stmt = client.prepare_cached(sql.pg).await?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        client
+            .query(&stmt, &refs)
+            .await?
+            .iter()
+            .map(row_values)
+            .collect()
+    }
+
+    async fn batch(&mut self, text: &str) -> Result<(), StoreError> {
+        Ok(self.client()?.batch_execute(text).await?)
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        if self.open {
+            self.client()?.batch_execute("COMMIT").await?;
+            self.open = false;
+        }
+        Ok(())
+    }
+}
+
+/// A row's columns as [`Value`]s, by their declared types.
+fn row_values(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
+    let mut out = Vec::with_capacity(r.len());
+    for (i, c) in r.columns().iter().enumerate() {
+        let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+        let v = match *c.type_() {
+            Type::INT2 => int(r.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+            Type::INT4 => int(r.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+            Type::INT8 => int(r.try_get::<_, Option<i64>>(i)?),
+            Type::BOOL => r
+                .try_get::<_, Option<bool>>(i)?
+                .map_or(Value::Null, Value::Bool),
+            Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => r
+                .try_get::<_, Option<String>>(i)?
+                .map_or(Value::Null, Value::Text),
+            Type::BYTEA => r
+                .try_get::<_, Option<Vec<u8>>>(i)?
+                .map_or(Value::Null, Value::Bytes),
+            Type::VOID => Value::Null,
+            ref t => {
+                return Err(StoreError::Corrupt(format!(
+                    "column {} has type {t}, which the ledger does not read",
+                    c.name()
+                )));
+            }
+        };
+        out.push(v);
+    }
+    Ok(Row(out))
+}
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+/// An integer narrowed to the parameter's declared type.
+fn int_to_sql(v: i64, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+    match *ty {
+        Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
+        Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+        Type::INT8 => v.to_sql(ty, out),
+        Type::BOOL => match v {
+            0 | 1 => (v == 1).to_sql(ty, out),
+            _ => Err(format!("{v} is not a boolean").into()),
+        },
+        ref t => Err(format!("an integer cannot be a {t}").into()),
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) => int_to_sql(*v, ty, out),
+            Value::Bool(b) => b.to_sql(ty, out),
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Bytes(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked per value in `to_sql`, against the statement's declared type.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// Narrows a column to the declared array type, checked.
+fn narrow<T: TryFrom<i64>>(v: &[Option<i64>]) -> Result<Vec<Option<T>>, BoxError>
+where
+    T::Error: StdError + Sync + Send + 'static,
+{
+    v.iter()
+        .map(|x| x.map(T::try_from).transpose().map_err(Into::into))
+        .collect()
+}
+
+impl ToSql for Col {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+        let values: Vec<Option<i64>> = match self {
+            Col::Int(v) => v.iter().copied().map(Some).collect(),
+            Col::OptInt(v) => v.clone(),
+        };
+        match *ty {
+            Type::INT2_ARRAY => narrow::<i16>(&values)?.to_sql(ty, out),
+            Type::INT4_ARRAY => narrow::<i32>(&values)?.to_sql(ty, out),
+            Type::INT8_ARRAY => values.to_sql(ty, out),
+            ref t => Err(format!("a column of integers cannot be a {t}").into()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
