@@ -59,9 +59,11 @@ pub fn start(
     let first_shard = usize::from(rand::random::<u8>());
     let (tx, rx) = mpsc::channel(config.queue_txns_max);
     let rx = Arc::new(Mutex::new(rx));
-    let writers = match store {
-        AnyStore::Sqlite(_) => 1,
-        AnyStore::Postgres(_) => config.writers,
+    // SQLite has one writer connection: more writers would only queue on it.
+    let writers = if store.is_postgres() {
+        config.writers
+    } else {
+        1
     };
     let handles = (0..writers)
         .map(|n| {

@@ -77,15 +77,16 @@ pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
     Ok(match config.store.kind {
         StoreKind::Sqlite => {
             let path = config.sqlite_path();
-            AnyStore::Sqlite(
-                SqliteStore::open(&path).with_context(|| format!("open {}", path.display()))?,
-            )
+            SqliteStore::open(&path)
+                .with_context(|| format!("open {}", path.display()))?
+                .into()
         }
-        StoreKind::Postgres => AnyStore::Postgres(PgStore::connect(
+        StoreKind::Postgres => PgStore::connect(
             &config.store.postgres_url,
             config.store.postgres_pool_size_max,
             config.store.postgres_pool_wait_ms,
-        )?),
+        )?
+        .into(),
     })
 }
 
@@ -361,13 +362,10 @@ fn tell_ota_sessions(shared: &Shared) {
 /// notifications, so a gateway on it polls `latest_release_ms`.
 fn spawn_release_watch(shared: Arc<Shared>) {
     let rt = shared.store_rt.clone();
-    match &shared.store {
-        AnyStore::Postgres(_) => {
-            rt.spawn(listen_for_releases(shared));
-        }
-        AnyStore::Sqlite(_) => {
-            rt.spawn(poll_for_releases(shared));
-        }
+    if shared.store.is_postgres() {
+        rt.spawn(listen_for_releases(shared));
+    } else {
+        rt.spawn(poll_for_releases(shared));
     }
 }
 

@@ -275,7 +275,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn retryable(e: &StoreError) -> bool;
 
     /// A migration's text in this database's spelling.
-    fn schema_text(sql: &str) -> String;
+    fn schema_text(&self, sql: &str) -> String;
 }
 
 /// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -330,6 +330,80 @@ pub trait Tx: Send {
                     sql.pg.get(..60).unwrap_or(sql.pg)
                 ))
             })
+        }
+    }
+}
+
+/// The backend chosen by configuration.
+#[derive(Debug, Clone)]
+pub enum AnyBackend {
+    /// PostgreSQL.
+    Postgres(super::Pg),
+    /// SQLite.
+    Sqlite(super::Lite),
+}
+
+/// A transaction of [`AnyBackend`].
+#[derive(Debug)]
+pub enum AnyTx {
+    /// PostgreSQL.
+    Postgres(Box<super::PgTx>),
+    /// SQLite.
+    Sqlite(super::LiteTx),
+}
+
+macro_rules! either {
+    ($self:expr, $t:ident => $e:expr) => {
+        match $self {
+            AnyTx::Postgres($t) => $e,
+            AnyTx::Sqlite($t) => $e,
+        }
+    };
+}
+
+impl Backend for AnyBackend {
+    type Tx = AnyTx;
+
+    async fn begin(&self, mode: TxMode) -> Result<AnyTx, StoreError> {
+        Ok(match self {
+            AnyBackend::Postgres(b) => AnyTx::Postgres(Box::new(b.begin(mode).await?)),
+            AnyBackend::Sqlite(b) => AnyTx::Sqlite(b.begin(mode).await?),
+        })
+    }
+
+    fn retryable(e: &StoreError) -> bool {
+        super::Pg::retryable(e) || super::Lite::retryable(e)
+    }
+
+    fn schema_text(&self, sql: &str) -> String {
+        match self {
+            AnyBackend::Postgres(b) => b.schema_text(sql),
+            AnyBackend::Sqlite(b) => b.schema_text(sql),
+        }
+    }
+}
+
+impl Tx for AnyTx {
+    async fn query(&mut self, sql: &Sql, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        either!(self, t => t.query(sql, params).await)
+    }
+
+    async fn execute(&mut self, sql: &Sql, params: &[Value]) -> Result<u64, StoreError> {
+        either!(self, t => t.execute(sql, params).await)
+    }
+
+    async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {
+        either!(self, t => t.bulk(sql, cols).await)
+    }
+
+    async fn batch(&mut self, text: &str) -> Result<(), StoreError> {
+        either!(self, t => t.batch(text).await)
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            AnyTx::Postgres(t) => t.commit().await,
+            AnyTx::Sqlite(t) => t.commit().await,
         }
     }
 }

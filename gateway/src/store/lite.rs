@@ -98,7 +98,7 @@ impl Backend for Lite {
         false
     }
 
-    fn schema_text(sql: &str) -> String {
+    fn schema_text(&self, sql: &str) -> String {
         // The column types SQLite spells differently (an auto-assigned `BIGSERIAL` key is
         // SQLite's rowid).
         sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY")

@@ -90,7 +90,7 @@ impl Backend for Pg {
         }))
     }
 
-    fn schema_text(sql: &str) -> String {
+    fn schema_text(&self, sql: &str) -> String {
         sql.to_owned()
     }
 }

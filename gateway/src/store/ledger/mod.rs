@@ -14,7 +14,7 @@ mod credits;
 mod ingest;
 mod points;
 
-use super::backend::{Backend, Sql, Tx, TxMode, params};
+use super::backend::{AnyBackend, Backend, Sql, Tx, TxMode, params};
 use super::lite::Lite;
 use super::pg::Pg;
 use super::{
@@ -40,6 +40,8 @@ pub struct Ledger<B> {
 pub type PgStore = Ledger<Pg>;
 /// The embedded SQLite store.
 pub type SqliteStore = Ledger<Lite>;
+/// The store chosen by configuration.
+pub type AnyStore = Ledger<AnyBackend>;
 
 impl<B: Backend> Ledger<B> {
     fn new(backend: B) -> Self {
@@ -68,6 +70,31 @@ impl Ledger<Lite> {
     /// The database file.
     pub fn path(&self) -> &Path {
         self.backend.path()
+    }
+}
+
+impl From<PgStore> for AnyStore {
+    fn from(s: PgStore) -> Self {
+        Self {
+            backend: AnyBackend::Postgres(s.backend),
+            budgets: s.budgets,
+        }
+    }
+}
+
+impl From<SqliteStore> for AnyStore {
+    fn from(s: SqliteStore) -> Self {
+        Self {
+            backend: AnyBackend::Sqlite(s.backend),
+            budgets: s.budgets,
+        }
+    }
+}
+
+impl AnyStore {
+    /// Whether this is the PostgreSQL store (which notifies; the embedded one is polled).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, AnyBackend::Postgres(_))
     }
 }
 
@@ -123,7 +150,7 @@ impl<B: Backend> Store for Ledger<B> {
                 )
                 .await?;
             if done.is_none() {
-                tx.batch(&B::schema_text(sql)).await?;
+                tx.batch(&self.backend.schema_text(sql)).await?;
                 tx.execute(
                     &Sql::both("INSERT INTO schema_migrations VALUES ($1, $2)"),
                     params![version, chrono::Utc::now().timestamp_millis()],
