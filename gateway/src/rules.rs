@@ -112,6 +112,27 @@ pub fn points_returned(points_used: Points, original_paid: Fen, refunded: Fen) -
     Points(back.floor().try_into().unwrap_or(0))
 }
 
+/// Whether a purchase that pays `amount_fen` by card and `points_used` in points keeps
+/// the points within `max_share_of_purchase` of its own whole price (card part plus the
+/// points' value): the cap checked again at use, whatever the hold was approved for.
+pub fn check_points_paid(
+    amount_fen: Fen,
+    points_used: Points,
+    policy: &PointsPolicy,
+) -> Result<(), Reason> {
+    if points_used.get() == 0 {
+        return Ok(());
+    }
+    let whole = amount_fen
+        .checked_add(points_value(points_used, policy))
+        .ok_or(Reason::InvalidField)?;
+    match check_points_use(whole, points_used, Points(u32::MAX), policy) {
+        Err(Reason::InvalidField) => Err(Reason::InvalidField),
+        Err(_) => Err(Reason::PointsCapExceeded),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// The money value of points.
 pub fn points_value(points: Points, policy: &PointsPolicy) -> Fen {
     Fen(i64::from(points.get()).saturating_mul(policy.fen_per_point))
@@ -366,6 +387,26 @@ mod tests {
         );
         assert_eq!(
             check_points_use(Fen(10_000), Points(0), Points(9), &p),
+            Err(Reason::InvalidField)
+        );
+    }
+
+    #[test]
+    fn points_pay_at_most_half_of_the_whole_price_at_use() {
+        let p = crate::policy::Policy::default().points;
+        // 10 points are 100 fen: beside 100 fen by card that is exactly half.
+        assert_eq!(check_points_paid(Fen(100), Points(10), &p), Ok(()));
+        assert_eq!(
+            check_points_paid(Fen(99), Points(10), &p),
+            Err(Reason::PointsCapExceeded)
+        );
+        assert_eq!(
+            check_points_paid(Fen(20), Points(10), &p),
+            Err(Reason::PointsCapExceeded)
+        );
+        assert_eq!(check_points_paid(Fen(1), Points(0), &p), Ok(()));
+        assert_eq!(
+            check_points_paid(Fen(i64::MAX), Points(10), &p),
             Err(Reason::InvalidField)
         );
     }

@@ -486,7 +486,14 @@ impl Session {
             merchant.as_ref(),
             &self.shared.config.txn,
             &self.shared.keys,
-        ) {
+        )
+        .and_then(|()| {
+            crate::rules::check_points_paid(
+                txn.amount_fen,
+                txn.points_used,
+                &self.shared.policy.points,
+            )
+        }) {
             Ok(()) => {
                 let subsidy = provisional_subsidy(&txn, merchant.as_ref(), &self.shared.policy);
                 Proposal::Store {

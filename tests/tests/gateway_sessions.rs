@@ -482,6 +482,53 @@ async fn points_from_sign_ins_pay_part_of_a_purchase() {
     assert_eq!(pos.ack().await.reason, Reason::HoldInvalid);
 }
 
+/// Defect 1: the 50 % cap holds at use, against the purchase that spends the hold, not
+/// only at authorisation: a hold approved for a ¥10 purchase cannot pay 10 points of a
+/// 20-fen one. The refused purchase takes nothing from the hold; at exactly 50 % it pays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_pay_at_most_half_of_the_purchase_that_spends_them() {
+    let env = TestEnv::sqlite();
+    let gw = env.start();
+    let mut reader = env.session(&gw, READER).await;
+    let mut visit = book_purchase(READER, 1, 901, 1, 0);
+    visit.kind = TxnKind::SignIn;
+    visit.item = Item::None;
+    reader.send(sign_txn(visit)).await;
+    assert_eq!(reader.ack().await.points_awarded, Points(10));
+    let mut pos = env.session(&gw, POS).await;
+    pos.send(PointsAuth {
+        req_id: ReqId(1),
+        card_no: CardNo(901),
+        purchase_fen: Fen(1_000),
+        points: Points(10),
+    })
+    .await;
+    let Message::PointsAuthResult(r) = pos.frame().await else {
+        panic!()
+    };
+    assert_eq!(r.status, AuthStatus::Approved);
+    // 10 points (100 fen) beside 20 fen by card: 83 % in points. Then 99 fen: just over.
+    for (seq, card_part) in [(1, 20), (2, 99)] {
+        let mut buy = book_purchase(POS, seq, 901, u32::try_from(seq).unwrap() + 1, card_part);
+        buy.points_hold_id = r.hold_id;
+        buy.points_used = Points(10);
+        pos.send(sign(POS, buy)).await;
+        let a = pos.ack().await;
+        assert_eq!(
+            (a.status, a.reason, a.subsidy_fen),
+            (TxnStatus::Rejected, Reason::PointsCapExceeded, Fen(0)),
+            "{card_part} fen by card"
+        );
+    }
+    // Exactly half: 100 fen by card, 100 in points. The hold is still there to spend.
+    let mut buy = book_purchase(POS, 3, 901, 4, 100);
+    buy.points_hold_id = r.hold_id;
+    buy.points_used = Points(10);
+    pos.send(sign(POS, buy)).await;
+    let a = pos.ack().await;
+    assert_eq!((a.status, a.subsidy_fen), (TxnStatus::Stored, Fen(10)));
+}
+
 fn sign_txn(t: Txn) -> Txn {
     sign(READER, t)
 }
