@@ -133,6 +133,33 @@ pub fn check_points_paid(
     }
 }
 
+/// What one refund of a purchase reverses when its refunds before it came to
+/// `refunded_before` and with it come to `refunded_after` (at most the amount paid): the
+/// difference of the cumulative reversals, so however a purchase is refunded in parts,
+/// the parts reverse exactly its subsidy once in all (each rounded half-up on the
+/// running total, not on its own).
+pub fn refund_reversal_step(
+    original_subsidy: Fen,
+    original_paid: Fen,
+    refunded_before: Fen,
+    refunded_after: Fen,
+) -> Fen {
+    let upto = |r| refund_reversal(original_subsidy, original_paid, r).get();
+    Fen(upto(refunded_after) - upto(refunded_before))
+}
+
+/// The points one refund gives back, cumulatively as [`refund_reversal_step`]: the parts
+/// give back at most the points the purchase used.
+pub fn points_returned_step(
+    points_used: Points,
+    original_paid: Fen,
+    refunded_before: Fen,
+    refunded_after: Fen,
+) -> Points {
+    let upto = |r| points_returned(points_used, original_paid, r).get();
+    Points(upto(refunded_after).saturating_sub(upto(refunded_before)))
+}
+
 /// The money value of points.
 pub fn points_value(points: Points, policy: &PointsPolicy) -> Fen {
     Fen(i64::from(points.get()).saturating_mul(policy.fen_per_point))
@@ -409,6 +436,29 @@ mod tests {
             check_points_paid(Fen(i64::MAX), Points(10), &p),
             Err(Reason::InvalidField)
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn refunds_in_parts_reverse_exactly_the_subsidy_once(
+            subsidy in 0i64..100_000,
+            paid in 1i64..1_000_000,
+            points in 0u32..10_000,
+            cuts in proptest::collection::vec(1i64..1_000_000, 1..8),
+        ) {
+            // Refund the purchase in parts until it is refunded whole.
+            let (mut before, mut reversed, mut back) = (0, 0, 0);
+            for c in cuts.iter().chain([&paid]) {
+                let after = (before + c).min(paid);
+                let step = refund_reversal_step(Fen(subsidy), Fen(paid), Fen(before), Fen(after));
+                proptest::prop_assert!(step.get() >= 0);
+                reversed += step.get();
+                back += points_returned_step(Points(points), Fen(paid), Fen(before), Fen(after)).get();
+                before = after;
+            }
+            proptest::prop_assert_eq!(reversed, subsidy);
+            proptest::prop_assert_eq!(back, points);
+        }
     }
 
     #[test]

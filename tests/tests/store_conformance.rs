@@ -1108,6 +1108,77 @@ async fn copies_in_one_batch_get_the_first_copys_final_answer(s: &(impl Store + 
     );
 }
 
+/// Defect 2: the refunds of one purchase add up to at most its amount, and reverse its
+/// subsidy at most once in total, in proportion and without rounding past it. An excess
+/// refund — a second full one, one in the same batch, one for another card — is REJECTED
+/// INVALID_FIELD and reverses nothing.
+async fn refunds_of_one_purchase_never_exceed_it(s: &(impl Store + StoreAudit)) {
+    const D: u32 = 20261204;
+    // Purchase 1: 8,800 fen with 880 subsidy. Purchase 2: 1,000 fen with 5 (odd, so
+    // halves round). Another card's purchase keeps its subsidy whatever happens.
+    let mut small = want(DEVICE, 2, 80, 5, D);
+    small.txn.amount_fen = Fen(1_000);
+    s.ingest(
+        &[
+            want(DEVICE, 1, 80, 880, D),
+            small,
+            want(DEVICE, 3, 81, 100, D),
+        ],
+        &B,
+    )
+    .await
+    .unwrap();
+    let invalid = TxnAnswer::rejected(Reason::InvalidField);
+    // A full refund, and a second one in the same batch.
+    let a = s
+        .ingest(
+            &[
+                refund(10, 80, 10, 8_800, 1, D),
+                refund(11, 80, 11, 8_800, 1, D),
+            ],
+            &B,
+        )
+        .await
+        .unwrap();
+    assert_eq!((a[0].status, a[1]), (TxnStatus::Stored, invalid));
+    // A third, in a later batch; and one that names the purchase for another card.
+    let b = s
+        .ingest(
+            &[refund(12, 80, 12, 1, 1, D), refund(13, 81, 13, 100, 2, D)],
+            &B,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b, vec![invalid, invalid]);
+    // Halves of the odd purchase: 2.5 + 2.5 reverse 5 in all, not 3 + 3.
+    let c = s
+        .ingest(
+            &[refund(14, 80, 14, 500, 2, D), refund(15, 80, 15, 500, 2, D)],
+            &B,
+        )
+        .await
+        .unwrap();
+    assert!(c.iter().all(|a| a.status == TxnStatus::Stored), "{c:?}");
+    assert_eq!(
+        s.ingest(&[refund(16, 80, 16, 1, 2, D)], &B).await.unwrap(),
+        vec![invalid]
+    );
+    let day = s
+        .clear_day(BusinessDate::new(D).unwrap(), 10, 1)
+        .await
+        .unwrap();
+    // Card 80: 880 + 5 earned, 880 + 5 reversed; card 81: 100.
+    assert_eq!((day.subsidy_fen, day.credit_fen), (Fen(100), Fen(100)));
+    let report = s
+        .clearing_report(BusinessDate::new(D).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.credits.len(), 1);
+    assert_eq!(report.credits[0].card_no, CardNo(81));
+    assert_eq!(s.count_txns(DEVICE).await.unwrap(), (6, 4));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -1154,4 +1225,5 @@ on_both_stores!(
     blacklisted_cards_earn_no_subsidy_and_take_no_budget,
     the_audit_sums_devices_credits_and_budgets,
     copies_in_one_batch_get_the_first_copys_final_answer,
+    refunds_of_one_purchase_never_exceed_it,
 );

@@ -3,19 +3,11 @@
 //! point in fen (MERCHANTS), or the time of the run (RUN).
 
 /// Each stored transaction's effect on its card's credit: a purchase's subsidy, minus a
-/// refund's reversal — the original purchase's subsidy in proportion to the amount
-/// refunded, rounded half-up in integers ((2·s·r + a) div 2a), all of it for a full refund.
+/// refund's reversal as ingest recorded it (the purchase's subsidy in proportion to the
+/// amount refunded, cumulatively over its refunds, so never more than the subsidy).
 pub(crate) const DAY_NETS: &str = "INSERT INTO clearing_nets (card_no, net_fen) \
-    SELECT card_no, SUM(net_fen) FROM ( \
-        SELECT card_no, subsidy_fen AS net_fen FROM txns \
-        WHERE business_date = $1 AND status = 1 AND kind = 1 \
-        UNION ALL \
-        SELECT t.card_no, \
-            -((o.subsidy_fen * LEAST(t.amount_fen, o.amount_fen) * 2 + o.amount_fen) / (2 * o.amount_fen)) \
-        FROM txns t JOIN txns o ON o.device_id = t.device_id AND o.seq = t.refund_of_seq \
-            AND o.status = 1 AND o.kind = 1 AND o.amount_fen > 0 \
-        WHERE t.business_date = $1 AND t.status = 1 AND t.kind = 4 \
-    ) AS day GROUP BY card_no";
+    SELECT card_no, SUM(CASE WHEN kind = 1 THEN subsidy_fen ELSE -reversal_fen END) FROM txns \
+    WHERE business_date = $1 AND status = 1 AND kind IN (1, 4) GROUP BY card_no";
 
 /// Credits: each card's net after what it owed; ids are the date and the card's rank.
 pub(crate) const CREDITS: &str = "INSERT INTO credits (credit_id, business_date, card_no, amount_fen, status) \

@@ -547,6 +547,9 @@ pub(crate) enum PointsEffect {
     DailyLimit,
     /// A refund gave back points of its purchase (reported in the ack's points field).
     Returned(Points),
+    /// A refund names no stored purchase of this device and card, or would take the
+    /// purchase's refunds past its amount.
+    RefundInvalid,
 }
 
 /// Rows newly stored in this batch that use a hold or sign in, in batch order.
@@ -575,6 +578,7 @@ pub(crate) fn apply_points(answer: &mut TxnAnswer, effect: &PointsEffect) {
             answer.reason = Reason::DailyLimitReached;
         }
         PointsEffect::Returned(p) => answer.points_awarded = *p,
+        PointsEffect::RefundInvalid => *answer = TxnAnswer::rejected(Reason::InvalidField),
     }
 }
 
@@ -875,6 +879,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("migrations/0005_credit_loads.sql")),
     (6, include_str!("migrations/0006_awards.sql")),
     (7, include_str!("migrations/0007_blacklist.sql")),
+    (8, include_str!("migrations/0008_refund_reversal.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

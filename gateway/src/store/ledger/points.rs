@@ -7,7 +7,7 @@ use super::super::{
     StoreError, TxnAnswer, apply_points, db_u64, from_db_u64, points_rows,
 };
 use super::points_of;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use wenxiao_protocol::{Fen, HoldId, Points, TxnKind};
 
 const AWARD_SIGN_INS: Bulk = Bulk {
@@ -39,10 +39,23 @@ const SPEND_HELD: Sql = Sql::both(
     "UPDATE points_accounts SET balance = balance - $2, held = held - $2 WHERE card_no = $1",
 );
 
-const REFUNDED_PURCHASE: Sql = Sql::both(
-    "SELECT amount_fen, points_used FROM txns \
-     WHERE device_id = $1 AND seq = $2 AND status = 1 AND kind = 1",
+/// The refunded purchase, locked: refunds of one purchase are decided one at a time,
+/// across writers and nodes.
+const LOCK_PURCHASE: Sql = Sql::both(
+    "SELECT amount_fen, points_used, subsidy_fen, card_no FROM txns \
+     WHERE device_id = $1 AND seq = $2 AND status = 1 AND kind = 1 FOR UPDATE",
 );
+
+const REFUNDED_BEFORE: Sql = Sql::both(
+    "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM txns \
+     WHERE device_id = $1 AND refund_of_seq = $2 AND kind = 4 AND status = 1 AND seq <> $3",
+);
+
+const REJECT_ROW: Sql =
+    Sql::both("UPDATE txns SET status = 3, reason = $3 WHERE device_id = $1 AND seq = $2");
+
+const SET_REVERSAL: Sql =
+    Sql::both("UPDATE txns SET reversal_fen = $3 WHERE device_id = $1 AND seq = $2");
 
 const CREDIT_ONE: Sql = Sql::both(
     "INSERT INTO points_accounts (card_no, balance, held) VALUES ($1, $2, 0) \
@@ -65,6 +78,16 @@ pub(super) async fn apply<T: Tx>(
         return Ok(());
     }
     let awarded = award_sign_ins(tx, batch, &rows, ctx).await?;
+    // The batch's refunds not yet decided, by purchase: inserted as stored, they are in
+    // the table's sum of a purchase's refunds, but must not count before they are decided.
+    let mut pending: HashMap<(i64, i64), i64> = HashMap::new();
+    for t in rows.iter().filter_map(|&i| batch.get(i)) {
+        if let (TxnKind::Refund, Some(of)) = (t.txn.kind, t.txn.refund_of_seq) {
+            *pending
+                .entry((db_u64(t.device_id.get()), db_u64(of.get())))
+                .or_default() += t.txn.amount_fen.get();
+        }
+    }
     for i in rows {
         let (Some(t), Some(Some(answer))) = (batch.get(i), answers.get_mut(i)) else {
             continue;
@@ -92,28 +115,18 @@ pub(super) async fn apply<T: Tx>(
                 PointsEffect::HoldInvalid
             }
         } else if t.txn.kind == TxnKind::Refund {
-            let original = match t.txn.refund_of_seq {
-                Some(of) => {
-                    tx.query_opt(
-                        &REFUNDED_PURCHASE,
-                        params![db_u64(t.device_id.get()), db_u64(of.get())],
-                    )
-                    .await?
-                }
-                None => None,
-            };
-            let back = match original {
-                Some(o) => crate::rules::points_returned(
-                    Points(o.get(1)?),
-                    Fen(o.int(0)?),
-                    t.txn.amount_fen,
-                ),
-                None => Points(0),
-            };
-            if back.get() > 0 {
-                tx.execute(&CREDIT_ONE, params![card, back.get()]).await?;
+            let purchase = (
+                db_u64(t.device_id.get()),
+                db_u64(t.txn.refund_of_seq.map_or(0, |s| s.get())),
+            );
+            let undecided = pending.get_mut(&purchase).map_or(0, |p| {
+                *p -= t.txn.amount_fen.get();
+                *p
+            });
+            match refund(tx, t, undecided).await? {
+                Some(back) => PointsEffect::Returned(back),
+                None => PointsEffect::RefundInvalid,
             }
-            PointsEffect::Returned(back)
         } else if awarded.contains(&i) {
             PointsEffect::Awarded(ctx.sign_in_points)
         } else {
@@ -122,6 +135,65 @@ pub(super) async fn apply<T: Tx>(
         apply_points(answer, &effect);
     }
     Ok(())
+}
+
+/// Decides a new REFUND: it must name a stored purchase of the same device and card, and
+/// with the purchase's refunds before it add up to at most the purchase's amount. Records
+/// its reversal of the purchase's subsidy and gives back its points, both cumulatively
+/// (`rules::refund_reversal_step`), and returns the points; `None` when it is refused,
+/// after recording it REJECTED at once, so that a later refund in the same batch does not
+/// count it. `undecided_fen` is what the batch's later refunds of the same purchase,
+/// recorded but not decided yet, add to the table's sum.
+async fn refund<T: Tx>(
+    tx: &mut T,
+    t: &IngestTxn,
+    undecided_fen: i64,
+) -> Result<Option<Points>, StoreError> {
+    let (device, seq) = (db_u64(t.device_id.get()), db_u64(t.txn.seq.get()));
+    let card = db_u64(t.txn.card_no.get());
+    let original = match t.txn.refund_of_seq {
+        Some(of) => {
+            let of = db_u64(of.get());
+            tx.query_opt(&LOCK_PURCHASE, params![device, of])
+                .await?
+                .map(|o| (of, o))
+        }
+        None => None,
+    };
+    let decided = match original {
+        Some((of, o)) if o.int(3)? == card => {
+            let paid = o.int(0)?;
+            let before = tx
+                .query_one(&REFUNDED_BEFORE, params![device, of, seq])
+                .await?
+                .int(0)?
+                - undecided_fen;
+            let after = before.checked_add(t.txn.amount_fen.get());
+            after
+                .filter(|&a| a <= paid)
+                .map(|after| (o, paid, before, after))
+        }
+        _ => None,
+    };
+    let Some((o, paid, before, after)) = decided else {
+        tx.execute(
+            &REJECT_ROW,
+            params![device, seq, wenxiao_protocol::Reason::InvalidField.code()],
+        )
+        .await?;
+        return Ok(None);
+    };
+    let (paid, before, after) = (Fen(paid), Fen(before), Fen(after));
+    let reversal = crate::rules::refund_reversal_step(Fen(o.int(2)?), paid, before, after);
+    if reversal.get() != 0 {
+        tx.execute(&SET_REVERSAL, params![device, seq, reversal.get()])
+            .await?;
+    }
+    let back = crate::rules::points_returned_step(Points(o.get(1)?), paid, before, after);
+    if back.get() > 0 {
+        tx.execute(&CREDIT_ONE, params![card, back.get()]).await?;
+    }
+    Ok(Some(back))
 }
 
 /// Awards the sign-in points of a batch: the first sign-in of each card and day (in batch
