@@ -14,7 +14,8 @@ use wenxiao_protocol::DeviceId;
 #[derive(Debug, Parser)]
 #[command(name = "wenxiao-gateway", version)]
 struct Cli {
-    /// Configuration file; without it, `config/gateway.toml` if present, else defaults.
+    /// Configuration file; without it, `config/gateway.toml` below the working directory
+    /// (an error if there is none).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -170,12 +171,22 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The configuration: `--config`, else `config/gateway.toml` below the working directory.
+/// Neither is an error: silently running on defaults would run a node with other keys,
+/// stores and paths than its operator meant.
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let default = Path::new("config/gateway.toml");
     match path {
         Some(p) => Ok(Config::load(p)?),
         None if default.exists() => Ok(Config::load(default)?),
-        None => Ok(Config::default()),
+        None => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            anyhow::bail!(
+                "no configuration: {} not found (looked in {}); pass --config PATH",
+                default.display(),
+                cwd.display()
+            )
+        }
     }
 }
 

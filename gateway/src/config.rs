@@ -355,14 +355,37 @@ impl Default for TxnConfig {
 }
 
 /// `[keys]`: hex master keys. The shipped values are for development and the simulator
-/// only; production keys come from the security module's export.
-#[derive(Debug, Clone, Deserialize)]
+/// only; production keys come from the security module's export. `Debug` prints neither.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     /// Master key for TXN TACs.
     pub purchase_master_key_hex: String,
     /// Master key for MAC1, MAC2 and load TACs.
     pub load_master_key_hex: String,
+    /// Let `serve` start with the development keys (which anyone can read here, so a
+    /// gateway holding them accepts forged TACs and MAC1s and issues MAC2s). Only the
+    /// demo, the tests and development set it.
+    pub allow_development_keys: bool,
+}
+
+impl std::fmt::Debug for KeysConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysConfig")
+            .field("purchase_master_key_hex", &"<redacted>")
+            .field("load_master_key_hex", &"<redacted>")
+            .field("allow_development_keys", &self.allow_development_keys)
+            .finish()
+    }
+}
+
+impl KeysConfig {
+    /// Whether either master key is a development key.
+    pub fn uses_development_keys(&self) -> bool {
+        let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b);
+        same(&self.purchase_master_key_hex, DEV_PURCHASE_MASTER_KEY_HEX)
+            || same(&self.load_master_key_hex, DEV_LOAD_MASTER_KEY_HEX)
+    }
 }
 
 /// Development master keys, shared by the simulator's emulated cards.
@@ -377,6 +400,7 @@ impl Default for KeysConfig {
         Self {
             purchase_master_key_hex: DEV_PURCHASE_MASTER_KEY_HEX.to_owned(),
             load_master_key_hex: DEV_LOAD_MASTER_KEY_HEX.to_owned(),
+            allow_development_keys: false,
         }
     }
 }

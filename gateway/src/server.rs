@@ -172,6 +172,14 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         .block_on(store.migrate())
         .context("migrate the store")?;
     let registry = store_rt.block_on(load_or_import_registry(&store, &config))?;
+    if config.keys.uses_development_keys() && !config.keys.allow_development_keys {
+        anyhow::bail!(
+            "the development master keys are configured (keys.purchase_master_key_hex, \
+             keys.load_master_key_hex): a gateway holding them would accept forged TACs and \
+             MAC1s; configure the production keys, or set keys.allow_development_keys = true \
+             for development"
+        );
+    }
     let keys = config.master_keys()?;
     let policy = crate::policy::Policy::load(&config.policy_path).context("load the policy")?;
     let tls_config = tls::server_config(

@@ -180,7 +180,8 @@ impl GatewayProcess {
              [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool_size}\n\
-             [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n{extra_toml}",
+             [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n\
+             [keys]\nallow_development_keys = true\n{extra_toml}",
             d = dir.path(),
             ca = pki.join("ca.pem"),
             cert = pki.join("server.pem"),

@@ -66,6 +66,8 @@ fn demo_config(base: &Config, data_dir: &Path) -> anyhow::Result<Config> {
     // follow the approval closely.
     config.credits.release_poll_interval_ms = 20;
     config.clearing.settlement_dir = PathBuf::from("settlement");
+    // The emulated cards hold the development keys.
+    config.keys.allow_development_keys = true;
     config.validate()?;
     Ok(config)
 }

@@ -108,6 +108,7 @@ impl TestEnv {
         config.store.postgres_url = postgres_url;
         config.ingest.store_wait_ms = 1_000;
         config.ingest.store_retry_ms = 100;
+        config.keys.allow_development_keys = true;
         config.validate().unwrap();
         Self { dir, ca, config }
     }
@@ -161,7 +162,8 @@ impl TestEnv {
              [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
-             [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n",
+             [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n\
+             [keys]\nallow_development_keys = true\n",
             data = c.data_dir,
             policy = c.policy_path,
             ca = c.tls.device_ca_cert_path,
