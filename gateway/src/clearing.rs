@@ -20,16 +20,27 @@ pub enum Step {
     Approve,
 }
 
-/// Runs `step` on `date`, then reads the day's report and writes its settlement files
-/// under `dir`; returns the report and the files.
+/// Runs `step` on `date` at `now_ms` (the real clock for the CLI, the simulated one for the
+/// demo), then reads the day's report and writes its settlement files under `dir`; returns
+/// the report and the files. A day is cleared only once it has ended in Asia/Shanghai and
+/// `grace_ms` more have passed, for the commits still in flight at 24:00 (one that commits
+/// later still is filed with the next day).
 pub async fn run_day<S: Store>(
     store: &S,
     step: Step,
     date: BusinessDate,
     fen_per_point: i64,
+    (now, grace_ms): (i64, i64),
     dir: &Path,
 ) -> anyhow::Result<(ClearingReport, Vec<PathBuf>)> {
-    let now = crate::clock::now_ms();
+    let opens_at = crate::clock::day_end_ms(date).saturating_add(grace_ms);
+    if matches!(step, Step::Clear { .. }) && now < opens_at {
+        anyhow::bail!(
+            "business day {date} cannot be cleared yet: it ends at 24:00 Asia/Shanghai, and \
+             clearing waits clearing.grace_ms = {grace_ms} more ({} s from now)",
+            (opens_at - now + 999) / 1_000
+        );
+    }
     match step {
         Step::Approve => {
             anyhow::ensure!(

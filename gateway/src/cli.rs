@@ -272,10 +272,16 @@ fn clearing(config: &Config, command: ClearingCommand) -> anyhow::Result<()> {
     };
     let date = wenxiao_protocol::BusinessDate::new(date)?;
     let dir = config.data_dir.join(&config.clearing.settlement_dir);
+    let grace_ms = config.clearing.grace_ms;
     with_store(config, |store| async move {
         store.migrate().await?;
+        let clock = (
+            crate::clock::now_ms(),
+            i64::try_from(grace_ms).unwrap_or(i64::MAX),
+        );
         let (report, files) =
-            crate::clearing::run_day(&store, step, date, policy.points.fen_per_point, &dir).await?;
+            crate::clearing::run_day(&store, step, date, policy.points.fen_per_point, clock, &dir)
+                .await?;
         let s = report.summary;
         println!(
             "{date}: {} transactions, subsidy {} yuan, {} credits totalling {} yuan, {}",

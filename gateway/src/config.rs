@@ -134,6 +134,10 @@ pub struct ClearingConfig {
     pub auto_approve: bool,
     /// Settlement files go to `settlement_dir/yyyymmdd/`; relative to `data_dir`.
     pub settlement_dir: PathBuf,
+    /// A day is cleared no sooner than this long after its 24:00 in Asia/Shanghai, so the
+    /// batches in flight at midnight commit into it (one committing later still goes to the
+    /// next day: nothing is lost, it is only credited a day later).
+    pub grace_ms: u64,
 }
 
 impl Default for ClearingConfig {
@@ -141,6 +145,7 @@ impl Default for ClearingConfig {
         Self {
             auto_approve: false,
             settlement_dir: PathBuf::from("settlement"),
+            grace_ms: 300_000,
         }
     }
 }
@@ -532,6 +537,8 @@ impl Config {
         )?;
         in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
         in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;
+        // Up to a day: a longer grace would hold a day open into the one after next.
+        in_range("clearing.grace_ms", self.clearing.grace_ms, 0, 86_400_000)?;
         in_range("session.seq_window_max", se.seq_window_max, 16, 1_000_000)?;
         let i = &self.ingest;
         in_range("ingest.queue_txns_max", i.queue_txns_max, 1, 10_000_000)?;

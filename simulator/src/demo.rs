@@ -257,11 +257,16 @@ pub async fn midnight(
         {
             continue;
         }
+        // The demo's accelerated clock has passed midnight and the grace: the day is
+        // cleared by the same rule as any other, with that clock.
+        let grace_ms = i64::try_from(config.clearing.grace_ms)?;
+        let simulated_now = wenxiao_gateway::clock::day_end_ms(date).saturating_add(grace_ms);
         let (report, written) = wenxiao_gateway::clearing::run_day(
             store,
             wenxiao_gateway::clearing::Step::Clear { approve: true },
             date,
             policy.points.fen_per_point,
+            (simulated_now, grace_ms),
             &out_dir.join("settlement"),
         )
         .await?;

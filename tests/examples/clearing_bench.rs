@@ -64,7 +64,10 @@ async fn main() {
     );
     let date = BusinessDate::new(20261127).unwrap();
     let started = Instant::now();
-    let summary = store.clear_day(date, 10, 1).await.unwrap();
+    let summary = store
+        .clear_day(date, 10, wenxiao_gateway::clock::day_end_ms(date) + 1)
+        .await
+        .unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!("clear_day: {secs:.1} s, {:.0} rows/s", rows as f64 / secs);
     println!(
@@ -72,7 +75,13 @@ async fn main() {
         summary.txn_count, summary.credit_count, summary.subsidy_fen, summary.credit_fen
     );
     let again = Instant::now();
-    assert_eq!(store.clear_day(date, 10, 2).await.unwrap(), summary);
+    assert_eq!(
+        store
+            .clear_day(date, 10, wenxiao_gateway::clock::day_end_ms(date) + 2)
+            .await
+            .unwrap(),
+        summary
+    );
     println!(
         "second run (idempotent no-op): {:.3} s",
         again.elapsed().as_secs_f64()

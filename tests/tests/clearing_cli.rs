@@ -13,7 +13,13 @@ use wenxiao_tests::device::book_purchase;
 use wenxiao_tests::env::{POS, TestEnv};
 
 fn gateway(config: &std::path::Path, args: &[&str]) -> String {
+    gateway_at(config, 0, args)
+}
+
+/// The gateway CLI with its clock `offset_ms` ahead.
+fn gateway_at(config: &std::path::Path, offset_ms: i64, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
+        .env("WENXIAO_TEST_CLOCK_OFFSET_MS", offset_ms.to_string())
         .arg("--config")
         .arg(config)
         .args(args)
@@ -75,6 +81,24 @@ async fn clear_what_a_gateway_stored(env: TestEnv) {
     );
     assert!(out.contains("award 1 recorded: 500000.00 yuan"), "{out}");
     gateway(&config, &["awards", "approve", "--id", "1"]);
+    // Today cannot be cleared before it has ended, plus the grace.
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
+        .arg("--config")
+        .arg(&config)
+        .args(["clearing", "run", "--date", &date])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be cleared yet"), "{stderr}");
+    // Replayed after midnight and the grace, it can.
+    let now = wenxiao_gateway::clock::now_ms();
+    let today = BusinessDate::new(date.parse().unwrap()).unwrap();
+    let later = wenxiao_gateway::clock::day_end_ms(today)
+        + i64::try_from(env.config.clearing.grace_ms).unwrap()
+        - now
+        + 1_000;
+    let gateway = |config: &std::path::Path, args: &[&str]| gateway_at(config, later, args);
     let out = gateway(&config, &["clearing", "run", "--date", &date]);
     assert!(out.contains("3 credits totalling 26.40 yuan"), "{out}");
     assert!(out.contains("awaiting approval"), "{out}");

@@ -127,7 +127,10 @@ async fn check(store: impl Store, day: Day) {
         store.ingest(chunk, &CTX).await.unwrap();
     }
     let date = BusinessDate::new(DATE).unwrap();
-    let first = store.clear_day(date, 10, 1).await.unwrap();
+    let first = store
+        .clear_day(date, 10, wenxiao_gateway::clock::day_end_ms(date) + 1)
+        .await
+        .unwrap();
     let report = store.clearing_report(date).await.unwrap().unwrap();
     let got: BTreeMap<u64, i64> = report
         .credits
@@ -142,7 +145,13 @@ async fn check(store: impl Store, day: Day) {
     assert_eq!(got, want);
     assert_eq!(first.subsidy_fen.get(), expected.values().sum::<i64>());
     assert_eq!(first.credit_fen.get(), want.values().sum::<i64>());
-    assert_eq!(store.clear_day(date, 10, 2).await.unwrap(), first);
+    assert_eq!(
+        store
+            .clear_day(date, 10, wenxiao_gateway::clock::day_end_ms(date) + 2)
+            .await
+            .unwrap(),
+        first
+    );
     assert_eq!(store.clearing_report(date).await.unwrap().unwrap(), report);
 }
 

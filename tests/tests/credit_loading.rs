@@ -93,7 +93,10 @@ async fn every_credit_loads_exactly_once_whatever_the_cut() {
     drop(pos);
     let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
     let today = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms()).unwrap();
-    store.clear_day(today, 10, 1).await.unwrap();
+    store
+        .clear_day(today, 10, wenxiao_gateway::clock::day_end_ms(today) + 1)
+        .await
+        .unwrap();
     let mut d = env.session(&gw, POS).await;
     // Not approved yet: nothing to offer.
     assert!(present(&mut d, &Card::new(5_001)).await.is_empty());
@@ -168,7 +171,10 @@ async fn forged_and_foreign_loads_are_refused() {
     pos.ack().await;
     let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
     let today = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms()).unwrap();
-    store.clear_day(today, 10, 1).await.unwrap();
+    store
+        .clear_day(today, 10, wenxiao_gateway::clock::day_end_ms(today) + 1)
+        .await
+        .unwrap();
     store.approve_day(today, 2).await.unwrap();
     let mut card = Card::new(6_001);
     let offered = present(&mut pos, &card).await;

@@ -38,7 +38,10 @@ async fn pushes_reach_the_endpoint_at_once(mut env: TestEnv) {
     let mut ota = env.session(&gw, OTA).await;
     let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
     let today = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms()).unwrap();
-    store.clear_day(today, 10, 1).await.unwrap();
+    store
+        .clear_day(today, 10, wenxiao_gateway::clock::day_end_ms(today) + 1)
+        .await
+        .unwrap();
     // Approval (the audit step, another connection to the store) releases the credits.
     let approved = Instant::now();
     assert!(store.approve_day(today, 2).await.unwrap());

@@ -428,7 +428,10 @@ async fn clearing_credits_each_card_once_and_is_idempotent(s: &(impl Store + Sto
     )
     .await
     .unwrap();
-    let first = s.clear_day(d, 10, 1).await.unwrap();
+    let first = s
+        .clear_day(d, 10, wenxiao_gateway::clock::day_end_ms(d) + 1)
+        .await
+        .unwrap();
     // Card 10: 880 + 120; card 11: 1,005 − round(1,005 × 5,000 / 10,050) = 1,005 − 500.
     assert_eq!(first.credit_count, 2);
     assert_eq!(first.credit_fen, Fen(1_000 + 505));
@@ -458,7 +461,12 @@ async fn clearing_credits_each_card_once_and_is_idempotent(s: &(impl Store + Sto
     s.ingest(&[want(DEVICE, 7, 14, 50, 20261127)], &B)
         .await
         .unwrap();
-    assert_eq!(s.clear_day(d, 10, 2).await.unwrap(), first);
+    assert_eq!(
+        s.clear_day(d, 10, wenxiao_gateway::clock::day_end_ms(d) + 2)
+            .await
+            .unwrap(),
+        first
+    );
     assert_eq!(s.clearing_report(d).await.unwrap().unwrap(), report);
     // Approval releases once.
     assert!(s.approve_day(d, 3).await.unwrap());
@@ -483,7 +491,11 @@ async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &(impl Store + S
         .await
         .unwrap();
     let day1 = s
-        .clear_day(BusinessDate::new(20261201).unwrap(), 10, 1)
+        .clear_day(
+            BusinessDate::new(20261201).unwrap(),
+            10,
+            wenxiao_gateway::clock::day_end_ms(BusinessDate::new(20261201).unwrap()) + 1,
+        )
         .await
         .unwrap();
     assert_eq!(day1.credit_fen, Fen(1_000));
@@ -498,7 +510,11 @@ async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &(impl Store + S
     .await
     .unwrap();
     let day2 = s
-        .clear_day(BusinessDate::new(20261202).unwrap(), 10, 2)
+        .clear_day(
+            BusinessDate::new(20261202).unwrap(),
+            10,
+            wenxiao_gateway::clock::day_end_ms(BusinessDate::new(20261202).unwrap()) + 2,
+        )
         .await
         .unwrap();
     assert_eq!((day2.credit_count, day2.subsidy_fen), (0, Fen(-700)));
@@ -507,7 +523,11 @@ async fn refunds_beyond_a_days_credit_are_owed_and_recovered(s: &(impl Store + S
         .await
         .unwrap();
     let day3 = s
-        .clear_day(BusinessDate::new(20261203).unwrap(), 10, 3)
+        .clear_day(
+            BusinessDate::new(20261203).unwrap(),
+            10,
+            wenxiao_gateway::clock::day_end_ms(BusinessDate::new(20261203).unwrap()) + 3,
+        )
         .await
         .unwrap();
     assert_eq!(day3.credit_fen, Fen(200));
@@ -686,7 +706,9 @@ async fn released_credit(
         .await
         .unwrap();
     let d = BusinessDate::new(date).unwrap();
-    s.clear_day(d, 10, 1).await.unwrap();
+    s.clear_day(d, 10, wenxiao_gateway::clock::day_end_ms(d) + 1)
+        .await
+        .unwrap();
     assert!(s.approve_day(d, 2).await.unwrap());
     let report = s.clearing_report(d).await.unwrap().unwrap();
     report
@@ -975,7 +997,9 @@ async fn awards_are_paid_whole_from_the_budget_once(s: &(impl Store + StoreAudit
         AwardApproval::Unknown
     );
     // It appears in the bureau's report of the day it was approved.
-    s.clear_day(d, 10, 6).await.unwrap();
+    s.clear_day(d, 10, wenxiao_gateway::clock::day_end_ms(d) + 6)
+        .await
+        .unwrap();
     let report = s.clearing_report(d).await.unwrap().unwrap();
     assert_eq!(report.awards.len(), 1);
     assert_eq!(
@@ -1064,7 +1088,9 @@ async fn the_audit_sums_devices_credits_and_budgets(s: &(impl Store + StoreAudit
     assert!(before.budgets.contains(&(202611, Fen(157))));
     assert!(before.budgets.contains(&(PROGRAMME_BUDGET_KEY, Fen(157))));
     let d = BusinessDate::new(20261130).unwrap();
-    s.clear_day(d, 10, 1).await.unwrap();
+    s.clear_day(d, 10, wenxiao_gateway::clock::day_end_ms(d) + 1)
+        .await
+        .unwrap();
     assert!(s.approve_day(d, 2).await.unwrap());
     let after = s.audit().await.unwrap();
     assert_eq!(after.released, (3, Fen(157)));
@@ -1164,7 +1190,11 @@ async fn refunds_of_one_purchase_never_exceed_it(s: &(impl Store + StoreAudit)) 
         vec![invalid]
     );
     let day = s
-        .clear_day(BusinessDate::new(D).unwrap(), 10, 1)
+        .clear_day(
+            BusinessDate::new(D).unwrap(),
+            10,
+            wenxiao_gateway::clock::day_end_ms(BusinessDate::new(D).unwrap()) + 1,
+        )
         .await
         .unwrap();
     // Card 80: 880 + 5 earned, 880 + 5 reversed; card 81: 100.
@@ -1177,6 +1207,52 @@ async fn refunds_of_one_purchase_never_exceed_it(s: &(impl Store + StoreAudit)) 
     assert_eq!(report.credits.len(), 1);
     assert_eq!(report.credits[0].card_no, CardNo(81));
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (6, 4));
+}
+
+/// The end of Shanghai business day `date`, plus `ms`: a clock at which the day may be
+/// cleared.
+fn after(date: u32, ms: i64) -> i64 {
+    wenxiao_gateway::clock::day_end_ms(BusinessDate::new(date).unwrap()) + ms
+}
+
+/// Defect 3: a day is cleared only once it has ended in Shanghai (so a future day cannot
+/// be frozen empty), and a row that commits after its day was cleared is stored and
+/// credited with the next open day — nothing acknowledged is left uncredited.
+async fn late_rows_go_to_the_next_open_day(s: &(impl Store + StoreAudit)) {
+    const D: u32 = 20261205;
+    const NEXT: u32 = 20261206;
+    let day = BusinessDate::new(D).unwrap();
+    s.ingest(&[want(DEVICE, 1, 90, 100, D)], &B).await.unwrap();
+    // Not before the day has ended; not a day in the future.
+    assert!(s.clear_day(day, 10, after(D, -1)).await.is_err());
+    assert!(
+        s.clear_day(BusinessDate::new(NEXT).unwrap(), 10, after(D, 1))
+            .await
+            .is_err()
+    );
+    let first = s.clear_day(day, 10, after(D, 1)).await.unwrap();
+    assert_eq!(first.credit_fen, Fen(100));
+    // A purchase received on D that commits after D was cleared: STORED all the same.
+    let late = s.ingest(&[want(DEVICE, 2, 91, 40, D)], &B).await.unwrap();
+    assert_eq!(late, vec![stored(40)]);
+    // D is unchanged; the next day credits the late row.
+    assert_eq!(s.clear_day(day, 10, after(D, 2)).await.unwrap(), first);
+    let next = s
+        .clear_day(BusinessDate::new(NEXT).unwrap(), 10, after(NEXT, 1))
+        .await
+        .unwrap();
+    assert_eq!((next.txn_count, next.credit_fen), (1, Fen(40)));
+    let report = s
+        .clearing_report(BusinessDate::new(NEXT).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.credits[0].card_no, CardNo(91));
+    // A re-send of the late row is a duplicate, wherever it was filed.
+    assert_eq!(
+        s.ingest(&[want(DEVICE, 2, 91, 40, D)], &B).await.unwrap()[0].status,
+        TxnStatus::Duplicate
+    );
 }
 
 macro_rules! conformance {
@@ -1226,4 +1302,5 @@ on_both_stores!(
     the_audit_sums_devices_credits_and_budgets,
     copies_in_one_batch_get_the_first_copys_final_answer,
     refunds_of_one_purchase_never_exceed_it,
+    late_rows_go_to_the_next_open_day,
 );

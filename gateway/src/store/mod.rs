@@ -42,6 +42,14 @@ pub enum StoreError {
     /// A row holds a value our types cannot (a corrupted or foreign database).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A business day was asked to be cleared before it ended in Asia/Shanghai.
+    #[error("business day {date} has not ended yet (it ends at {ends_at_ms} ms since the epoch)")]
+    DayNotEnded {
+        /// The day.
+        date: BusinessDate,
+        /// Its 24:00 in Asia/Shanghai.
+        ends_at_ms: i64,
+    },
 }
 
 /// What the session proposes for a TXN after its own checks; the store decides.
@@ -153,6 +161,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Clears business day `date` (idempotent: a second run changes nothing and returns
     /// the first run's summary). `fen_per_point` values redeemed points for merchants.
+    /// Refused ([`StoreError::DayNotEnded`]) while `now_ms` is before the day's end in
+    /// Asia/Shanghai. The day is closed first: a row that commits after that with this
+    /// business date is stored with the next open day, so every stored row lands in
+    /// exactly one clearing.
     fn clear_day(
         &self,
         date: BusinessDate,
@@ -880,6 +892,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_awards.sql")),
     (7, include_str!("migrations/0007_blacklist.sql")),
     (8, include_str!("migrations/0008_refund_reversal.sql")),
+    (9, include_str!("migrations/0009_closed_days.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ const SELECT_RUN: Sql = Sql::both(
 /// after the lock is granted and sees every run committed before it.
 const LOCK_RUNS: Sql = Sql::pg_only("LOCK TABLE clearing_runs IN SHARE ROW EXCLUSIVE MODE");
 
+/// Taken by a clearing run while it closes its day; conflicts with the ROW SHARE lock
+/// every ingest transaction takes before it reads the closed days.
+const LOCK_DAYS_EXCLUSIVE: Sql = Sql::pg_only("LOCK TABLE closed_days IN EXCLUSIVE MODE");
+
 fn summary(date: BusinessDate, r: &Row) -> Result<ClearingSummary, StoreError> {
     Ok(ClearingSummary {
         business_date: date,
@@ -37,7 +41,27 @@ pub(super) async fn clear_day<B: Backend>(
     fen_per_point: i64,
     now_ms: i64,
 ) -> Result<ClearingSummary, StoreError> {
+    let ends_at_ms = crate::clock::day_end_ms(date);
+    if now_ms < ends_at_ms {
+        return Err(StoreError::DayNotEnded { date, ends_at_ms });
+    }
     let d = date_param(date);
+    // Close the day first, in a short transaction of its own: its lock waits for the
+    // ingest transactions in flight (each holds ROW SHARE on `closed_days` from before it
+    // read which days are closed), and every later one sees the day closed. So when the
+    // run's snapshot is taken below, every row of the day has committed.
+    let mut close = backend.begin(TxMode::Write).await?;
+    close.execute(&LOCK_DAYS_EXCLUSIVE, &[]).await?;
+    close
+        .execute(
+            &Sql::both(
+                "INSERT INTO closed_days (business_date, closed_at_ms) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+            ),
+            params![d, now_ms],
+        )
+        .await?;
+    close.commit().await?;
     let mut tx = backend.begin(TxMode::Snapshot).await?;
     tx.execute(&LOCK_RUNS, &[]).await?;
     if let Some(r) = tx.query_opt(&SELECT_RUN, params![d]).await? {

@@ -16,6 +16,7 @@ use super::super::{
     db_u64, recorded_from_columns, txn_payload,
 };
 use super::{Ledger, budget, points};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use wenxiao_protocol::TxnStatus;
 
@@ -84,13 +85,22 @@ impl<B: Backend> Ledger<B> {
         batch: &[IngestTxn],
         ctx: &IngestCtx,
     ) -> Result<Vec<TxnAnswer>, StoreError> {
+        // The months of the rows' days, and of the days after them (where a row whose day
+        // was closed meanwhile is filed).
         let months: BTreeSet<i32> = batch
             .iter()
             .filter(|t| {
                 matches!(t.proposal, super::super::Proposal::Store { subsidy_fen, .. }
                     if subsidy_fen.get() > 0)
             })
-            .map(|t| i32::try_from(t.business_date.get() / 100).unwrap_or(i32::MAX))
+            .flat_map(|t| {
+                [
+                    Some(t.business_date),
+                    crate::clock::next_day(t.business_date),
+                ]
+            })
+            .flatten()
+            .map(|d| i32::try_from(d.get() / 100).unwrap_or(i32::MAX))
             .collect();
         if !months.is_empty() {
             let months: Vec<i32> = months.into_iter().collect();
@@ -111,6 +121,7 @@ impl<B: Backend> Ledger<B> {
         }
 
         let mut tx = self.backend.begin(TxMode::Write).await?;
+        let batch = &*open_days(&mut tx, batch).await?;
         let mut answers: Vec<Option<TxnAnswer>> = vec![None; batch.len()];
         // Rows recorded before this batch, by key.
         let mut before: HashMap<Key, Recorded> = HashMap::new();
@@ -167,6 +178,45 @@ impl<B: Backend> Ledger<B> {
             .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
             .collect()
     }
+}
+
+/// Taken before the closed days are read, and held to the commit: a clearing run closing
+/// a day waits for it (see `clearing::clear_day`).
+const LOCK_DAYS_SHARED: Sql = Sql::pg_only("LOCK TABLE closed_days IN ROW SHARE MODE");
+
+const CLOSED_FROM: Sql =
+    Sql::both("SELECT business_date FROM closed_days WHERE business_date >= $1");
+
+/// The batch with every row whose business day is closed moved to the next open day
+/// (for every purpose: its row, its budget month, its clearing).
+async fn open_days<'a, T: Tx>(
+    tx: &mut T,
+    batch: &'a [IngestTxn],
+) -> Result<Cow<'a, [IngestTxn]>, StoreError> {
+    let Some(first) = batch.iter().map(|t| t.business_date).min() else {
+        return Ok(Cow::Borrowed(batch));
+    };
+    tx.execute(&LOCK_DAYS_SHARED, &[]).await?;
+    let closed: BTreeSet<u32> = tx
+        .query(&CLOSED_FROM, params![first.get()])
+        .await?
+        .iter()
+        .map(|r| r.get::<u32>(0))
+        .collect::<Result<_, _>>()?;
+    if !batch
+        .iter()
+        .any(|t| closed.contains(&t.business_date.get()))
+    {
+        return Ok(Cow::Borrowed(batch));
+    }
+    let mut moved = batch.to_vec();
+    for t in &mut moved {
+        while closed.contains(&t.business_date.get()) {
+            t.business_date = crate::clock::next_day(t.business_date)
+                .ok_or_else(|| StoreError::Corrupt(format!("no day after {}", t.business_date)))?;
+        }
+    }
+    Ok(Cow::Owned(moved))
 }
 
 /// Inserts the rows `idxs` (distinct keys) with `answer_of`'s answer and fills `answers`
