@@ -800,7 +800,9 @@ async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &(impl Stor
             .unwrap(),
         approved
     );
-    // A re-sent LOAD_INIT gets the recorded host time (the same MAC2); another counter is in doubt.
+    // A re-sent LOAD_INIT gets the recorded host time (the same MAC2); a counter that went
+    // backwards proves nothing, so the load stays in doubt (N+1 would settle it loaded:
+    // a_load_init_settles_the_cards_load_in_doubt).
     assert_eq!(
         s.begin_load(init(c, 70, 5, POS_A, 2_000), |_| true)
             .await
@@ -808,7 +810,7 @@ async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &(impl Stor
         approved
     );
     assert_eq!(
-        s.begin_load(init(c, 70, 6, POS_A, 2_000), |_| true)
+        s.begin_load(init(c, 70, 4, POS_A, 2_000), |_| true)
             .await
             .unwrap(),
         LoadDecision::Declined(Reason::CreditInDoubt)
@@ -1255,6 +1257,66 @@ async fn late_rows_go_to_the_next_open_day(s: &(impl Store + StoreAudit)) {
     );
 }
 
+/// Defect 4: a LOAD_INIT settles the card's load in doubt by its online_seq, exactly as a
+/// CARD_PRESENTED does (contract, Credits 5) — an OTA endpoint never presents a card, so
+/// without this a SIM card whose result was lost stays stuck.
+async fn a_load_init_settles_the_cards_load_in_doubt(s: &(impl Store + StoreAudit)) {
+    // Two credits of one card, both offered to POS_A.
+    let a = released_credit(s, 1, 75, 300, 20261206).await;
+    let b = released_credit(s, 2, 75, 200, 20261207).await;
+    assert_eq!(
+        s.card_presented(seen(75, 5, POS_A, 100))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let ok = |_: Fen| true;
+    // A's load is authorised at counter 5; its result never comes.
+    assert!(matches!(
+        s.begin_load(init(a, 75, 5, POS_A, 200), ok).await.unwrap(),
+        LoadDecision::Approved { .. }
+    ));
+    // B's LOAD_INIT at counter 6: the card applied A's load, so A is loaded and B may go.
+    assert!(matches!(
+        s.begin_load(init(b, 75, 6, POS_A, 300), ok).await.unwrap(),
+        LoadDecision::Approved { .. }
+    ));
+    assert_eq!(s.credit_state(a).await.unwrap().unwrap().0, 3);
+    // B's result is lost too; a LOAD_INIT of B again at 6 is the same exchange re-sent.
+    assert!(matches!(
+        s.begin_load(init(b, 75, 6, POS_A, 400), ok).await.unwrap(),
+        LoadDecision::Approved {
+            host_time_ms: 300,
+            ..
+        }
+    ));
+    // A third credit, LOAD_INIT at 6 again: the card did not apply B, so B is void
+    // (offered again later) and C may go.
+    let c = released_credit(s, 3, 75, 100, 20261208).await;
+    let offered = s.card_presented(seen(75, 6, POS_B, 500)).await.unwrap();
+    // The presentation itself settled B as void (counter still 6): both are offered.
+    assert_eq!(offered.len(), 2);
+    assert!(matches!(
+        s.begin_load(init(c, 75, 6, POS_B, 600), ok).await.unwrap(),
+        LoadDecision::Approved { .. }
+    ));
+    // Now B again on POS_B at counter 6 while C is in doubt: C's counter says void.
+    assert!(matches!(
+        s.begin_load(init(b, 75, 6, POS_B, 700), ok).await.unwrap(),
+        LoadDecision::Approved {
+            host_time_ms: 700,
+            ..
+        }
+    ));
+    assert_eq!(s.credit_state(c).await.unwrap().unwrap().0, 2);
+    // A counter that went backwards proves nothing: B stays in doubt.
+    assert_eq!(
+        s.begin_load(init(b, 75, 3, POS_B, 800), ok).await.unwrap(),
+        LoadDecision::Declined(Reason::CreditInDoubt)
+    );
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -1303,4 +1365,5 @@ on_both_stores!(
     copies_in_one_batch_get_the_first_copys_final_answer,
     refunds_of_one_purchase_never_exceed_it,
     late_rows_go_to_the_next_open_day,
+    a_load_init_settles_the_cards_load_in_doubt,
 );

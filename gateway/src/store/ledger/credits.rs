@@ -118,59 +118,84 @@ const COUNTER_TAKEN: Sql = Sql::both(
      AND status = 1 LIMIT 1",
 );
 
+/// Settles the card's loads in doubt by its online counter `online_seq`, seen at
+/// `seen_ms` (contract, Credits 5): N+1 → loaded, still N → void (the credit may be offered
+/// again), anything else → still in doubt. `keep` is an attempt left as it is: the
+/// LOAD_INIT being answered, re-sent at the counter its attempt recorded. Returns whether
+/// a load stays in doubt, and the ids voided.
+async fn settle_card<T: Tx>(
+    tx: &mut T,
+    rows: &[Locked],
+    online_seq: wenxiao_protocol::OnlineSeq,
+    seen_ms: i64,
+    keep: Option<(i64, i32)>,
+) -> Result<(bool, Vec<i64>), StoreError> {
+    let now_seq = i32::from(online_seq.get());
+    let (mut in_doubt, mut voided) = (false, Vec::new());
+    for l in rows
+        .iter()
+        .filter(|l| l.view.status == credit_status::RELEASED)
+    {
+        let Some((attempt, _)) = l.view.attempt else {
+            continue;
+        };
+        if keep == Some((l.credit_id, attempt)) {
+            continue;
+        }
+        let taken = tx
+            .query_opt(
+                &COUNTER_TAKEN,
+                params![l.view.card_no, i64::from(attempt) + 1],
+            )
+            .await?
+            .is_some();
+        match settle(
+            attempt,
+            l.attempt_at_ms.unwrap_or(0),
+            now_seq,
+            seen_ms,
+            taken,
+        ) {
+            Settlement::Loaded => {
+                tx.execute(
+                    &SETTLE,
+                    params![l.credit_id, credit_status::LOADED, seen_ms],
+                )
+                .await?;
+            }
+            Settlement::Void => {
+                tx.execute(&VOID_ATTEMPT, params![l.credit_id]).await?;
+                voided.push(l.credit_id);
+            }
+            Settlement::Unknown => in_doubt = true,
+        }
+    }
+    Ok((in_doubt, voided))
+}
+
 /// CARD_PRESENTED: see [`super::super::Store::card_presented`].
 pub(super) async fn card_presented<B: Backend>(
     backend: &B,
     seen: CardSeen,
 ) -> Result<Vec<OfferedCredit>, StoreError> {
-    let card = db_u64(seen.card_no.get());
-    let now_seq = i32::from(seen.online_seq.get());
     let device = db_u64(seen.device_id.get());
     let mut tx = backend.begin(TxMode::Write).await?;
     let rows = lock_card(&mut tx, seen.card_no).await?;
-    let mut in_doubt = false;
-    let mut free = Vec::new();
-    for l in rows
-        .iter()
-        .filter(|l| l.view.status == credit_status::RELEASED)
-    {
-        match l.view.attempt {
-            Some((attempt, _)) => {
-                let taken = tx
-                    .query_opt(&COUNTER_TAKEN, params![card, i64::from(attempt) + 1])
-                    .await?
-                    .is_some();
-                let attempt_at = l.attempt_at_ms.unwrap_or(0);
-                match settle(attempt, attempt_at, now_seq, seen.now_ms, taken) {
-                    Settlement::Loaded => {
-                        tx.execute(
-                            &SETTLE,
-                            params![l.credit_id, credit_status::LOADED, seen.now_ms],
-                        )
-                        .await?;
-                    }
-                    Settlement::Void => {
-                        tx.execute(&VOID_ATTEMPT, params![l.credit_id]).await?;
-                        free.push(l);
-                    }
-                    Settlement::Unknown => in_doubt = true,
-                }
-            }
-            None => {
-                let bound = l.view.bound_device;
-                let lapsed = l
-                    .bound_at_ms
-                    .is_some_and(|t| t.saturating_add(seen.binding_timeout_ms) <= seen.now_ms);
-                if bound.is_none() || bound == Some(device) || lapsed {
-                    free.push(l);
-                }
-            }
-        }
-    }
+    let (in_doubt, voided) =
+        settle_card(&mut tx, &rows, seen.online_seq, seen.now_ms, None).await?;
     let mut offered = Vec::new();
     if !in_doubt {
+        let free = rows.iter().filter(|l| {
+            let bound = l.view.bound_device;
+            let lapsed = l
+                .bound_at_ms
+                .is_some_and(|t| t.saturating_add(seen.binding_timeout_ms) <= seen.now_ms);
+            l.view.status == credit_status::RELEASED
+                && (voided.contains(&l.credit_id)
+                    || (l.view.attempt.is_none()
+                        && (bound.is_none() || bound == Some(device) || lapsed)))
+        });
         let chosen: Vec<&Locked> = free
-            .into_iter()
             .take(wenxiao_protocol::limits::CREDIT_OFFER_COUNT_MAX)
             .collect();
         let ids: Vec<i64> = chosen.iter().map(|l| l.credit_id).collect();
@@ -198,9 +223,20 @@ where
     F: FnOnce(Fen) -> bool + Send + 'static,
 {
     let mut tx = backend.begin(TxMode::Write).await?;
-    let rows = lock_card(&mut tx, r.card_no).await?;
-    let check = begin_check(view_of(&mut tx, &rows, r.credit_id).await?, &r);
     let id = db_u64(r.credit_id.get());
+    let mut rows = lock_card(&mut tx, r.card_no).await?;
+    // The card's counter settles its loads in doubt first, as a presentation would; this
+    // credit's own attempt stays when the LOAD_INIT is the one it recorded, re-sent.
+    let keep = Some((id, i32::from(r.online_seq.get())));
+    settle_card(&mut tx, &rows, r.online_seq, r.host_time_ms, keep).await?;
+    if rows
+        .iter()
+        .any(|l| l.view.attempt.is_some() && l.view.status == credit_status::RELEASED)
+    {
+        // Read the settled state back (the rows stay locked).
+        rows = lock_card(&mut tx, r.card_no).await?;
+    }
+    let check = begin_check(view_of(&mut tx, &rows, r.credit_id).await?, &r);
     // Two loads of one card starting at once see each other: both hold the card's rows.
     let other_in_doubt = matches!(check, BeginCheck::Fresh { .. })
         && rows.iter().any(|l| {
