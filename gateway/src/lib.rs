@@ -3,6 +3,7 @@
 //! clearing and settlement files, and exactly-once credit loading.
 
 pub mod admin;
+pub mod budget;
 pub mod clearing;
 pub mod cli;
 pub mod clock;

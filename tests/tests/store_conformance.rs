@@ -1317,6 +1317,48 @@ async fn a_load_init_settles_the_cards_load_in_doubt(s: &(impl Store + StoreAudi
     );
 }
 
+/// Defect 10: a change of a month's cap in the policy applies from the next batch, also
+/// to a month that has started; a cap lowered below what was granted grants nothing more.
+async fn a_months_cap_change_applies_from_the_next_batch(s: &(impl Store + StoreAudit)) {
+    const D: u32 = 20261210;
+    let cap = |fen| IngestCtx {
+        monthly_cap: Fen(fen),
+        ..B
+    };
+    let granted = |a: Vec<TxnAnswer>| a.iter().map(|a| a.subsidy_fen.get()).sum::<i64>();
+    let a = s
+        .ingest(&[want(DEVICE, 1, 95, 600, D)], &cap(1_000))
+        .await
+        .unwrap();
+    assert_eq!(granted(a), 600);
+    // Raised: the next batch is paid from the new cap.
+    let b = s
+        .ingest(
+            &[want(DEVICE, 2, 95, 500, D), want(DEVICE, 3, 95, 500, D)],
+            &cap(2_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted(b), 1_000);
+    // Lowered below the 1,600 granted: nothing more.
+    let c = s
+        .ingest(&[want(DEVICE, 4, 95, 100, D)], &cap(1_200))
+        .await
+        .unwrap();
+    assert_eq!(c[0].reason, Reason::BudgetExhausted);
+    assert_eq!(granted(c), 0);
+    // Raised again to 1,700: 100 left, the purchase wanting 200 is cut to it.
+    let d = s
+        .ingest(&[want(DEVICE, 5, 95, 200, D)], &cap(1_700))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d[0].subsidy_fen, d[0].reason),
+        (Fen(100), Reason::BudgetExhausted)
+    );
+    assert_eq!(s.budget_granted(202612).await.unwrap(), Fen(1_700));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr, $($test:ident),+ $(,)?) => {
         mod $store {
@@ -1366,4 +1408,5 @@ on_both_stores!(
     refunds_of_one_purchase_never_exceed_it,
     late_rows_go_to_the_next_open_day,
     a_load_init_settles_the_cards_load_in_doubt,
+    a_months_cap_change_applies_from_the_next_batch,
 );

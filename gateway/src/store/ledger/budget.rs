@@ -1,14 +1,13 @@
 //! The budget at ingest: shard rows per month and for the programme, granted in batch
-//! order, never past a cap (the pure parts are in `store/mod.rs`: `rebalance`,
-//! `distribute`, `cut_to_programme`).
+//! order, never past a cap (the arithmetic is pure, in `crate::budget`).
 
 use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
 use super::super::{
-    BUDGET_SHARDS, IngestCtx, IngestTxn, PROGRAMME_BUDGET_KEY, StoreError, TxnAnswer, apply_grants,
-    budget_wants, cut_to_programme, distribute, rebalance,
+    BUDGET_SHARDS, IngestCtx, IngestTxn, PROGRAMME_BUDGET_KEY, StoreError, TxnAnswer,
 };
 use super::Ledger;
-use wenxiao_protocol::Fen;
+use crate::budget::{cut_to_programme, distribute, rebalance, recap};
+use wenxiao_protocol::{Fen, Reason, TxnStatus};
 
 const ENSURE_SHARDS: Bulk = Bulk {
     pg: "INSERT INTO budget_shards (budget_key, shard, cap_fen, granted_fen) \
@@ -19,24 +18,26 @@ const ENSURE_SHARDS: Bulk = Bulk {
 };
 
 impl<B: Backend> Ledger<B> {
-    /// Creates the shard rows of the budgets of `months` and the programme that are not
-    /// known to exist, in a transaction of their own before the caller's. Inside an
-    /// ingest transaction it would deadlock: an `INSERT … ON CONFLICT` waits for every
-    /// transaction that has updated a row with the same key, while that transaction may
-    /// wait for the shard rows this one holds.
+    /// Makes the shard rows of the budgets of `months` and the programme exist with the
+    /// caps of `ctx`, for the budgets this node has not yet seen at those caps — so a cap
+    /// changed in the policy applies from the next batch, also to a month that has started.
+    /// In a transaction of its own before the caller's: inside an ingest transaction the
+    /// `INSERT … ON CONFLICT` would deadlock (it waits for every transaction that has
+    /// updated a row with the same key, while that one may wait for the shard rows this
+    /// one holds).
     pub(super) async fn ensure_budgets(
         &self,
         months: &[i32],
         ctx: &IngestCtx,
     ) -> Result<(), StoreError> {
-        let wanted: Vec<(i32, Fen)> = months
+        let mut wanted: Vec<(i32, Fen)> = months
             .iter()
             .map(|&m| (m, ctx.monthly_cap))
             .chain([(PROGRAMME_BUDGET_KEY, ctx.programme_cap)])
-            .filter(|(key, _)| {
+            .filter(|(key, cap)| {
                 self.budgets
                     .lock()
-                    .map(|k| !k.contains_key(key))
+                    .map(|k| k.get(key) != Some(cap))
                     .unwrap_or(true)
             })
             .collect();
@@ -57,6 +58,22 @@ impl<B: Backend> Ledger<B> {
             &[Col::Int(keys), Col::Int(shards), Col::Int(caps)],
         )
         .await?;
+        tx.commit().await?;
+        // Budgets that existed keep their old caps: set the new ones, every shard of a
+        // budget locked in shard order (the writers' lock order).
+        let mut tx = self.backend.begin(TxMode::Write).await?;
+        wanted.sort_unstable_by_key(|&(key, _)| (key == PROGRAMME_BUDGET_KEY, key));
+        for &(key, cap) in &wanted {
+            let rows = tx
+                .query(&ALL_SHARDS, params![key])
+                .await?
+                .iter()
+                .map(|r| Ok((r.get::<i32>(0)?, r.int(1)?, r.int(2)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for (s, new_cap) in recap(&rows, cap.get()) {
+                tx.execute(&SET_CAP, params![key, s, new_cap]).await?;
+            }
+        }
         tx.commit().await?;
         if let Ok(mut known) = self.budgets.lock() {
             known.extend(wanted);
@@ -149,4 +166,39 @@ pub(super) async fn apply<T: Tx>(
         }
     }
     Ok(())
+}
+
+/// The rows of a batch that were just stored with a subsidy, grouped by month in
+/// ascending order (the lock order), each month's rows in batch order.
+fn budget_wants(
+    batch: &[IngestTxn],
+    answers: &[Option<TxnAnswer>],
+) -> std::collections::BTreeMap<i32, Vec<(usize, i64)>> {
+    let mut by_month: std::collections::BTreeMap<i32, Vec<(usize, i64)>> = Default::default();
+    for (i, (t, a)) in batch.iter().zip(answers).enumerate() {
+        if let Some(a) = a
+            && a.status == TxnStatus::Stored
+            && a.subsidy_fen.get() > 0
+        {
+            let month = i32::try_from(t.business_date.get() / 100).unwrap_or(i32::MAX);
+            by_month
+                .entry(month)
+                .or_default()
+                .push((i, a.subsidy_fen.get()));
+        }
+    }
+    by_month
+}
+
+/// Applies grants to answers: a row granted less than its subsidy gets what was granted,
+/// with BUDGET_EXHAUSTED.
+fn apply_grants(grants: &[(usize, i64)], answers: &mut [Option<TxnAnswer>]) {
+    for &(i, g) in grants {
+        if let Some(Some(a)) = answers.get_mut(i)
+            && g < a.subsidy_fen.get()
+        {
+            a.subsidy_fen = Fen(g);
+            a.reason = Reason::BudgetExhausted;
+        }
+    }
 }
