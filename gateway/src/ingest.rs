@@ -53,6 +53,7 @@ pub fn start(
     store: AnyStore,
     config: &IngestConfig,
     policy: &Policy,
+    caps: Arc<BudgetCaps>,
 ) -> (IngestSender, Vec<tokio::task::JoinHandle<()>>) {
     // Writers draw on consecutive budget shards from a random start, so the writers of
     // several gateway nodes spread over the shards too.
@@ -69,6 +70,7 @@ pub fn start(
         .map(|n| {
             let w = Writer {
                 budget: IngestCtx::new(policy, first_shard + n),
+                caps: Arc::clone(&caps),
                 store: store.clone(),
                 rx: Arc::clone(&rx),
                 config: config.clone(),
@@ -80,8 +82,45 @@ pub fn start(
     (tx, handles)
 }
 
+/// The budget caps the writers grant within, read again from the policy while the gateway
+/// runs: each batch takes the caps current when it starts.
+#[derive(Debug)]
+pub struct BudgetCaps {
+    monthly_fen: std::sync::atomic::AtomicI64,
+    programme_fen: std::sync::atomic::AtomicI64,
+}
+
+impl BudgetCaps {
+    /// The caps of `policy`.
+    pub fn of(policy: &Policy) -> Self {
+        Self {
+            monthly_fen: policy.monthly_cap().get().into(),
+            programme_fen: policy.programme_total().get().into(),
+        }
+    }
+
+    /// Takes the caps of `policy` from the next batch on.
+    pub fn set(&self, policy: &Policy) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.monthly_fen.store(policy.monthly_cap().get(), Relaxed);
+        self.programme_fen
+            .store(policy.programme_total().get(), Relaxed);
+    }
+
+    /// `ctx` with the current caps.
+    fn apply(&self, ctx: IngestCtx) -> IngestCtx {
+        use std::sync::atomic::Ordering::Relaxed;
+        IngestCtx {
+            monthly_cap: wenxiao_protocol::Fen(self.monthly_fen.load(Relaxed)),
+            programme_cap: wenxiao_protocol::Fen(self.programme_fen.load(Relaxed)),
+            ..ctx
+        }
+    }
+}
+
 struct Writer {
     budget: IngestCtx,
+    caps: Arc<BudgetCaps>,
     store: AnyStore,
     rx: Arc<Mutex<mpsc::Receiver<IngestItem>>>,
     config: IngestConfig,
@@ -144,7 +183,11 @@ impl Writer {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.config.store_wait_ms);
         loop {
-            match self.store.ingest(batch, &self.budget).await {
+            match self
+                .store
+                .ingest(batch, &self.caps.apply(self.budget))
+                .await
+            {
                 Ok(answers) => {
                     metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed());
                     metrics::histogram!(m::INGEST_BATCH_ROWS).record(batch.len() as f64);

@@ -163,6 +163,14 @@ pub async fn load_or_import_registry(
 }
 
 fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+    if config.keys.uses_development_keys() && !config.keys.allow_development_keys {
+        anyhow::bail!(
+            "the development master keys are configured (keys.purchase_master_key_hex, \
+             keys.load_master_key_hex): a gateway holding them would accept forged TACs and \
+             MAC1s; configure the production keys, or set keys.allow_development_keys = true \
+             for development"
+        );
+    }
     let store_rt = store_runtime()?;
     let store = {
         let _enter = store_rt.enter();
@@ -172,14 +180,6 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         .block_on(store.migrate())
         .context("migrate the store")?;
     let registry = store_rt.block_on(load_or_import_registry(&store, &config))?;
-    if config.keys.uses_development_keys() && !config.keys.allow_development_keys {
-        anyhow::bail!(
-            "the development master keys are configured (keys.purchase_master_key_hex, \
-             keys.load_master_key_hex): a gateway holding them would accept forged TACs and \
-             MAC1s; configure the production keys, or set keys.allow_development_keys = true \
-             for development"
-        );
-    }
     let keys = config.master_keys()?;
     let policy = crate::policy::Policy::load(&config.policy_path).context("load the policy")?;
     let tls_config = tls::server_config(
@@ -187,9 +187,10 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         &read(&config.tls.server_cert_path)?,
         &read(&config.tls.server_key_path)?,
     )?;
+    let caps = Arc::new(ingest::BudgetCaps::of(&policy));
     let (ingest_tx, writers) = {
         let _enter = store_rt.enter();
-        ingest::start(store.clone(), &config.ingest, &policy)
+        ingest::start(store.clone(), &config.ingest, &policy, Arc::clone(&caps))
     };
     let shared = Arc::new(Shared::new(
         config.clone(),
@@ -205,6 +206,7 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
     let system = actix_rt::System::new();
     let result = system.block_on(serve(
         Arc::clone(&shared),
+        caps,
         tls_config,
         prometheus,
         ready,
@@ -231,6 +233,7 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
 
 async fn serve(
     shared: Arc<Shared>,
+    caps: Arc<ingest::BudgetCaps>,
     tls_config: Arc<rustls::ServerConfig>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ready: Ready,
@@ -258,7 +261,7 @@ async fn serve(
     let handshakes = Arc::new(Semaphore::new(cfg.server.handshakes_in_progress_max));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let handshake_timeout = Duration::from_millis(cfg.server.tls_handshake_timeout_ms);
-    spawn_registry_reload(Arc::clone(&shared));
+    spawn_registry_reload(Arc::clone(&shared), caps);
     spawn_release_watch(Arc::clone(&shared));
     tracing::info!(%device_addr, admin = ?admin.as_ref().map(|a| a.0), workers, "gateway listening");
     let _ = ready.send((device_addr, admin.as_ref().map(|a| a.0)));
@@ -431,7 +434,10 @@ async fn poll_for_releases(shared: Arc<Shared>) {
     }
 }
 
-fn spawn_registry_reload(shared: Arc<Shared>) {
+/// Every `registry.reload_interval_ms`: the registry is read again from the store (a
+/// device disabled there has its open session closed with ERROR DEVICE_DISABLED), and the
+/// budget caps from the policy file (a changed cap applies from the writers' next batch).
+fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
     let every = Duration::from_millis(shared.config.registry.reload_interval_ms);
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -445,6 +451,7 @@ fn spawn_registry_reload(shared: Arc<Shared>) {
                 .await
             {
                 Ok(Ok(r)) => {
+                    close_disabled_sessions(&shared, &r);
                     if let Ok(mut slot) = shared.registry.write() {
                         *slot = Arc::new(r);
                     }
@@ -452,6 +459,20 @@ fn spawn_registry_reload(shared: Arc<Shared>) {
                 Ok(Err(e)) => tracing::warn!(error = %e, "registry reload failed"),
                 Err(e) => tracing::warn!(error = %e, "registry reload task failed"),
             }
+            match crate::policy::Policy::load(&shared.config.policy_path) {
+                Ok(p) => caps.set(&p),
+                Err(e) => tracing::warn!(error = %e, "policy reload failed: budget caps kept"),
+            }
         }
     });
+}
+
+/// Tells the sessions of devices the registry no longer has active that they are disabled.
+fn close_disabled_sessions(shared: &Shared, registry: &Registry) {
+    for s in shared.sessions.iter() {
+        if !registry.device(*s.key()).is_some_and(|d| d.active) {
+            tracing::info!(device = %s.key(), "device disabled in the registry: closing its session");
+            s.value().1.do_send(crate::session::Disabled);
+        }
+    }
 }

@@ -162,6 +162,11 @@ async fn write_checkpoints(
 #[rtype(result = "()")]
 pub struct Replaced;
 
+/// The registry no longer has the session's device active.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Disabled;
+
 /// Credits were released: an OTA endpoint session claims and pushes what it may.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -1059,6 +1064,17 @@ impl Handler<Replaced> for Session {
             ctx,
             ErrorCode::SessionReplaced,
             "a newer session of this device took over",
+        );
+    }
+}
+
+impl Handler<Disabled> for Session {
+    type Result = ();
+    fn handle(&mut self, _: Disabled, ctx: &mut Context<Self>) {
+        self.fail(
+            ctx,
+            ErrorCode::DeviceDisabled,
+            "the device was disabled in the registry",
         );
     }
 }

@@ -666,3 +666,74 @@ async fn many_devices_at_once_never_exceed_the_budget_by_one_fen() {
         Fen(10_000)
     );
 }
+
+/// Defect 13: a device disabled in the registry has its open session closed with ERROR
+/// DEVICE_DISABLED at the next reload; what it had sent stays stored, and it cannot come
+/// back until it is enabled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_disabled_in_the_registry_is_closed_at_the_next_reload() {
+    let mut env = TestEnv::sqlite();
+    env.config.registry.reload_interval_ms = 100;
+    let gw = env.start();
+    let mut pos = env.session(&gw, POS).await;
+    pos.send(book_purchase(POS, 1, 950, 1, 8_800)).await;
+    assert_eq!(pos.ack().await.status, TxnStatus::Stored);
+    // Staff disable the terminal: the registry in the store says so.
+    let path = env.path().join("devices-disabled.csv");
+    let devices = std::fs::read_to_string(&env.config.registry.devices_path).unwrap();
+    std::fs::write(
+        &path,
+        devices.replace("310100000001,POS,1001,,1", "310100000001,POS,1001,,0"),
+    )
+    .unwrap();
+    let registry =
+        wenxiao_gateway::registry::Registry::from_csv(&env.config.registry.merchants_path, &path)
+            .unwrap();
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    use wenxiao_gateway::store::Store;
+    store.import_registry(&registry).await.unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        pos.expect_fatal(ErrorCode::DeviceDisabled),
+    )
+    .await
+    .expect("no DEVICE_DISABLED within 10 s");
+    assert_eq!(store.count_txns(POS).await.unwrap(), (1, 0));
+    // Another device's session is untouched.
+    let mut other = env.session(&gw, POS2).await;
+    other.send(book_purchase(POS2, 1, 951, 1, 8_800)).await;
+    assert_eq!(other.ack().await.status, TxnStatus::Stored);
+}
+
+/// Defect 10 at the gateway: a cap raised in the policy file applies from the next batch
+/// after the reload, in the month under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_raised_in_the_policy_file_applies_while_the_gateway_runs() {
+    let mut env = TestEnv::sqlite();
+    let policy = env.path().join("policy.toml");
+    let write = |cap: i64| {
+        std::fs::write(
+            &policy,
+            format!("[budget]\nmonthly_cap_fen = {cap}\nprogramme_total_fen = 1000000\n"),
+        )
+        .unwrap();
+    };
+    write(1_000);
+    env.config.policy_path = policy.clone();
+    env.config.registry.reload_interval_ms = 100;
+    let gw = env.start();
+    let mut pos = env.session(&gw, POS).await;
+    pos.send(book_purchase(POS, 1, 960, 1, 8_800)).await;
+    assert_eq!(pos.ack().await.subsidy_fen, Fen(880));
+    pos.send(book_purchase(POS, 2, 961, 1, 8_800)).await;
+    let cut = pos.ack().await;
+    assert_eq!(
+        (cut.subsidy_fen, cut.reason),
+        (Fen(120), Reason::BudgetExhausted)
+    );
+    write(5_000);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    pos.send(book_purchase(POS, 3, 962, 1, 8_800)).await;
+    let paid = pos.ack().await;
+    assert_eq!((paid.subsidy_fen, paid.reason), (Fen(880), Reason::None));
+}
