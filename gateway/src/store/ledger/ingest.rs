@@ -5,8 +5,9 @@
 //!    recorded row, other content is SEQ_CONFLICT (recorded as evidence);
 //! 3. what is neither inserted nor recorded collided on the card-counter index: recorded
 //!    REJECTED CARD_COUNTER_REPLAY;
-//! 4. points, then the blacklist, then the budget decide the new rows' final answers,
-//!    which are written back in one statement;
+//! 4. points (holds, sign-ins), then the blacklist, then the budget decide the new rows'
+//!    final answers, which are written back in one statement; then refunds are decided
+//!    against the purchases as the batch leaves them (and what they change written back);
 //! 5. later copies of a key in the same batch are answered last, from the row as this
 //!    batch leaves it, exactly as a re-send in a later batch would be.
 
@@ -15,7 +16,8 @@ use super::super::{
     IngestCtx, IngestTxn, Reason, Recorded, Resend, StoreError, TxnAnswer, TxnRow, answer_resend,
     db_u64, recorded_from_columns, txn_payload,
 };
-use super::{Ledger, budget, points};
+use super::points::{self, Phase};
+use super::{Ledger, budget};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use wenxiao_protocol::TxnStatus;
@@ -144,10 +146,14 @@ impl<B: Backend> Ledger<B> {
         }
 
         let inserted = answers.clone();
-        points::apply(&mut tx, batch, &mut answers, ctx).await?;
+        points::apply(&mut tx, batch, &mut answers, ctx, Phase::HoldsAndSignIns).await?;
         apply_blacklist(&mut tx, batch, &mut answers).await?;
         budget::apply(&mut tx, batch, &mut answers, ctx).await?;
         write_changed(&mut tx, batch, &inserted, &answers).await?;
+        // Refunds read the purchases they name as this batch leaves them.
+        let decided = answers.clone();
+        points::apply(&mut tx, batch, &mut answers, ctx, Phase::Refunds).await?;
+        write_changed(&mut tx, batch, &decided, &answers).await?;
 
         for (c, f) in copies {
             let (Some(copy), Some(first)) = (batch.get(c), batch.get(f)) else {

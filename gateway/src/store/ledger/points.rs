@@ -63,8 +63,19 @@ const CREDIT_ONE: Sql = Sql::both(
      RETURNING balance",
 );
 
+/// Which rows [`apply`] decides. Refunds come last, once the purchases they name have
+/// their final answers in the table (a purchase of the same batch may have been rejected
+/// for its hold, or lost its subsidy to the blacklist or the budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Purchases with holds, and sign-ins: before the blacklist and the budget.
+    HoldsAndSignIns,
+    /// Refunds: after them, and after the answers so far are written back.
+    Refunds,
+}
+
 /// Consumes holds, awards sign-in points and gives refunds their points back, for the
-/// batch's new rows; a row whose hold is not valid becomes REJECTED HOLD_INVALID (before
+/// batch's new rows of `phase`; a row whose hold is not valid becomes REJECTED HOLD_INVALID (before
 /// the budget, so it takes none of it). Sign-ins — most of the points rows — take two
 /// statements for the whole batch; holds and refunds one or two each.
 pub(super) async fn apply<T: Tx>(
@@ -72,8 +83,16 @@ pub(super) async fn apply<T: Tx>(
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
     ctx: &IngestCtx,
+    phase: Phase,
 ) -> Result<(), StoreError> {
-    let rows = points_rows(batch, answers);
+    let rows: Vec<usize> = points_rows(batch, answers)
+        .into_iter()
+        .filter(|&i| {
+            batch
+                .get(i)
+                .is_some_and(|t| (t.txn.kind == TxnKind::Refund) == (phase == Phase::Refunds))
+        })
+        .collect();
     if rows.is_empty() {
         return Ok(());
     }
