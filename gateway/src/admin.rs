@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process is up)
-//! and `/readyz` (the store answers and the gateway is not draining).
+//! and `/readyz` (the store answers, the writers' latest batch committed, and the
+//! gateway is not draining).
 
 use crate::session::Shared;
 use crate::store::Store;
@@ -30,6 +31,10 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     if state.shared.draining.load(Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable().body("draining\n");
+    }
+    if state.shared.writer_health.failing() {
+        return HttpResponse::ServiceUnavailable()
+            .body("ingest writers failing: the latest batch could not be committed\n");
     }
     let store = state.shared.store.clone();
     match state

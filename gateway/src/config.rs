@@ -321,8 +321,16 @@ pub struct StoreConfig {
     pub postgres_url: String,
     /// PostgreSQL connections in the pool (writers + reads).
     pub postgres_pool_size_max: usize,
-    /// Longest wait for a pooled connection.
+    /// Longest wait for a pooled connection (and to open one).
     pub postgres_pool_wait_ms: u64,
+    /// PostgreSQL's `statement_timeout` on every store connection: a statement running
+    /// longer is cancelled by the server (the clearing run sets its own, longer bound).
+    pub postgres_statement_timeout_ms: u64,
+    /// PostgreSQL's `lock_timeout`: a statement waiting longer for a lock fails.
+    pub postgres_lock_timeout_ms: u64,
+    /// TCP keepalive idle time on store connections, so a dead server or a cut link is
+    /// noticed instead of waited on.
+    pub postgres_keepalive_idle_s: u64,
 }
 
 impl Default for StoreConfig {
@@ -333,6 +341,9 @@ impl Default for StoreConfig {
             postgres_url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
             postgres_pool_size_max: 8,
             postgres_pool_wait_ms: 2_000,
+            postgres_statement_timeout_ms: 10_000,
+            postgres_lock_timeout_ms: 5_000,
+            postgres_keepalive_idle_s: 10,
         }
     }
 }
@@ -537,6 +548,24 @@ impl Config {
         )?;
         in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
         in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;
+        in_range(
+            "store.postgres_statement_timeout_ms",
+            self.store.postgres_statement_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        in_range(
+            "store.postgres_lock_timeout_ms",
+            self.store.postgres_lock_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        in_range(
+            "store.postgres_keepalive_idle_s",
+            self.store.postgres_keepalive_idle_s,
+            1,
+            3_600,
+        )?;
         // Up to a day: a longer grace would hold a day open into the one after next.
         in_range("clearing.grace_ms", self.clearing.grace_ms, 0, 86_400_000)?;
         in_range("session.seq_window_max", se.seq_window_max, 16, 1_000_000)?;

@@ -54,6 +54,7 @@ pub fn start(
     config: &IngestConfig,
     policy: &Policy,
     caps: Arc<BudgetCaps>,
+    health: Arc<WriterHealth>,
 ) -> (IngestSender, Vec<tokio::task::JoinHandle<()>>) {
     // Writers draw on consecutive budget shards from a random start, so the writers of
     // several gateway nodes spread over the shards too.
@@ -71,15 +72,56 @@ pub fn start(
             let w = Writer {
                 budget: IngestCtx::new(policy, first_shard + n),
                 caps: Arc::clone(&caps),
+                health: Arc::clone(&health),
                 store: store.clone(),
                 rx: Arc::clone(&rx),
                 config: config.clone(),
                 queue: tx.downgrade(),
             };
-            tokio::spawn(w.run())
+            tokio::spawn(supervise(w))
         })
         .collect();
     (tx, handles)
+}
+
+/// Runs a writer, and runs it again if its task ends by a panic outside a batch (a batch's
+/// own panics are caught and answered in [`Writer::commit`]); ends when the queue is closed
+/// and empty.
+async fn supervise(w: Writer) {
+    use futures_util::FutureExt;
+    let template = w.clone_config();
+    let mut next = Some(w);
+    while let Some(w) = next.take() {
+        match std::panic::AssertUnwindSafe(w.run()).catch_unwind().await {
+            Ok(()) => return,
+            Err(_) => {
+                metrics::counter!(m::INGEST_WRITER_RESTARTS_TOTAL).increment(1);
+                tracing::error!("ingest writer panicked: started again");
+                next = Some(template.clone_config());
+            }
+        }
+    }
+}
+
+/// How the writers are doing, for `/readyz`: a node whose writers cannot commit should
+/// not be sent devices. The latest batch of any writer decides: a failure makes the node
+/// unready, the next commit ready again.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    last_failed: std::sync::atomic::AtomicBool,
+}
+
+impl WriterHealth {
+    /// Whether the latest batch any writer finished was answered STORE_UNAVAILABLE.
+    pub fn failing(&self) -> bool {
+        self.last_failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn report(&self, failed: bool) {
+        self.last_failed
+            .store(failed, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(m::INGEST_WRITERS_FAILING).set(if failed { 1.0 } else { 0.0 });
+    }
 }
 
 /// The budget caps the writers grant within, read again from the policy while the gateway
@@ -121,6 +163,7 @@ impl BudgetCaps {
 struct Writer {
     budget: IngestCtx,
     caps: Arc<BudgetCaps>,
+    health: Arc<WriterHealth>,
     store: AnyStore,
     rx: Arc<Mutex<mpsc::Receiver<IngestItem>>>,
     config: IngestConfig,
@@ -128,6 +171,19 @@ struct Writer {
 }
 
 impl Writer {
+    /// A writer like this one, with no batch history (for a restart).
+    fn clone_config(&self) -> Self {
+        Self {
+            budget: self.budget,
+            caps: Arc::clone(&self.caps),
+            health: Arc::clone(&self.health),
+            store: self.store.clone(),
+            rx: Arc::clone(&self.rx),
+            config: self.config.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+
     async fn run(self) {
         let mut items = Vec::with_capacity(self.config.batch_rows_max);
         loop {
@@ -178,32 +234,59 @@ impl Writer {
         true
     }
 
-    /// Commits with retries until `store_wait_ms` has passed.
+    /// Commits with retries until `store_wait_ms` has passed. Each attempt is bounded by
+    /// what is left of that wait (a statement that hangs is abandoned: its transaction is
+    /// rolled back, and the batch is answered STORE_UNAVAILABLE — never acknowledged), and
+    /// a panic inside an attempt is caught and answered the same way.
     async fn commit(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, ()> {
+        use futures_util::FutureExt;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.config.store_wait_ms);
-        loop {
-            match self
-                .store
-                .ingest(batch, &self.caps.apply(self.budget))
-                .await
-            {
-                Ok(answers) => {
+        let failed = |reason: &'static str| {
+            metrics::counter!(m::INGEST_BATCHES_FAILED_TOTAL, "reason" => reason).increment(1);
+        };
+        let outcome = loop {
+            let ctx = self.caps.apply(self.budget);
+            let attempt =
+                std::panic::AssertUnwindSafe(self.store.ingest(batch, &ctx)).catch_unwind();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(Ok(answers))) => {
                     metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed());
                     metrics::histogram!(m::INGEST_BATCH_ROWS).record(batch.len() as f64);
-                    return Ok(answers);
+                    break Ok(answers);
                 }
-                Err(e) => {
+                Ok(Ok(Err(e))) => {
                     metrics::counter!(m::STORE_ERRORS_TOTAL).increment(1);
                     if Instant::now() + Duration::from_millis(self.config.store_retry_ms) > deadline
                     {
                         tracing::error!(error = %e, rows = batch.len(), "store unavailable, giving up on batch");
-                        return Err(());
+                        failed("store_error");
+                        break Err(());
                     }
                     tracing::warn!(error = %e, rows = batch.len(), "store commit failed, retrying");
                     tokio::time::sleep(Duration::from_millis(self.config.store_retry_ms)).await;
                 }
+                Ok(Err(_)) => {
+                    tracing::error!(
+                        rows = batch.len(),
+                        "ingest panicked: batch answered STORE_UNAVAILABLE"
+                    );
+                    failed("panic");
+                    break Err(());
+                }
+                Err(_) => {
+                    tracing::error!(
+                        rows = batch.len(),
+                        wait_ms = self.config.store_wait_ms,
+                        "store did not answer within the store wait: batch answered STORE_UNAVAILABLE"
+                    );
+                    failed("timeout");
+                    break Err(());
+                }
             }
-        }
+        };
+        self.health.report(outcome.is_err());
+        outcome
     }
 }

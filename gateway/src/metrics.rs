@@ -23,6 +23,13 @@ pub const TXN_ACK_SECONDS: &str = "wenxiao_txn_ack_seconds";
 pub const INGEST_QUEUE_TXNS: &str = "wenxiao_ingest_queue_txns";
 /// Counter: failed store commits (each retry counts).
 pub const STORE_ERRORS_TOTAL: &str = "wenxiao_store_errors_total";
+/// Counter: batches answered STORE_UNAVAILABLE, label `reason` (`store_error`: retries
+/// ran out; `timeout`: an attempt outlived the store wait; `panic`: a bug, contained).
+pub const INGEST_BATCHES_FAILED_TOTAL: &str = "wenxiao_ingest_batches_failed_total";
+/// Counter: writer tasks that ended unexpectedly and were started again.
+pub const INGEST_WRITER_RESTARTS_TOTAL: &str = "wenxiao_ingest_writer_restarts_total";
+/// Gauge: 1 while the latest batch a writer finished failed, else 0.
+pub const INGEST_WRITERS_FAILING: &str = "wenxiao_ingest_writers_failing";
 /// Counter: connections refused before a session, label `reason`.
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wenxiao_connections_refused_total";
 /// Counter: ERROR frames sent, label `code`.

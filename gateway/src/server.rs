@@ -81,10 +81,11 @@ pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
                 .with_context(|| format!("open {}", path.display()))?
                 .into()
         }
-        StoreKind::Postgres => PgStore::connect(
+        StoreKind::Postgres => PgStore::connect_with(
             &config.store.postgres_url,
             config.store.postgres_pool_size_max,
             config.store.postgres_pool_wait_ms,
+            &crate::store::PgLimits::of(&config.store),
         )?
         .into(),
     })
@@ -188,9 +189,16 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         &read(&config.tls.server_key_path)?,
     )?;
     let caps = Arc::new(ingest::BudgetCaps::of(&policy));
+    let health = Arc::new(ingest::WriterHealth::default());
     let (ingest_tx, writers) = {
         let _enter = store_rt.enter();
-        ingest::start(store.clone(), &config.ingest, &policy, Arc::clone(&caps))
+        ingest::start(
+            store.clone(),
+            &config.ingest,
+            &policy,
+            Arc::clone(&caps),
+            Arc::clone(&health),
+        )
     };
     let shared = Arc::new(Shared::new(
         config.clone(),
@@ -200,6 +208,7 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         store.clone(),
         store_rt.handle().clone(),
         ingest_tx,
+        health,
     ));
     let prometheus = m::install();
 

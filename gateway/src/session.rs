@@ -62,6 +62,8 @@ pub struct Shared {
     pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
     pub draining: AtomicBool,
+    /// How the ingest writers are doing (for `/readyz`).
+    pub writer_health: Arc<crate::ingest::WriterHealth>,
     /// Each device's `stored_seq` as its last session on this node ended: a floor for the
     /// next HELLO's scan (one entry per registered device at most).
     pub watermarks: DashMap<DeviceId, u64>,
@@ -74,6 +76,8 @@ pub struct Shared {
 
 impl Shared {
     /// Shared state for a gateway starting now.
+    // Each argument is one part of the state, built by `server::run` in its own step.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         policy: crate::policy::Policy,
@@ -82,6 +86,7 @@ impl Shared {
         store: AnyStore,
         store_rt: tokio::runtime::Handle,
         ingest: IngestSender,
+        writer_health: Arc<crate::ingest::WriterHealth>,
     ) -> Self {
         let decoder = Decoder::new(config.session.frame_payload_bytes_max);
         let (checkpoints, pending) = tokio::sync::mpsc::channel(CHECKPOINT_QUEUE_DEVICES);
@@ -100,6 +105,7 @@ impl Shared {
             sessions: DashMap::new(),
             ota_sessions: DashMap::new(),
             draining: AtomicBool::new(false),
+            writer_health,
             watermarks: DashMap::new(),
             checkpoints,
             session_base: start << 20,

@@ -737,3 +737,48 @@ async fn a_cap_raised_in_the_policy_file_applies_while_the_gateway_runs() {
     let paid = pos.ack().await;
     assert_eq!((paid.subsidy_fen, paid.reason), (Fen(880), Reason::None));
 }
+
+/// Defect 11: a statement that hangs (here: a table locked by another session) is bounded
+/// — the batch is answered STORE_UNAVAILABLE within the store wait, nothing is lost — and
+/// `/readyz` says the writers are failing until a batch commits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_is_bounded_and_readyz_reports_failing_writers() {
+    let mut env = TestEnv::postgres().await;
+    env.config.ingest.store_wait_ms = 1_500;
+    let gw = env.start();
+    let admin_http = gw.admin_addr.unwrap();
+    let mut d = env.session(&gw, POS).await;
+    d.send(book_purchase(POS, 1, 92, 1, 100)).await;
+    assert_eq!(d.ack().await.status, TxnStatus::Stored);
+    assert_eq!(http_get(admin_http, "/readyz").await.0, 200);
+    // Another session holds the table: every ingest statement would wait for it forever.
+    let (admin, conn) =
+        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute("BEGIN; LOCK TABLE txns IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    d.send(book_purchase(POS, 2, 93, 1, 100)).await;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        d.expect_fatal(ErrorCode::StoreUnavailable),
+    )
+    .await
+    .expect("the hung batch was not answered");
+    let (status, body) = http_get(admin_http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("writer"), "{body}");
+    let (_, metrics) = http_get(admin_http, "/metrics").await;
+    assert!(
+        metrics.contains("wenxiao_ingest_batches_failed_total"),
+        "{metrics}"
+    );
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    let mut d = env.session(&gw, POS).await;
+    d.send(book_purchase(POS, 2, 93, 1, 100)).await;
+    assert_eq!(d.ack().await.status, TxnStatus::Stored);
+    assert_eq!(http_get(admin_http, "/readyz").await.0, 200);
+}

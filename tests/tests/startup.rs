@@ -56,3 +56,59 @@ fn no_configuration_file_is_an_error_that_says_where_it_looked() {
     );
     assert!(stderr.contains("--config"), "{stderr}");
 }
+
+/// Defect 11: a row the store cannot read back (a corrupted or foreign database) is an
+/// error, never a panic, on both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_is_an_error_not_a_panic() {
+    use wenxiao_gateway::registry::MerchantId;
+    use wenxiao_gateway::store::{IngestCtx, IngestTxn, Proposal, Store};
+    use wenxiao_protocol::*;
+    let row = IngestTxn {
+        device_id: DeviceId(7),
+        merchant_id: Some(MerchantId(1001)),
+        txn: wenxiao_tests::device::book_purchase(DeviceId(7), 1, 5, 1, 100),
+        proposal: Proposal::Store {
+            reason: Reason::None,
+            subsidy_fen: Fen(10),
+            points_awarded: Points(0),
+        },
+        received_at_ms: 1,
+        business_date: BusinessDate::new(20261120).unwrap(),
+    };
+    let ctx = IngestCtx {
+        monthly_cap: Fen(1_000_000),
+        programme_cap: Fen(1_000_000),
+        shard: 0,
+        sign_in_points: Points(10),
+    };
+    // SQLite: a kind no TXN has.
+    let (lite, dir) = wenxiao_tests::fresh_sqlite_store().await;
+    lite.ingest(&[row], &ctx).await.unwrap();
+    rusqlite::Connection::open(dir.path().join("wenxiao.db"))
+        .unwrap()
+        .execute("UPDATE txns SET kind = 99", [])
+        .unwrap();
+    let err = lite.ingest(&[row], &ctx).await.unwrap_err();
+    assert!(err.to_string().contains("kind"), "{err}");
+    // PostgreSQL: a status out of range, and a NULL where a number must be.
+    let url = wenxiao_tests::fresh_pg_url().await;
+    let pg = wenxiao_gateway::store::PgStore::connect(&url, 2, 5_000).unwrap();
+    pg.migrate().await.unwrap();
+    pg.ingest(&[row], &ctx).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("UPDATE txns SET status = 42")
+        .await
+        .unwrap();
+    let err = pg.ingest(&[row], &ctx).await.unwrap_err();
+    assert!(err.to_string().contains("status"), "{err}");
+    client
+        .batch_execute("ALTER TABLE txns ALTER COLUMN points_awarded DROP NOT NULL; UPDATE txns SET status = 1, points_awarded = NULL")
+        .await
+        .unwrap();
+    assert!(pg.ingest(&[row], &ctx).await.is_err());
+}

@@ -14,7 +14,7 @@ mod pg;
 pub use backend::{AnyBackend, AnyTx};
 pub use ledger::{AnyStore, Ledger, PgStore, SqliteStore};
 pub use lite::{Lite, LiteTx};
-pub use pg::{Pg, PgTx};
+pub use pg::{Pg, PgLimits, PgTx};
 
 use crate::registry::{MerchantId, Registry};
 use std::future::Future;

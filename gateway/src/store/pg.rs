@@ -14,6 +14,34 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
+/// Bounds on every PostgreSQL store connection (see `StoreConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgLimits {
+    /// `statement_timeout`.
+    pub statement_timeout_ms: u64,
+    /// `lock_timeout`.
+    pub lock_timeout_ms: u64,
+    /// TCP keepalive idle time.
+    pub keepalive_idle_s: u64,
+}
+
+impl PgLimits {
+    /// The configured bounds.
+    pub fn of(c: &crate::config::StoreConfig) -> Self {
+        Self {
+            statement_timeout_ms: c.postgres_statement_timeout_ms,
+            lock_timeout_ms: c.postgres_lock_timeout_ms,
+            keepalive_idle_s: c.postgres_keepalive_idle_s,
+        }
+    }
+}
+
+impl Default for PgLimits {
+    fn default() -> Self {
+        Self::of(&crate::config::StoreConfig::default())
+    }
+}
+
 /// The PostgreSQL backend. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Pg {
@@ -36,8 +64,21 @@ impl Pg {
         url: &str,
         pool_size_max: usize,
         pool_wait_ms: u64,
+        limits: &PgLimits,
     ) -> Result<Self, StoreError> {
-        let config = tokio_postgres::Config::from_str(url)?;
+        let mut config = tokio_postgres::Config::from_str(url)?;
+        // The server-side bounds go with the session's options (after any the URL sets).
+        let options = format!(
+            "{} -c statement_timeout={} -c lock_timeout={}",
+            config.get_options().unwrap_or_default(),
+            limits.statement_timeout_ms,
+            limits.lock_timeout_ms
+        );
+        config
+            .options(options.trim())
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(limits.keepalive_idle_s))
+            .connect_timeout(Duration::from_millis(pool_wait_ms));
         let manager = Manager::from_config(
             config,
             NoTls,

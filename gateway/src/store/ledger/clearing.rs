@@ -71,6 +71,9 @@ pub(super) async fn clear_day<B: Backend>(
     // no index; sorts and hashes of a few million rows fit in memory instead of spilling.
     tx.execute(&Sql::pg_only("SET LOCAL work_mem = '256MB'"), &[])
         .await?;
+    // A day of millions of rows takes longer than an ingest statement may.
+    tx.execute(&Sql::pg_only("SET LOCAL statement_timeout = '10min'"), &[])
+        .await?;
     tx.execute(
         &Sql::each(
             "CREATE TEMP TABLE clearing_nets (card_no BIGINT NOT NULL, net_fen BIGINT NOT NULL) \

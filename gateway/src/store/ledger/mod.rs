@@ -57,7 +57,27 @@ impl Ledger<Pg> {
     /// by `pool_wait_ms`. Connections are opened lazily, on the runtime that first needs
     /// them: callers keep all store work on one dedicated runtime.
     pub fn connect(url: &str, pool_size_max: usize, pool_wait_ms: u64) -> Result<Self, StoreError> {
-        Ok(Self::new(Pg::connect(url, pool_size_max, pool_wait_ms)?))
+        Self::connect_with(
+            url,
+            pool_size_max,
+            pool_wait_ms,
+            &super::PgLimits::default(),
+        )
+    }
+
+    /// As [`Ledger::connect`], with the connections' server-side bounds.
+    pub fn connect_with(
+        url: &str,
+        pool_size_max: usize,
+        pool_wait_ms: u64,
+        limits: &super::PgLimits,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(Pg::connect(
+            url,
+            pool_size_max,
+            pool_wait_ms,
+            limits,
+        )?))
     }
 }
 
