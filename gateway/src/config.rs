@@ -234,9 +234,12 @@ pub struct SessionConfig {
     pub max_in_flight: u16,
     /// Largest frame payload accepted (contract default and ceiling: 65,536).
     pub frame_payload_bytes_max: u32,
-    /// Bytes queued for a device that does not read before the session is closed: a
-    /// slow reader must not make the gateway buffer without bound.
+    /// Bytes of answers queued for a device that does not read: past it the session stops
+    /// reading (TCP pushes back to the device), so a slow reader never makes the gateway
+    /// buffer without bound.
     pub write_buffer_bytes_max: usize,
+    /// A session pushed back that long (its device still not reading) is closed.
+    pub slow_reader_timeout_ms: u64,
     /// Told to devices in DRAIN: reconnect after this long.
     pub drain_reconnect_after_ms: u32,
     /// After DRAIN, sessions get this long to receive their acks and close.
@@ -256,6 +259,7 @@ impl Default for SessionConfig {
             max_in_flight: 64,
             frame_payload_bytes_max: FRAME_PAYLOAD_BYTES_MAX,
             write_buffer_bytes_max: 256 * 1024,
+            slow_reader_timeout_ms: 10_000,
             drain_reconnect_after_ms: 30_000,
             drain_timeout_ms: 10_000,
             close_linger_ms: 1_000,
@@ -545,6 +549,12 @@ impl Config {
             se.write_buffer_bytes_max,
             4_096,
             64 << 20,
+        )?;
+        in_range(
+            "session.slow_reader_timeout_ms",
+            se.slow_reader_timeout_ms,
+            100,
+            600_000,
         )?;
         in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
         in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;

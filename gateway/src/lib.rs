@@ -11,6 +11,7 @@ pub mod config;
 pub mod credits;
 pub mod ingest;
 pub mod metrics;
+pub mod outbound;
 pub mod pki;
 pub mod policy;
 pub mod registry;

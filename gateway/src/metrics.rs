@@ -30,6 +30,9 @@ pub const INGEST_BATCHES_FAILED_TOTAL: &str = "wenxiao_ingest_batches_failed_tot
 pub const INGEST_WRITER_RESTARTS_TOTAL: &str = "wenxiao_ingest_writer_restarts_total";
 /// Gauge: 1 while the latest batch a writer finished failed, else 0.
 pub const INGEST_WRITERS_FAILING: &str = "wenxiao_ingest_writers_failing";
+/// Counter: sessions closed because their device did not read its answers within
+/// `session.slow_reader_timeout_ms` of being pushed back.
+pub const SESSIONS_CLOSED_SLOW_READER_TOTAL: &str = "wenxiao_sessions_closed_slow_reader_total";
 /// Counter: connections refused before a session, label `reason`.
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wenxiao_connections_refused_total";
 /// Counter: ERROR frames sent, label `code`.

@@ -13,14 +13,13 @@ use crate::metrics as m;
 use crate::registry::{Device, Merchant, Registry};
 use crate::store::{AnyStore, IngestTxn, Proposal, Store, TxnAnswer};
 use crate::validate;
-use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dashmap::DashMap;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
@@ -37,7 +36,6 @@ use wenxiao_protocol::{
 const READ_BUFFER_BYTES_INITIAL: usize = 256;
 
 type Tls = TlsStream<TcpStream>;
-type Writer = FramedWrite<Message, WriteHalf<Tls>, WxCodec>;
 
 /// State shared by every session of one gateway.
 #[derive(Debug)]
@@ -228,7 +226,9 @@ pub struct Session {
     shared: Arc<Shared>,
     cert_device: Result<DeviceId, String>,
     phase: Phase,
-    writer: Writer,
+    writer: crate::outbound::Outbound,
+    /// A frame waits for room in the outbound budget: later ones wait behind it.
+    write_blocked: bool,
     reader: Option<SpawnHandle>,
     ingest: Option<IngestSender>,
     session_id: SessionId,
@@ -272,7 +272,16 @@ impl Session {
             let read: FramedRead<ReadHalf<Tls>, WxCodec> =
                 FramedRead::with_capacity(r, codec, READ_BUFFER_BYTES_INITIAL);
             let reader = ctx.add_stream(read);
-            let writer = FramedWrite::new(w, codec, ctx);
+            let me = ctx.address().downgrade();
+            let writer = crate::outbound::Outbound::start(
+                w,
+                shared.config.session.write_buffer_bytes_max,
+                move |result| {
+                    if let Some(me) = me.upgrade() {
+                        me.do_send(WriterDone(result.err().map(|e| e.to_string())));
+                    }
+                },
+            );
             let seq_window = shared.config.session.seq_window_max;
             Session {
                 session_id: shared.next_session_id(),
@@ -281,6 +290,7 @@ impl Session {
                 cert_device,
                 phase: Phase::AwaitingHello,
                 writer,
+                write_blocked: false,
                 reader: Some(reader),
                 device_id: None,
                 last_rx: Instant::now(),
@@ -303,10 +313,58 @@ impl Session {
         })
     }
 
-    fn send(&mut self, message: Message) {
+    /// Queues a frame for the device. When the outbound budget is spent (the device does
+    /// not read) the actor waits for room, which also stops it reading its socket: TCP
+    /// pushes back to the device. A device still not reading after
+    /// `slow_reader_timeout_ms` is closed.
+    fn send(&mut self, ctx: &mut Context<Self>, message: Message) {
         metrics::counter!(m::FRAMES_SENT_TOTAL, "type" => message.message_type().name())
             .increment(1);
-        self.writer.write(message);
+        let mut buf = bytes::BytesMut::new();
+        message.encode(&mut buf);
+        let frame = buf.freeze();
+        let frame = if self.write_blocked {
+            frame
+        } else {
+            match self.writer.try_send(frame) {
+                crate::outbound::Queue::Queued | crate::outbound::Queue::Closed => return,
+                crate::outbound::Queue::Full(frame) => frame,
+            }
+        };
+        self.write_blocked = true;
+        let room = self.writer.reserve(frame.len());
+        let stall = Duration::from_millis(self.shared.config.session.slow_reader_timeout_ms);
+        ctx.wait(
+            actix::fut::wrap_future(tokio::time::timeout(stall, room)).map(
+                move |room, act: &mut Session, ctx| match room {
+                    Ok(Ok(permit)) => {
+                        act.write_blocked = false;
+                        act.writer.send_reserved(frame, permit);
+                    }
+                    _ => act.drop_slow_reader(ctx),
+                },
+            ),
+        );
+    }
+
+    /// Closes a session whose device has not read its answers for `slow_reader_timeout_ms`:
+    /// nothing more can reach it, so no ERROR either.
+    fn drop_slow_reader(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Closing) {
+            return ctx.stop();
+        }
+        tracing::warn!(
+            session = %self.session_id,
+            device = ?self.device_id,
+            bytes = self.shared.config.session.write_buffer_bytes_max,
+            "device does not read its answers: closing the session"
+        );
+        metrics::counter!(m::SESSIONS_CLOSED_SLOW_READER_TOTAL).increment(1);
+        self.phase = Phase::Closing;
+        if let Some(h) = self.reader.take() {
+            ctx.cancel_future(h);
+        }
+        ctx.stop();
     }
 
     /// Sends a fatal ERROR and closes.
@@ -316,11 +374,14 @@ impl Session {
         }
         tracing::info!(session = %self.session_id, device = ?self.device_id, code = code.name(), text, "closing session");
         metrics::counter!(m::ERRORS_SENT_TOTAL, "code" => code.name()).increment(1);
-        self.send(Message::Error(Error {
-            code,
-            fatal: true,
-            message: Text::truncated(text),
-        }));
+        self.send(
+            ctx,
+            Message::Error(Error {
+                code,
+                fatal: true,
+                message: Text::truncated(text),
+            }),
+        );
         self.close(ctx);
     }
 
@@ -454,9 +515,9 @@ impl Session {
             hotlist_version: wenxiao_protocol::HotlistVersion(0),
         };
         self.phase = Phase::Active { device, merchant };
-        self.send(Message::Welcome(welcome));
+        self.send(ctx, Message::Welcome(welcome));
         if self.draining {
-            self.send_drain();
+            self.send_drain(ctx);
         }
         if let (wenxiao_protocol::DeviceKind::OtaEndpoint, Some(op)) =
             (device.kind, device.operator)
@@ -571,13 +632,13 @@ impl Session {
             })
         };
         if device.kind != wenxiao_protocol::DeviceKind::Pos {
-            return self.send(decline(Reason::KindNotAllowed));
+            return self.send(ctx, decline(Reason::KindNotAllowed));
         }
         let policy = &self.shared.policy.points;
         if let Err(reason) =
             crate::rules::check_points_use(p.purchase_fen, p.points, Points(u32::MAX), policy)
         {
-            return self.send(decline(reason));
+            return self.send(ctx, decline(reason));
         }
         let now = clock::now_ms();
         let request = crate::store::HoldRequest {
@@ -665,7 +726,7 @@ impl Session {
                         }
                         for p in pushes {
                             if act.pushed.insert(p.credit_id) {
-                                act.send(Message::CreditPush(p));
+                                act.send(ctx, Message::CreditPush(p));
                             }
                         }
                         if std::mem::take(&mut act.claim_again) {
@@ -707,7 +768,7 @@ impl Session {
                 act.requests_in_flight = act.requests_in_flight.saturating_sub(1);
                 match res {
                     Ok(Ok(v)) if !matches!(act.phase, Phase::Closing) => {
-                        act.send(reply(v));
+                        act.send(ctx, reply(v));
                         // A result may have freed an OTA endpoint's push slot.
                         act.claim(ctx, false);
                     }
@@ -739,7 +800,7 @@ impl Session {
             })
         };
         if !matches!(device.kind, DeviceKind::Pos | DeviceKind::Kiosk) {
-            return self.send(offer(Vec::new()));
+            return self.send(ctx, offer(Vec::new()));
         }
         let seen = crate::store::CardSeen {
             card_no: p.card_no,
@@ -864,11 +925,14 @@ impl Session {
         );
     }
 
-    fn send_drain(&mut self) {
+    fn send_drain(&mut self, ctx: &mut Context<Self>) {
         let after = self.shared.config.session.drain_reconnect_after_ms;
-        self.send(Message::Drain(Drain {
-            reconnect_after_ms: after,
-        }));
+        self.send(
+            ctx,
+            Message::Drain(Drain {
+                reconnect_after_ms: after,
+            }),
+        );
     }
 
     fn checkpoint(&mut self) {
@@ -987,10 +1051,13 @@ impl StreamHandler<Result<Message, CodecError>> for Session {
                 self.fail(ctx, ErrorCode::UnexpectedMessage, &text);
             }
             (_, Message::Heartbeat(Heartbeat { sent_at_ms })) => {
-                self.send(Message::HeartbeatAck(HeartbeatAck {
-                    sent_at_ms,
-                    server_time_ms: UnixMillis(clock::now_ms()),
-                }));
+                self.send(
+                    ctx,
+                    Message::HeartbeatAck(HeartbeatAck {
+                        sent_at_ms,
+                        server_time_ms: UnixMillis(clock::now_ms()),
+                    }),
+                );
             }
             (_, Message::Txn(t)) => self.on_txn(t, ctx),
             (_, Message::PointsAuth(p)) => self.on_points_auth(p, ctx),
@@ -1017,13 +1084,18 @@ impl StreamHandler<Result<Message, CodecError>> for Session {
     }
 }
 
-impl WriteHandler<CodecError> for Session {
-    fn error(&mut self, err: CodecError, _ctx: &mut Context<Self>) -> Running {
-        tracing::debug!(session = %self.session_id, error = %err, "write failed");
-        Running::Stop
-    }
+/// The writer task ended: it flushed and shut the stream down after the session closed
+/// it, or a write failed (the message).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct WriterDone(Option<String>);
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
+impl Handler<WriterDone> for Session {
+    type Result = ();
+    fn handle(&mut self, done: WriterDone, ctx: &mut Context<Self>) {
+        if let Some(e) = done.0 {
+            tracing::debug!(session = %self.session_id, error = %e, "write failed");
+        }
         ctx.stop();
     }
 }
@@ -1049,13 +1121,16 @@ impl Handler<TxnDone> for Session {
         if matches!(self.phase, Phase::Closing) {
             return;
         }
-        self.send(Message::TxnAck(TxnAck {
-            seq: done.seq,
-            status: answer.status,
-            reason: answer.reason,
-            subsidy_fen: answer.subsidy_fen,
-            points_awarded: answer.points_awarded,
-        }));
+        self.send(
+            ctx,
+            Message::TxnAck(TxnAck {
+                seq: done.seq,
+                status: answer.status,
+                reason: answer.reason,
+                subsidy_fen: answer.subsidy_fen,
+                points_awarded: answer.points_awarded,
+            }),
+        );
         metrics::histogram!(m::TXN_ACK_SECONDS).record(done.received.elapsed());
         debug_assert!(
             answer.status != TxnStatus::Duplicate || answer.reason != Reason::SeqConflict
@@ -1094,10 +1169,10 @@ impl Handler<PushNow> for Session {
 
 impl Handler<StartDrain> for Session {
     type Result = ();
-    fn handle(&mut self, _: StartDrain, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: StartDrain, ctx: &mut Context<Self>) {
         self.draining = true;
         if matches!(self.phase, Phase::Active { .. }) {
-            self.send_drain();
+            self.send_drain(ctx);
         }
     }
 }

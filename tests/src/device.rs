@@ -85,6 +85,14 @@ impl TestDevice {
         io.flush().await.unwrap();
     }
 
+    /// Writes raw bytes; `Err` when the connection is gone.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let io = self.framed.get_mut();
+        io.write_all(bytes).await?;
+        io.flush().await
+    }
+
     /// The next frame or the end of the connection, within [`RECV_TIMEOUT_MS`].
     pub async fn recv(&mut self) -> Recv {
         match tokio::time::timeout(Duration::from_millis(RECV_TIMEOUT_MS), self.framed.next()).await

@@ -782,3 +782,50 @@ async fn a_hung_store_is_bounded_and_readyz_reports_failing_writers() {
     assert_eq!(d.ack().await.status, TxnStatus::Stored);
     assert_eq!(http_get(admin_http, "/readyz").await.0, 200);
 }
+
+/// Defect 5: a device that sends and never reads. Its answers queue up to
+/// `session.write_buffer_bytes_max`; past it the session stops reading (TCP pushes back),
+/// and when the device still does not read within `session.slow_reader_timeout_ms` it is
+/// closed — the gateway does not buffer its answers without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_reads_is_pushed_back_then_closed() {
+    let mut env = TestEnv::sqlite();
+    env.config.session.write_buffer_bytes_max = 16 * 1024;
+    env.config.session.slow_reader_timeout_ms = 1_000;
+    let gw = env.start();
+    let admin_http = gw.admin_addr.unwrap();
+    let mut d = env.session(&gw, POS).await;
+    // 1,000 HEARTBEATs per write, each answered with a HEARTBEAT_ACK nobody reads.
+    let mut chunk = bytes::BytesMut::new();
+    for _ in 0..1_000 {
+        Message::Heartbeat(Heartbeat {
+            sent_at_ms: UnixMillis(1),
+        })
+        .encode(&mut chunk);
+    }
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..3_000 {
+        match tokio::time::timeout(std::time::Duration::from_secs(15), d.try_send_raw(&chunk)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Err(_) => panic!("a write blocked 15 s: the session was not closed"),
+        }
+    }
+    assert!(
+        closed,
+        "3,000,000 HEARTBEATs sent in {:?} and the session is still open",
+        started.elapsed()
+    );
+    let (_, metrics) = http_get(admin_http, "/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("wenxiao_sessions_closed_slow_reader_total") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+}
