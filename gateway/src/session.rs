@@ -54,8 +54,9 @@ pub struct Shared {
     pub store_rt: tokio::runtime::Handle,
     /// The ingest queue; taken (dropped) at shutdown so writers can finish.
     pub ingest: RwLock<Option<IngestSender>>,
-    /// Live sessions by device, for replacement.
-    pub sessions: DashMap<DeviceId, (SessionId, Addr<Session>)>,
+    /// Live sessions by device, for replacement, with the order of their HELLO
+    /// ([`Shared::next_hello_order`]): the newest HELLO's session is the device's.
+    pub sessions: DashMap<DeviceId, (SessionId, Addr<Session>, u64)>,
     /// Live OTA endpoint sessions, told when credits are released.
     pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
@@ -69,6 +70,7 @@ pub struct Shared {
     checkpoints: tokio::sync::mpsc::Sender<(DeviceId, Seq)>,
     session_base: u64,
     session_next: AtomicU64,
+    hello_next: AtomicU64,
     decoder: Decoder,
 }
 
@@ -108,8 +110,15 @@ impl Shared {
             checkpoints,
             session_base: start << 20,
             session_next: AtomicU64::new(0),
+            hello_next: AtomicU64::new(0),
             decoder,
         }
+    }
+
+    /// The order of a HELLO received now: only grows (per device too), so of two sessions
+    /// of one device the later HELLO's wins, however their WELCOME lookups finish.
+    fn next_hello_order(&self) -> u64 {
+        self.hello_next.fetch_add(1, Ordering::Relaxed)
     }
 
     fn next_session_id(&self) -> SessionId {
@@ -245,6 +254,8 @@ pub struct Session {
     claiming: bool,
     claim_again: bool,
     welcomed_kind: Option<&'static str>,
+    /// This session's HELLO order (see `Shared::next_hello_order`).
+    hello_order: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -308,6 +319,7 @@ impl Session {
                 claiming: false,
                 claim_again: false,
                 welcomed_kind: None,
+                hello_order: 0,
                 _permit: permit,
             }
         })
@@ -456,6 +468,7 @@ impl Session {
             .and_then(|id| registry.merchant(id).cloned());
         self.phase = Phase::Welcoming;
         self.device_id = Some(device.device_id);
+        self.hello_order = shared.next_hello_order();
         let store = shared.store.clone();
         let floor = shared
             .watermarks
@@ -496,12 +509,29 @@ impl Session {
         let w = Seq::wire(stored);
         self.seqs.watermark = w;
         self.seqs.checkpointed = w;
-        let previous = self
-            .shared
-            .sessions
-            .insert(device.device_id, (self.session_id, ctx.address()));
-        if let Some((_, old)) = previous {
-            old.do_send(Replaced);
+        let stale = {
+            use dashmap::mapref::entry::Entry;
+            let me = (self.session_id, ctx.address(), self.hello_order);
+            match self.shared.sessions.entry(device.device_id) {
+                // A later HELLO of this device got its WELCOME first: this one is stale.
+                Entry::Occupied(e) if !newer_hello_wins(Some(e.get().2), self.hello_order) => true,
+                Entry::Occupied(mut e) => {
+                    let (_, old, _) = e.insert(me);
+                    old.do_send(Replaced);
+                    false
+                }
+                Entry::Vacant(v) => {
+                    v.insert(me);
+                    false
+                }
+            }
+        };
+        if stale {
+            return self.fail(
+                ctx,
+                ErrorCode::SessionReplaced,
+                "a newer session of this device took over",
+            );
         }
         metrics::gauge!(m::SESSIONS, "kind" => device.kind.name()).increment(1.0);
         self.welcomed_kind = Some(device.kind.name());
@@ -951,6 +981,12 @@ impl Session {
 }
 
 /// The subsidy a valid TXN asks of the budget (the store grants it, or less).
+/// Whether a session whose HELLO came `mine`-th may take over from the registered one
+/// (whose HELLO came `registered`-th): only a later HELLO replaces a session.
+fn newer_hello_wins(registered: Option<u64>, mine: u64) -> bool {
+    registered.is_none_or(|r| mine > r)
+}
+
 fn provisional_subsidy(
     txn: &Txn,
     merchant: Option<&Merchant>,
@@ -997,7 +1033,7 @@ impl Actor for Session {
         if let Some(id) = self.device_id {
             self.shared
                 .sessions
-                .remove_if(&id, |_, (sid, _)| *sid == self.session_id);
+                .remove_if(&id, |_, (sid, _, _)| *sid == self.session_id);
             let me = ctx.address();
             self.shared
                 .ota_sessions
@@ -1181,5 +1217,20 @@ impl Handler<ForceClose> for Session {
     type Result = ();
     fn handle(&mut self, _: ForceClose, ctx: &mut Context<Self>) {
         self.fail(ctx, ErrorCode::ShuttingDown, "drain period over");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newer_hello_wins;
+
+    /// Defect 9: two HELLOs of one device whose WELCOME lookups finish out of order — the
+    /// older one, finishing last, must not replace the newer session.
+    #[test]
+    fn only_a_later_hello_replaces_a_session() {
+        assert!(newer_hello_wins(None, 0));
+        assert!(newer_hello_wins(Some(3), 4));
+        assert!(!newer_hello_wins(Some(4), 3));
+        assert!(!newer_hello_wins(Some(4), 4));
     }
 }
