@@ -3,10 +3,12 @@
 //! Regenerating the files of a day gives the same bytes. [`run_day`] is the clearing step
 //! the CLI and the simulator's demo share.
 
+use crate::registry::MerchantId;
 use crate::registry::{Category, District};
-use crate::store::{ClearingReport, Store};
+use crate::store::Store;
 use std::path::{Path, PathBuf};
 use wenxiao_protocol::BusinessDate;
+use wenxiao_protocol::{CardNo, Fen};
 
 /// What [`run_day`] does to the day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,4 +210,97 @@ pub fn write_settlement_files(
     stats.push_str(&format!("TOTAL,,{},{},{}\n", t[0], t[1], t[2]));
     files.push(write(&day.join("statistics.csv"), &stats)?);
     Ok(files)
+}
+
+/// The outcome of a day's clearing run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClearingSummary {
+    /// The day.
+    pub business_date: BusinessDate,
+    /// False once the audit step released the credits.
+    pub approved: bool,
+    /// Stored transactions of the day.
+    pub txn_count: i64,
+    /// Purchase subsidies minus refund reversals.
+    pub subsidy_fen: Fen,
+    /// Cards credited.
+    pub credit_count: i64,
+    /// Total credited (the subsidy, less what cards owed from earlier refunds).
+    pub credit_fen: Fen,
+}
+
+/// One credit of a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditRow {
+    /// Its id.
+    pub credit_id: wenxiao_protocol::CreditId,
+    /// The card.
+    pub card_no: CardNo,
+    /// The amount.
+    pub amount_fen: Fen,
+}
+
+/// One merchant's settlement of a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MerchantSettlement {
+    /// The merchant.
+    pub merchant_id: MerchantId,
+    /// Stored purchases and refunds.
+    pub txn_count: i64,
+    /// Purchases, card part.
+    pub sales_fen: Fen,
+    /// Refunds.
+    pub refunds_fen: Fen,
+    /// Points redeemed, reimbursed to the merchant.
+    pub points_fen: Fen,
+    /// Subsidies earned by its sales.
+    pub subsidy_fen: Fen,
+}
+
+/// One line of a day's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatisticsRow {
+    /// District code.
+    pub district: i16,
+    /// Category code.
+    pub category: i16,
+    /// Stored transactions.
+    pub txn_count: i64,
+    /// Purchases, card part.
+    pub sales_fen: Fen,
+    /// Subsidies.
+    pub subsidy_fen: Fen,
+}
+
+/// Everything a cleared day produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearingReport {
+    /// The run.
+    pub summary: ClearingSummary,
+    /// Credits by id.
+    pub credits: Vec<CreditRow>,
+    /// Merchant settlements by merchant.
+    pub merchants: Vec<MerchantSettlement>,
+    /// Statistics by district and category.
+    pub statistics: Vec<StatisticsRow>,
+    /// Organizer awards approved on the day.
+    pub awards: Vec<AwardRow>,
+    /// Of the day's credits, those loaded onto cards so far: (count, amount). This grows
+    /// as cards are loaded; everything else in the report is fixed by the run.
+    pub loaded: (i64, Fen),
+}
+
+/// One approved award, for the bureau's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwardRow {
+    /// Its id.
+    pub award_id: i64,
+    /// The organizer.
+    pub merchant_id: MerchantId,
+    /// The show's date.
+    pub show_date: u32,
+    /// 1 national-level troupe, 2 national-award work.
+    pub kind: i16,
+    /// The amount.
+    pub amount_fen: Fen,
 }

@@ -2,8 +2,8 @@
 //! presented card do to a credit, given its row. The ledger locks the rows and applies
 //! these decisions; nothing here reads the clock or the database.
 
-use crate::store::{LoadAttempt, LoadDecision, LoadInitRequest, ResultReport, db_u64};
-use wenxiao_protocol::{Fen, Reason};
+use crate::store::db_u64;
+use wenxiao_protocol::{CardNo, DeviceId, Fen, Reason};
 
 /// Credit statuses in the `credits` table (1, cleared and waiting for the audit step, is
 /// only ever written by the clearing SQL).
@@ -182,4 +182,94 @@ pub fn finish_step(row: Option<CreditView>, r: &ResultReport) -> FinishStep {
         }
         (CreditOutcome::NotLoadedFinal, _) => FinishStep::Park,
     }
+}
+
+/// A card on a POS or kiosk reader (CARD_PRESENTED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardSeen {
+    /// The card.
+    pub card_no: CardNo,
+    /// Its online (load) counter now.
+    pub online_seq: wenxiao_protocol::OnlineSeq,
+    /// The device it is on.
+    pub device_id: DeviceId,
+    /// Now.
+    pub now_ms: i64,
+    /// A binding with no attempt lapses after this long.
+    pub binding_timeout_ms: i64,
+}
+
+/// What an OTA endpoint session asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushClaim {
+    /// The endpoint.
+    pub device_id: DeviceId,
+    /// Its operator's card numbers, from…
+    pub cards_from: CardNo,
+    /// …to (inclusive).
+    pub cards_to: CardNo,
+    /// Also return credits already bound to this endpoint.
+    pub include_bound: bool,
+    /// At most this many.
+    pub limit: i64,
+    /// Now.
+    pub now_ms: i64,
+    /// Bindings older than this without an attempt have lapsed.
+    pub binding_timeout_ms: i64,
+}
+
+/// A LOAD_INIT whose fields parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadInitRequest {
+    /// The credit.
+    pub credit_id: wenxiao_protocol::CreditId,
+    /// The card.
+    pub card_no: CardNo,
+    /// The card's online counter before the load.
+    pub online_seq: wenxiao_protocol::OnlineSeq,
+    /// The loading device.
+    pub device_id: DeviceId,
+    /// The host time MAC2 will carry, unless an attempt is already recorded.
+    pub host_time_ms: i64,
+}
+
+/// The answer to a LOAD_INIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadDecision {
+    /// The attempt is recorded: send LOAD_AUTH with MAC2 over these.
+    Approved {
+        /// The credit's amount.
+        amount_fen: Fen,
+        /// The host time of the recorded attempt (the original one for a re-sent
+        /// LOAD_INIT, so MAC2 comes out the same).
+        host_time_ms: i64,
+    },
+    /// DECLINED with this reason.
+    Declined(Reason),
+}
+
+/// The recorded attempt a load TAC is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadAttempt {
+    /// The credit's amount.
+    pub amount_fen: Fen,
+    /// The card's online counter before the load.
+    pub online_seq: wenxiao_protocol::OnlineSeq,
+    /// The host time in MAC2.
+    pub host_time_ms: i64,
+}
+
+/// A CREDIT_RESULT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultReport {
+    /// The credit.
+    pub credit_id: wenxiao_protocol::CreditId,
+    /// The card.
+    pub card_no: CardNo,
+    /// The reported outcome.
+    pub outcome: wenxiao_protocol::CreditOutcome,
+    /// The reporting device.
+    pub device_id: DeviceId,
+    /// Now.
+    pub now_ms: i64,
 }

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod outbound;
 pub mod pki;
+pub mod points;
 pub mod policy;
 pub mod registry;
 pub mod rules;

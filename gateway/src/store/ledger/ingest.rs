@@ -12,15 +12,15 @@
 //!    batch leaves it, exactly as a re-send in a later batch would be.
 
 use super::super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, params};
-use super::super::{
-    IngestCtx, IngestTxn, Reason, Recorded, Resend, StoreError, TxnAnswer, TxnRow, answer_resend,
-    db_u64, recorded_from_columns, txn_payload,
-};
+use super::super::{IngestCtx, IngestTxn, Proposal, StoreError, TxnAnswer, db_u64, from_db_u64};
 use super::points::{self, Phase};
 use super::{Ledger, budget};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use wenxiao_protocol::TxnStatus;
+use wenxiao_protocol::{
+    Bytes4, CardCounter, CardNo, Fen, HoldId, Item, Points, Reason, Seq, Txn, TxnKind, TxnStatus,
+    UnixMillis,
+};
 
 const INSERT_TXNS: Bulk = Bulk {
     pg: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
@@ -292,27 +292,6 @@ async fn insert<T: Tx>(
     Ok(left)
 }
 
-fn recorded_of(r: &Row) -> Result<Recorded, StoreError> {
-    recorded_from_columns(
-        r.int(1)?,
-        r.get(2)?,
-        r.int(3)?,
-        r.int(4)?,
-        r.int(5)?,
-        r.int(6)?,
-        r.get(7)?,
-        r.int(8)?,
-        r.int(9)?,
-        r.int(10)?,
-        r.int(11)?,
-        r.get(12)?,
-        r.get(13)?,
-        r.get(14)?,
-        r.int(15)?,
-        r.int(16)?,
-    )
-}
-
 /// Answers the rows among `idxs` whose key is already recorded (re-sends, and seq
 /// conflicts, which are recorded) and keeps the recorded rows in `before`; returns the
 /// indices whose key is not recorded.
@@ -390,7 +369,7 @@ async fn apply_blacklist<T: Tx>(
         .map(|r| r.int(0))
         .collect::<Result<_, _>>()?;
     if !listed.is_empty() {
-        super::super::apply_blacklist(batch, answers, &listed);
+        mark_blacklisted(batch, answers, &listed);
     }
     Ok(())
 }
@@ -424,4 +403,185 @@ async fn write_changed<T: Tx>(
     }
     tx.bulk(&WRITE_ANSWERS, &cols.map(Col::Int)).await?;
     Ok(())
+}
+
+/// Rows newly stored with a subsidy whose card is blacklisted lose it (before the budget,
+/// so they take none of it). `blacklisted` holds the batch's cards found on the list.
+fn mark_blacklisted(
+    batch: &[IngestTxn],
+    answers: &mut [Option<TxnAnswer>],
+    blacklisted: &std::collections::HashSet<i64>,
+) -> Vec<usize> {
+    let mut changed = Vec::new();
+    for (i, (t, a)) in batch.iter().zip(answers.iter_mut()).enumerate() {
+        if let Some(a) = a
+            && a.status == TxnStatus::Stored
+            && a.subsidy_fen.get() > 0
+            && blacklisted.contains(&db_u64(t.txn.card_no.get()))
+        {
+            a.subsidy_fen = Fen::ZERO;
+            a.reason = Reason::CardBlacklisted;
+            changed.push(i);
+        }
+    }
+    changed
+}
+
+// The rows of `txns` as the ledger writes and reads them.
+
+/// Which card counter a TXN kind carries (contract: offline for PURCHASE and SIGN_IN,
+/// online for TOP_UP and REFUND).
+const fn counter_kind(kind: TxnKind) -> i16 {
+    match kind {
+        TxnKind::Purchase | TxnKind::SignIn => 1,
+        TxnKind::TopUp | TxnKind::Refund => 2,
+    }
+}
+
+/// The columns of a `txns` row, in the order both schemas declare them.
+#[derive(Debug, Clone, Copy)]
+struct TxnRow {
+    device_id: i64,
+    seq: i64,
+    kind: i16,
+    card_no: i64,
+    card_counter: i64,
+    counter_kind: i16,
+    amount_fen: i64,
+    list_price_fen: i64,
+    item: i16,
+    points_hold_id: i64,
+    points_used: i64,
+    refund_of_seq: i64,
+    occurred_at_ms: i64,
+    tac: i32,
+    merchant_id: Option<i64>,
+    status: i16,
+    reason: i16,
+    subsidy_fen: i64,
+    points_awarded: i64,
+    received_at_ms: i64,
+    business_date: i32,
+}
+
+impl TxnRow {
+    /// The row recording `t` with the given answer.
+    fn new(t: &IngestTxn, answer: TxnAnswer) -> Self {
+        let x = &t.txn;
+        Self {
+            device_id: db_u64(t.device_id.get()),
+            seq: db_u64(x.seq.get()),
+            kind: i16::from(x.kind.code()),
+            card_no: db_u64(x.card_no.get()),
+            card_counter: i64::from(x.card_counter.get()),
+            counter_kind: counter_kind(x.kind),
+            amount_fen: x.amount_fen.get(),
+            list_price_fen: x.list_price_fen.get(),
+            item: i16::from(x.item.code()),
+            points_hold_id: db_u64(HoldId::wire(x.points_hold_id)),
+            points_used: i64::from(x.points_used.get()),
+            refund_of_seq: db_u64(Seq::wire(x.refund_of_seq)),
+            occurred_at_ms: x.occurred_at_ms.get(),
+            tac: i32::from_be_bytes(x.tac.0),
+            merchant_id: t.merchant_id.map(|m| m.0),
+            status: i16::from(answer.status.code()),
+            reason: i16::try_from(answer.reason.code()).unwrap_or(i16::MAX),
+            subsidy_fen: answer.subsidy_fen.get(),
+            points_awarded: i64::from(answer.points_awarded.get()),
+            received_at_ms: t.received_at_ms,
+            business_date: i32::try_from(t.business_date.get()).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// The first answer a new TXN gets: its proposal.
+    fn first_answer(p: Proposal) -> TxnAnswer {
+        match p {
+            Proposal::Store {
+                reason,
+                subsidy_fen,
+                points_awarded,
+            } => TxnAnswer {
+                status: TxnStatus::Stored,
+                reason,
+                subsidy_fen,
+                points_awarded,
+            },
+            Proposal::Reject(reason) => TxnAnswer::rejected(reason),
+        }
+    }
+}
+
+/// A recorded TXN read back: its content and its first answer.
+#[derive(Debug, Clone, Copy)]
+struct Recorded {
+    txn: Txn,
+    answer: TxnAnswer,
+}
+
+/// A recorded row read back by [`SELECT_RECORDED`] (device_id, seq, then the TXN's fields
+/// and its first answer), checked into our types: a value they cannot hold is an error
+/// naming its column.
+fn recorded_of(r: &Row) -> Result<Recorded, StoreError> {
+    let corrupt = |what: &str, v: i64| StoreError::Corrupt(format!("txns.{what} = {v}"));
+    let code = |i: usize, what: &str| -> Result<u8, StoreError> {
+        let v = r.int(i)?;
+        u8::try_from(v).map_err(|_| corrupt(what, v))
+    };
+    let seq = r.int(1)?;
+    let kind = code(2, "kind")?;
+    let item = code(7, "item")?;
+    let status = code(13, "status")?;
+    let reason = r.int(14)?;
+    let txn = Txn {
+        seq: Seq::new(from_db_u64(seq)).ok_or_else(|| corrupt("seq", seq))?,
+        kind: TxnKind::from_code(kind).ok_or_else(|| corrupt("kind", kind.into()))?,
+        card_no: CardNo(from_db_u64(r.int(3)?)),
+        card_counter: CardCounter(r.get(4)?),
+        amount_fen: Fen(r.int(5)?),
+        list_price_fen: Fen(r.int(6)?),
+        item: Item::from_code(item).ok_or_else(|| corrupt("item", item.into()))?,
+        points_hold_id: HoldId::new(from_db_u64(r.int(8)?)),
+        points_used: Points(r.get(9)?),
+        refund_of_seq: Seq::new(from_db_u64(r.int(10)?)),
+        occurred_at_ms: UnixMillis(r.int(11)?),
+        tac: Bytes4(r.get::<i32>(12)?.to_be_bytes()),
+    };
+    let answer = TxnAnswer {
+        status: TxnStatus::from_code(status).ok_or_else(|| corrupt("status", status.into()))?,
+        reason: u16::try_from(reason)
+            .ok()
+            .and_then(Reason::from_code)
+            .ok_or_else(|| corrupt("reason", reason))?,
+        subsidy_fen: Fen(r.int(15)?),
+        points_awarded: Points(r.get(16)?),
+    };
+    Ok(Recorded { txn, answer })
+}
+
+/// How an incoming TXN whose (device, seq) is already recorded is answered.
+enum Resend {
+    /// Identical content: the original answer (STORED becomes DUPLICATE).
+    Same(TxnAnswer),
+    /// Different content: SEQ_CONFLICT, and the payload is recorded as evidence.
+    Conflict,
+}
+
+fn answer_resend(recorded: &Recorded, incoming: &Txn) -> Resend {
+    if recorded.txn != *incoming {
+        return Resend::Conflict;
+    }
+    let mut answer = recorded.answer;
+    if answer.status == TxnStatus::Stored {
+        answer.status = TxnStatus::Duplicate;
+    }
+    Resend::Same(answer)
+}
+
+/// The 70-byte wire payload of a TXN: the exact evidence of a conflicting re-send.
+fn txn_payload(txn: &Txn) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    wenxiao_protocol::Message::Txn(*txn).encode(&mut buf);
+    buf.get(wenxiao_protocol::limits::FRAME_HEADER_BYTES..)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
 }

@@ -3,12 +3,12 @@
 
 use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
 use super::super::{
-    Activity, ActivityOutcome, HoldOutcome, HoldRequest, IngestCtx, IngestTxn, PointsEffect,
-    StoreError, TxnAnswer, apply_points, db_u64, from_db_u64, points_rows,
+    Activity, ActivityOutcome, HoldOutcome, HoldRequest, IngestCtx, IngestTxn, StoreError,
+    TxnAnswer, db_u64, from_db_u64,
 };
 use super::points_of;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use wenxiao_protocol::{Fen, HoldId, Points, TxnKind};
+use wenxiao_protocol::{Fen, HoldId, Points, Reason, TxnKind, TxnStatus};
 
 const AWARD_SIGN_INS: Bulk = Bulk {
     pg: "INSERT INTO points_awards (card_no, award_day, kind, merchant_id, points) \
@@ -402,4 +402,51 @@ pub(super) async fn award_activity<B: Backend>(
         .int(0)?;
     tx.commit().await?;
     Ok(ActivityOutcome::Awarded(points_of(balance)))
+}
+
+/// A points effect of the batch on one row, decided in the ingest transaction.
+enum PointsEffect {
+    /// The purchase consumed its hold.
+    HoldConsumed,
+    /// The hold is unknown, expired, consumed, or for another card, device or amount.
+    HoldInvalid,
+    /// The sign-in earned points.
+    Awarded(Points),
+    /// The card already signed in today.
+    DailyLimit,
+    /// A refund gave back points of its purchase (reported in the ack's points field).
+    Returned(Points),
+    /// A refund names no stored purchase of this device and card, or would take the
+    /// purchase's refunds past its amount.
+    RefundInvalid,
+}
+
+/// Rows newly stored in this batch that use a hold or sign in, in batch order.
+fn points_rows(batch: &[IngestTxn], answers: &[Option<TxnAnswer>]) -> Vec<usize> {
+    batch
+        .iter()
+        .zip(answers)
+        .enumerate()
+        .filter(|(_, (t, a))| {
+            a.is_some_and(|a| a.status == TxnStatus::Stored)
+                && (t.txn.points_hold_id.is_some()
+                    || matches!(t.txn.kind, TxnKind::SignIn | TxnKind::Refund))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The answer after a points effect.
+fn apply_points(answer: &mut TxnAnswer, effect: &PointsEffect) {
+    match effect {
+        PointsEffect::HoldConsumed => {}
+        PointsEffect::HoldInvalid => *answer = TxnAnswer::rejected(Reason::HoldInvalid),
+        PointsEffect::Awarded(p) => answer.points_awarded = *p,
+        PointsEffect::DailyLimit => {
+            answer.points_awarded = Points(0);
+            answer.reason = Reason::DailyLimitReached;
+        }
+        PointsEffect::Returned(p) => answer.points_awarded = *p,
+        PointsEffect::RefundInvalid => *answer = TxnAnswer::rejected(Reason::InvalidField),
+    }
 }
