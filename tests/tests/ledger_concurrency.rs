@@ -273,3 +273,97 @@ async fn clearing_while_ingest_runs_credits_every_row_exactly_once() {
     let after = settled_deadlocks(&url, nodes.to_vec()).await;
     assert_eq!(after - before, 0, "deadlocks while clearing");
 }
+
+/// Defect 9 (lock order): presentations, LOAD_INITs and results of the same cards from
+/// two nodes at once lock each card's credits in one order, so none deadlocks, and every
+/// request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
+    use wenxiao_gateway::store::{CardSeen, LoadInitRequest, ResultReport};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let url = wenxiao_tests::fresh_pg_url().await;
+    let nodes = [
+        PgStore::connect(&url, 6, 10_000).unwrap(),
+        PgStore::connect(&url, 6, 10_000).unwrap(),
+    ];
+    nodes[0].migrate().await.unwrap();
+    // Ten cards with three credits each (three cleared and approved days).
+    let ctx = IngestCtx {
+        monthly_cap: Fen(i64::MAX / 8),
+        programme_cap: Fen(i64::MAX / 8),
+        shard: 0,
+        sign_in_points: Points(10),
+    };
+    for (d, day) in [20261121u32, 20261122, 20261123].into_iter().enumerate() {
+        let rows: Vec<IngestTxn> = (0..10u64)
+            .map(|card| {
+                let seq = u64::try_from(d).unwrap() * 10 + card + 1;
+                purchase(3_000, seq, 500 + card, 100, day)
+            })
+            .collect();
+        nodes[0].ingest(&rows, &ctx).await.unwrap();
+        let date = BusinessDate::new(day).unwrap();
+        let end = wenxiao_gateway::clock::day_end_ms(date);
+        nodes[0].clear_day(date, 10, end + 1).await.unwrap();
+        assert!(nodes[0].approve_day(date, end + 2).await.unwrap());
+    }
+    let before = deadlocks(&url).await;
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let store = nodes[usize::try_from(w % 2).unwrap()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(w + 11);
+            let device = DeviceId(4_000 + w % 2);
+            for i in 0..150i64 {
+                let card = CardNo(500 + rng.below(10));
+                let seq = OnlineSeq(u16::try_from(rng.below(3)).unwrap());
+                let now = 1_000 + i;
+                let offered = store
+                    .card_presented(CardSeen {
+                        card_no: card,
+                        online_seq: seq,
+                        device_id: device,
+                        now_ms: now,
+                        binding_timeout_ms: 0,
+                    })
+                    .await
+                    .unwrap();
+                if let Some(c) = offered.first() {
+                    store
+                        .begin_load(
+                            LoadInitRequest {
+                                credit_id: c.credit_id,
+                                card_no: card,
+                                online_seq: seq,
+                                device_id: device,
+                                host_time_ms: now,
+                            },
+                            |_| true,
+                        )
+                        .await
+                        .unwrap();
+                    if rng.below(2) == 0 {
+                        store
+                            .finish_load(
+                                ResultReport {
+                                    credit_id: c.credit_id,
+                                    card_no: card,
+                                    outcome: CreditOutcome::NotLoadedFinal,
+                                    device_id: device,
+                                    now_ms: now,
+                                },
+                                |_| true,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = settled_deadlocks(&url, nodes.to_vec()).await;
+    assert_eq!(after - before, 0, "deadlocks in the load exchange");
+}
