@@ -30,18 +30,19 @@ pub enum Settlement {
     Unknown,
 }
 
-/// Settles a recorded attempt (online_seq `attempt` before the load, recorded at
-/// `attempt_at_ms`) by a card seen with `online_seq_now` at `seen_at_ms`. A card read no
-/// later than the attempt was recorded (a presentation still in flight from a replaced
-/// session) proves nothing about it: the attempt stays in doubt.
+/// Settles a recorded attempt (online_seq `attempt` before the load, recorded at ledger
+/// clock `attempt_order`) by a card seen with `online_seq_now` in a request received at
+/// ledger clock `received_order`. A request received before the attempt was recorded (a
+/// presentation still in flight from a replaced session, or delayed) proves nothing about
+/// it: the attempt stays in doubt. The order is the store's, never a gateway's wall clock.
 pub fn settle(
     attempt: i32,
-    attempt_at_ms: i64,
+    attempt_order: i64,
     online_seq_now: i32,
-    seen_at_ms: i64,
+    received_order: i64,
     counter_taken: bool,
 ) -> Settlement {
-    if seen_at_ms <= attempt_at_ms {
+    if received_order < attempt_order {
         Settlement::Unknown
     } else if online_seq_now == attempt || (online_seq_now > attempt && counter_taken) {
         Settlement::Void
@@ -195,6 +196,9 @@ pub struct CardSeen {
     pub device_id: DeviceId,
     /// Now.
     pub now_ms: i64,
+    /// The ledger clock the session had seen when it received the presentation
+    /// ([`crate::store::Store::observed_order`]).
+    pub received_order: i64,
     /// A binding with no attempt lapses after this long.
     pub binding_timeout_ms: i64,
 }
@@ -231,6 +235,8 @@ pub struct LoadInitRequest {
     pub device_id: DeviceId,
     /// The host time MAC2 will carry, unless an attempt is already recorded.
     pub host_time_ms: i64,
+    /// The ledger clock the session had seen when it received the LOAD_INIT.
+    pub received_order: i64,
 }
 
 /// The answer to a LOAD_INIT.

@@ -837,6 +837,7 @@ impl Session {
             online_seq: p.online_seq,
             device_id: device.device_id,
             now_ms: clock::now_ms(),
+            received_order: self.shared.store.observed_order(),
             binding_timeout_ms: self.shared.config.credits.binding_timeout_ms,
         };
         let store = self.shared.store.clone();
@@ -873,6 +874,7 @@ impl Session {
             online_seq: l.online_seq,
             device_id,
             host_time_ms: now,
+            received_order: self.shared.store.observed_order(),
         };
         let store = self.shared.store.clone();
         let reply = move |decision| {

@@ -324,6 +324,7 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
                         online_seq: seq,
                         device_id: device,
                         now_ms: now,
+                        received_order: store.observed_order(),
                         binding_timeout_ms: 0,
                     })
                     .await
@@ -337,6 +338,7 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
                                 online_seq: seq,
                                 device_id: device,
                                 host_time_ms: now,
+                                received_order: store.observed_order(),
                             },
                             |_| true,
                         )
@@ -366,4 +368,71 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
     }
     let after = settled_deadlocks(&url, nodes.to_vec()).await;
     assert_eq!(after - before, 0, "deadlocks in the load exchange");
+}
+
+/// Defect 9 (order from the store): whether a presentation was received after a load
+/// attempt was recorded is decided by the store's ledger clock, not by the nodes' wall
+/// clocks. Node B has not seen node A's attempt: its presentation, whatever its clock
+/// says, leaves the attempt in doubt; once B's transaction has read the clock, B's next
+/// presentation settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presentation_is_ordered_against_an_attempt_by_the_store_not_by_clocks() {
+    use wenxiao_gateway::store::{CardSeen, LoadDecision, LoadInitRequest};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let url = wenxiao_tests::fresh_pg_url().await;
+    let (a, b) = (
+        PgStore::connect(&url, 2, 10_000).unwrap(),
+        PgStore::connect(&url, 2, 10_000).unwrap(),
+    );
+    a.migrate().await.unwrap();
+    let ctx = IngestCtx {
+        monthly_cap: Fen(1_000_000),
+        programme_cap: Fen(1_000_000),
+        shard: 0,
+        sign_in_points: Points(10),
+    };
+    let day = BusinessDate::new(20261124).unwrap();
+    a.ingest(&[purchase(3_100, 1, 600, 100, 20261124)], &ctx)
+        .await
+        .unwrap();
+    let end = wenxiao_gateway::clock::day_end_ms(day);
+    a.clear_day(day, 10, end + 1).await.unwrap();
+    assert!(a.approve_day(day, end + 2).await.unwrap());
+    let card = CardNo(600);
+    let pos_a = DeviceId(5_001);
+    let seen = |store: &PgStore, device, online_seq, now_ms| CardSeen {
+        card_no: card,
+        online_seq: OnlineSeq(online_seq),
+        device_id: device,
+        now_ms,
+        received_order: store.observed_order(),
+        binding_timeout_ms: 300_000,
+    };
+    let offered = a.card_presented(seen(&a, pos_a, 7, 1_000)).await.unwrap();
+    let credit = offered[0].credit_id;
+    // Node A records the attempt at wall clock 1,000 (its clock may be anything).
+    let load = LoadInitRequest {
+        credit_id: credit,
+        card_no: card,
+        online_seq: OnlineSeq(7),
+        device_id: pos_a,
+        host_time_ms: 1_000,
+        received_order: a.observed_order(),
+    };
+    assert!(matches!(
+        a.begin_load(load, |_| true).await.unwrap(),
+        LoadDecision::Approved { .. }
+    ));
+    // Node B's clock says hours later, but B received this before it had seen the
+    // attempt: its unchanged counter proves nothing.
+    let pos_b = DeviceId(5_002);
+    let stale = seen(&b, pos_b, 7, 10_000_000);
+    assert!(b.card_presented(stale).await.unwrap().is_empty());
+    assert_eq!(a.credit_state(credit).await.unwrap().unwrap().0, 2);
+    // B has now read the clock: a presentation it receives next is after the attempt,
+    // even with a clock behind A's, and settles it (counter unchanged: void, offered).
+    let fresh = seen(&b, pos_b, 7, 500);
+    let again = b.card_presented(fresh).await.unwrap();
+    assert_eq!(again.len(), 1, "the void attempt's credit is offered again");
+    assert_eq!(again[0].credit_id, credit);
 }

@@ -725,6 +725,8 @@ fn seen(card: u64, online_seq: u16, device: DeviceId, now: i64) -> CardSeen {
         online_seq: OnlineSeq(online_seq),
         device_id: device,
         now_ms: now,
+        // Received after everything recorded so far (see `stale` for one that was not).
+        received_order: i64::MAX,
         binding_timeout_ms: 300_000,
     }
 }
@@ -742,6 +744,7 @@ fn init(
         online_seq: OnlineSeq(online_seq),
         device_id: device,
         host_time_ms: host_time,
+        received_order: i64::MAX,
     }
 }
 
@@ -822,13 +825,17 @@ async fn a_credit_loads_once_through_offer_attempt_and_settlement(s: &(impl Stor
             .unwrap(),
         (ResultStatus::Rejected, Reason::BadMac)
     );
-    // A presentation read before the attempt was recorded (still in flight from a replaced
-    // session) proves nothing: the attempt stays in doubt, nothing is offered.
+    // A presentation received before the attempt was recorded (still in flight from a
+    // replaced session: its session had not seen the attempt's tick of the ledger clock)
+    // proves nothing: the attempt stays in doubt, nothing is offered.
     assert!(
-        s.card_presented(seen(70, 5, POS_B, 900))
-            .await
-            .unwrap()
-            .is_empty()
+        s.card_presented(CardSeen {
+            received_order: 0,
+            ..seen(70, 5, POS_B, 900)
+        })
+        .await
+        .unwrap()
+        .is_empty()
     );
     // The card comes back unchanged: the attempt was void, the credit is offered again.
     let again = s.card_presented(seen(70, 5, POS_B, 2_500)).await.unwrap();

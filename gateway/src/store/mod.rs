@@ -118,6 +118,12 @@ impl TxnAnswer {
 
 /// The store's operations. Futures are `Send` so they can run on any worker.
 pub trait Store: Send + Sync + 'static {
+    /// The highest ledger-clock value this store instance has seen: a session stamps
+    /// each CARD_PRESENTED and LOAD_INIT with it at receipt (`received_order`). It only
+    /// under-states the store's clock, so a stamp never claims a request came later than
+    /// it did.
+    fn observed_order(&self) -> i64;
+
     /// Applies pending schema migrations (idempotent, safe from several nodes).
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -432,6 +438,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("migrations/0007_blacklist.sql")),
     (8, include_str!("migrations/0008_refund_reversal.sql")),
     (9, include_str!("migrations/0009_closed_days.sql")),
+    (10, include_str!("migrations/0010_ledger_clock.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

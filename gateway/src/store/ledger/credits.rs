@@ -14,6 +14,7 @@ use crate::credits::{
     BeginCheck, CreditView, FinishStep, Settlement, begin_check, begin_decide, credit_status,
     finish_step, settle,
 };
+use std::sync::atomic::{AtomicI64, Ordering};
 use wenxiao_protocol::{
     BusinessDate, CardNo, CreditId, CreditPush, Fen, OfferedCredit, Reason, ResultStatus,
 };
@@ -24,19 +25,20 @@ struct Locked {
     amount_fen: i64,
     business_date: BusinessDate,
     bound_at_ms: Option<i64>,
-    attempt_at_ms: Option<i64>,
+    /// The ledger clock at which the attempt was recorded.
+    attempt_order: i64,
     view: CreditView,
 }
 
 const LOCK_CARD: Sql = Sql::both(
     "SELECT credit_id, card_no, status, amount_fen, business_date, bound_device, bound_at_ms, \
-     attempt_online_seq, attempt_host_time_ms FROM credits WHERE card_no = $1 \
+     attempt_online_seq, attempt_host_time_ms, attempt_order FROM credits WHERE card_no = $1 \
      ORDER BY credit_id FOR UPDATE",
 );
 
 const ONE_CREDIT: Sql = Sql::both(
     "SELECT credit_id, card_no, status, amount_fen, business_date, bound_device, bound_at_ms, \
-     attempt_online_seq, attempt_host_time_ms FROM credits WHERE credit_id = $1",
+     attempt_online_seq, attempt_host_time_ms, attempt_order FROM credits WHERE credit_id = $1",
 );
 
 fn locked(r: &Row) -> Result<Locked, StoreError> {
@@ -49,7 +51,7 @@ fn locked(r: &Row) -> Result<Locked, StoreError> {
         business_date: BusinessDate::new(date)
             .map_err(|e| StoreError::Corrupt(format!("credit business_date {date}: {e}")))?,
         bound_at_ms: r.opt_int(6)?,
-        attempt_at_ms: attempt_at,
+        attempt_order: r.opt_int(9)?.unwrap_or(0),
         view: CreditView {
             card_no: r.int(1)?,
             status: r.get(2)?,
@@ -105,11 +107,26 @@ async fn bind<T: Tx>(tx: &mut T, ids: &[i64], device: i64, now_ms: i64) -> Resul
     Ok(())
 }
 
+/// The ledger clock's next tick (taken by a recorded attempt; the row lock orders
+/// attempts across nodes).
+const TICK: Sql =
+    Sql::both("UPDATE ledger_clock SET value = value + 1 WHERE id = 1 RETURNING value");
+
+async fn read_clock<T: Tx>(tx: &mut T) -> Result<i64, StoreError> {
+    tx.query_one(
+        &Sql::both("SELECT value FROM ledger_clock WHERE id = 1"),
+        &[],
+    )
+    .await?
+    .int(0)
+}
+
 const SETTLE: Sql =
     Sql::both("UPDATE credits SET status = $2, settled_at_ms = $3 WHERE credit_id = $1");
 
 const VOID_ATTEMPT: Sql = Sql::both(
     "UPDATE credits SET attempt_online_seq = NULL, attempt_host_time_ms = NULL, \
+     attempt_order = NULL, \
      bound_device = NULL, bound_at_ms = NULL WHERE credit_id = $1",
 );
 
@@ -128,6 +145,7 @@ async fn settle_card<T: Tx>(
     rows: &[Locked],
     online_seq: wenxiao_protocol::OnlineSeq,
     seen_ms: i64,
+    received_order: i64,
     keep: Option<(i64, i32)>,
 ) -> Result<(bool, Vec<i64>), StoreError> {
     let now_seq = i32::from(online_seq.get());
@@ -149,13 +167,7 @@ async fn settle_card<T: Tx>(
             )
             .await?
             .is_some();
-        match settle(
-            attempt,
-            l.attempt_at_ms.unwrap_or(0),
-            now_seq,
-            seen_ms,
-            taken,
-        ) {
+        match settle(attempt, l.attempt_order, now_seq, received_order, taken) {
             Settlement::Loaded => {
                 tx.execute(
                     &SETTLE,
@@ -176,13 +188,22 @@ async fn settle_card<T: Tx>(
 /// CARD_PRESENTED: see [`super::super::Store::card_presented`].
 pub(super) async fn card_presented<B: Backend>(
     backend: &B,
+    clock_seen: &AtomicI64,
     seen: CardSeen,
 ) -> Result<Vec<OfferedCredit>, StoreError> {
     let device = db_u64(seen.device_id.get());
     let mut tx = backend.begin(TxMode::Write).await?;
     let rows = lock_card(&mut tx, seen.card_no).await?;
-    let (in_doubt, voided) =
-        settle_card(&mut tx, &rows, seen.online_seq, seen.now_ms, None).await?;
+    let order = read_clock(&mut tx).await?;
+    let (in_doubt, voided) = settle_card(
+        &mut tx,
+        &rows,
+        seen.online_seq,
+        seen.now_ms,
+        seen.received_order,
+        None,
+    )
+    .await?;
     let mut offered = Vec::new();
     if !in_doubt {
         let free = rows.iter().filter(|l| {
@@ -210,12 +231,16 @@ pub(super) async fn card_presented<B: Backend>(
             .collect();
     }
     tx.commit().await?;
+    // What this node's next requests are stamped with: a presentation that found its
+    // card in doubt because it was stamped too early is settled by the next one.
+    clock_seen.fetch_max(order, Ordering::Relaxed);
     Ok(offered)
 }
 
 /// LOAD_INIT: see [`super::super::Store::begin_load`].
 pub(super) async fn begin_load<B: Backend, F>(
     backend: &B,
+    clock_seen: &AtomicI64,
     r: LoadInitRequest,
     mac1_ok: F,
 ) -> Result<LoadDecision, StoreError>
@@ -228,7 +253,15 @@ where
     // The card's counter settles its loads in doubt first, as a presentation would; this
     // credit's own attempt stays when the LOAD_INIT is the one it recorded, re-sent.
     let keep = Some((id, i32::from(r.online_seq.get())));
-    settle_card(&mut tx, &rows, r.online_seq, r.host_time_ms, keep).await?;
+    settle_card(
+        &mut tx,
+        &rows,
+        r.online_seq,
+        r.host_time_ms,
+        r.received_order,
+        keep,
+    )
+    .await?;
     if rows
         .iter()
         .any(|l| l.view.attempt.is_some() && l.view.status == credit_status::RELEASED)
@@ -245,17 +278,22 @@ where
                 && l.view.attempt.is_some()
         });
     let (decision, record) = begin_decide(check, other_in_doubt, r.host_time_ms, mac1_ok);
+    let mut order = read_clock(&mut tx).await?;
     if record {
+        // The attempt takes the next tick of the ledger clock: a presentation settles it
+        // only if it was received once its session had seen that tick.
+        order = tx.query_one(&TICK, &[]).await?.int(0)?;
         tx.execute(
             &Sql::both(
-                "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3 \
-                 WHERE credit_id = $1",
+                "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3, \
+                 attempt_order = $4 WHERE credit_id = $1",
             ),
-            params![id, r.online_seq.get(), r.host_time_ms],
+            params![id, r.online_seq.get(), r.host_time_ms, order],
         )
         .await?;
     }
     tx.commit().await?;
+    clock_seen.fetch_max(order, Ordering::Relaxed);
     Ok(decision)
 }
 

@@ -34,6 +34,8 @@ pub struct Ledger<B> {
     /// Budget keys whose shard rows are known to be committed, with the cap they were
     /// last set to, so neither is done again at every batch.
     budgets: Arc<Mutex<HashMap<i32, Fen>>>,
+    /// The highest ledger-clock value this instance has seen (`Store::observed_order`).
+    clock_seen: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The PostgreSQL store.
@@ -48,6 +50,7 @@ impl<B: Backend> Ledger<B> {
         Self {
             backend,
             budgets: Arc::default(),
+            clock_seen: Arc::default(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl From<PgStore> for AnyStore {
         Self {
             backend: AnyBackend::Postgres(s.backend),
             budgets: s.budgets,
+            clock_seen: s.clock_seen,
         }
     }
 }
@@ -107,6 +111,7 @@ impl From<SqliteStore> for AnyStore {
         Self {
             backend: AnyBackend::Sqlite(s.backend),
             budgets: s.budgets,
+            clock_seen: s.clock_seen,
         }
     }
 }
@@ -154,6 +159,10 @@ fn code<T>(v: i16, what: &str, f: impl FnOnce(i16) -> Option<T>) -> Result<T, St
 }
 
 impl<B: Backend> Store for Ledger<B> {
+    fn observed_order(&self) -> i64 {
+        self.clock_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
         tx.execute(&MIGRATION_LOCK, &[]).await?;
@@ -370,7 +379,11 @@ impl<B: Backend> Store for Ledger<B> {
         &self,
         seen: super::CardSeen,
     ) -> Result<Vec<wenxiao_protocol::OfferedCredit>, StoreError> {
-        retried!(credits::card_presented(&self.backend, seen))
+        retried!(credits::card_presented(
+            &self.backend,
+            &self.clock_seen,
+            seen
+        ))
     }
 
     async fn begin_load<F>(
@@ -381,7 +394,7 @@ impl<B: Backend> Store for Ledger<B> {
     where
         F: FnOnce(Fen) -> bool + Send + 'static,
     {
-        credits::begin_load(&self.backend, r, mac1_ok).await
+        credits::begin_load(&self.backend, &self.clock_seen, r, mac1_ok).await
     }
 
     async fn finish_load<F>(
