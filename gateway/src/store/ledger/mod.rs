@@ -187,7 +187,18 @@ impl<B: Backend> Store for Ledger<B> {
                 .await?;
             }
         }
-        tx.commit().await
+        // A node starting now has seen everything recorded so far.
+        let clock = tx
+            .query_one(
+                &Sql::both("SELECT value FROM ledger_clock WHERE id = 1"),
+                &[],
+            )
+            .await?
+            .int(0)?;
+        tx.commit().await?;
+        self.clock_seen
+            .fetch_max(clock, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     async fn ingest(
