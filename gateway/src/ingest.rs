@@ -89,17 +89,14 @@ pub fn start(
 /// and empty.
 async fn supervise(w: Writer) {
     use futures_util::FutureExt;
-    let template = w.clone_config();
-    let mut next = Some(w);
-    while let Some(w) = next.take() {
-        match std::panic::AssertUnwindSafe(w.run()).catch_unwind().await {
-            Ok(()) => return,
-            Err(_) => {
-                metrics::counter!(m::INGEST_WRITER_RESTARTS_TOTAL).increment(1);
-                tracing::error!("ingest writer panicked: started again");
-                next = Some(template.clone_config());
-            }
-        }
+    // A writer holds only its configuration and shared handles: a restart is a clone.
+    while std::panic::AssertUnwindSafe(w.clone().run())
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        metrics::counter!(m::INGEST_WRITER_RESTARTS_TOTAL).increment(1);
+        tracing::error!("ingest writer panicked: started again");
     }
 }
 
@@ -160,6 +157,7 @@ impl BudgetCaps {
     }
 }
 
+#[derive(Clone)]
 struct Writer {
     budget: IngestCtx,
     caps: Arc<BudgetCaps>,
@@ -171,19 +169,6 @@ struct Writer {
 }
 
 impl Writer {
-    /// A writer like this one, with no batch history (for a restart).
-    fn clone_config(&self) -> Self {
-        Self {
-            budget: self.budget,
-            caps: Arc::clone(&self.caps),
-            health: Arc::clone(&self.health),
-            store: self.store.clone(),
-            rx: Arc::clone(&self.rx),
-            config: self.config.clone(),
-            queue: self.queue.clone(),
-        }
-    }
-
     async fn run(self) {
         let mut items = Vec::with_capacity(self.config.batch_rows_max);
         loop {

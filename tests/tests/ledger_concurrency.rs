@@ -64,6 +64,18 @@ fn purchase(device: u64, seq: u64, card: u64, subsidy: i64, date: u32) -> Ingest
     }
 }
 
+/// Two store instances — two gateway nodes — on one fresh, migrated schema, with pools of
+/// `pool` connections; and the schema's URL.
+async fn two_nodes(pool: usize) -> (String, [PgStore; 2]) {
+    let url = wenxiao_tests::fresh_pg_url().await;
+    let nodes = [
+        PgStore::connect(&url, pool, 10_000).unwrap(),
+        PgStore::connect(&url, pool, 10_000).unwrap(),
+    ];
+    nodes[0].migrate().await.unwrap();
+    (url, nodes)
+}
+
 async fn deadlocks(url: &str) -> i64 {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -96,12 +108,7 @@ async fn settled_deadlocks(url: &str, stores: Vec<PgStore>) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_on_two_nodes_exhaust_the_budget_exactly_without_deadlock() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let url = wenxiao_tests::fresh_pg_url().await;
-    let nodes = [
-        PgStore::connect(&url, 6, 10_000).unwrap(),
-        PgStore::connect(&url, 6, 10_000).unwrap(),
-    ];
-    nodes[0].migrate().await.unwrap();
+    let (url, nodes) = two_nodes(6).await;
     let before = deadlocks(&url).await;
     const CAP: i64 = 250_003;
     let mut tasks = Vec::new();
@@ -175,12 +182,7 @@ async fn eight_writers_on_two_nodes_exhaust_the_budget_exactly_without_deadlock(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clearing_while_ingest_runs_credits_every_row_exactly_once() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let url = wenxiao_tests::fresh_pg_url().await;
-    let nodes = [
-        PgStore::connect(&url, 6, 10_000).unwrap(),
-        PgStore::connect(&url, 6, 10_000).unwrap(),
-    ];
-    nodes[0].migrate().await.unwrap();
+    let (url, nodes) = two_nodes(6).await;
     let registry = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
     let registry = wenxiao_gateway::registry::Registry::from_csv(
         &registry.join("merchants.csv"),
@@ -281,12 +283,7 @@ async fn clearing_while_ingest_runs_credits_every_row_exactly_once() {
 async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
     use wenxiao_gateway::store::{CardSeen, LoadInitRequest, ResultReport};
     let _one = ONE_AT_A_TIME.lock().await;
-    let url = wenxiao_tests::fresh_pg_url().await;
-    let nodes = [
-        PgStore::connect(&url, 6, 10_000).unwrap(),
-        PgStore::connect(&url, 6, 10_000).unwrap(),
-    ];
-    nodes[0].migrate().await.unwrap();
+    let (url, nodes) = two_nodes(6).await;
     // Ten cards with three credits each (three cleared and approved days).
     let ctx = IngestCtx {
         monthly_cap: Fen(i64::MAX / 8),
@@ -379,12 +376,7 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
 async fn a_presentation_is_ordered_against_an_attempt_by_the_store_not_by_clocks() {
     use wenxiao_gateway::store::{CardSeen, LoadDecision, LoadInitRequest};
     let _one = ONE_AT_A_TIME.lock().await;
-    let url = wenxiao_tests::fresh_pg_url().await;
-    let (a, b) = (
-        PgStore::connect(&url, 2, 10_000).unwrap(),
-        PgStore::connect(&url, 2, 10_000).unwrap(),
-    );
-    a.migrate().await.unwrap();
+    let (_, [a, b]) = two_nodes(2).await;
     let ctx = IngestCtx {
         monthly_cap: Fen(1_000_000),
         programme_cap: Fen(1_000_000),

@@ -163,7 +163,8 @@ fn row_values(r: &rusqlite::Row<'_>, n: usize) -> Result<Row, StoreError> {
     Ok(Row(out))
 }
 
-/// Runs one prepared statement: its rows if it returns columns, else none.
+/// Runs one prepared statement, appending the rows it returns to `rows`; returns the rows
+/// it changed (for a statement with RETURNING, what it changed is what it returned).
 fn run(
     conn: &Connection,
     text: &str,
@@ -176,10 +177,12 @@ fn run(
         return Ok(u64::try_from(stmt.execute(rusqlite::params_from_iter(params))?).unwrap_or(0));
     }
     let mut q = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut returned = 0_u64;
     while let Some(r) = q.next()? {
         rows.push(row_values(r, n)?);
+        returned += 1;
     }
-    Ok(0)
+    Ok(returned)
 }
 
 impl Tx for LiteTx {
@@ -198,21 +201,7 @@ impl Tx for LiteTx {
         if text.is_empty() {
             return Ok(0);
         }
-        blocking(|| {
-            let mut stmt = self.conn.prepare_cached(&text)?;
-            let mut changed = 0_u64;
-            if stmt.column_count() == 0 {
-                changed =
-                    u64::try_from(stmt.execute(rusqlite::params_from_iter(params))?).unwrap_or(0);
-            } else {
-                // A statement with RETURNING: what it changed is what it returned.
-                let mut q = stmt.query(rusqlite::params_from_iter(params))?;
-                while q.next()?.is_some() {
-                    changed += 1;
-                }
-            }
-            Ok(changed)
-        })
+        blocking(|| run(&self.conn, &text, params, &mut Vec::new()))
     }
 
     async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {

@@ -142,16 +142,16 @@ const COUNTER_TAKEN: Sql = Sql::both(
 /// a load stays in doubt, and the ids voided.
 async fn settle_card<T: Tx>(
     tx: &mut T,
-    rows: &[Locked],
+    rows: &mut [Locked],
     online_seq: wenxiao_protocol::OnlineSeq,
     seen_ms: i64,
     received_order: i64,
     keep: Option<(i64, i32)>,
-) -> Result<(bool, Vec<i64>), StoreError> {
+) -> Result<bool, StoreError> {
     let now_seq = i32::from(online_seq.get());
-    let (mut in_doubt, mut voided) = (false, Vec::new());
+    let mut in_doubt = false;
     for l in rows
-        .iter()
+        .iter_mut()
         .filter(|l| l.view.status == credit_status::RELEASED)
     {
         let Some((attempt, _)) = l.view.attempt else {
@@ -167,6 +167,8 @@ async fn settle_card<T: Tx>(
             )
             .await?
             .is_some();
+        // Each change is made to the row and to its locked copy alike, so the caller
+        // goes on with the rows as they now are.
         match settle(attempt, l.attempt_order, now_seq, received_order, taken) {
             Settlement::Loaded => {
                 tx.execute(
@@ -174,15 +176,18 @@ async fn settle_card<T: Tx>(
                     params![l.credit_id, credit_status::LOADED, seen_ms],
                 )
                 .await?;
+                l.view.status = credit_status::LOADED;
             }
             Settlement::Void => {
                 tx.execute(&VOID_ATTEMPT, params![l.credit_id]).await?;
-                voided.push(l.credit_id);
+                l.view.attempt = None;
+                l.view.bound_device = None;
+                l.bound_at_ms = None;
             }
             Settlement::Unknown => in_doubt = true,
         }
     }
-    Ok((in_doubt, voided))
+    Ok(in_doubt)
 }
 
 /// CARD_PRESENTED: see [`super::super::Store::card_presented`].
@@ -193,11 +198,11 @@ pub(super) async fn card_presented<B: Backend>(
 ) -> Result<Vec<OfferedCredit>, StoreError> {
     let device = db_u64(seen.device_id.get());
     let mut tx = backend.begin(TxMode::Write).await?;
-    let rows = lock_card(&mut tx, seen.card_no).await?;
+    let mut rows = lock_card(&mut tx, seen.card_no).await?;
     let order = read_clock(&mut tx).await?;
-    let (in_doubt, voided) = settle_card(
+    let in_doubt = settle_card(
         &mut tx,
-        &rows,
+        &mut rows,
         seen.online_seq,
         seen.now_ms,
         seen.received_order,
@@ -212,9 +217,8 @@ pub(super) async fn card_presented<B: Backend>(
                 .bound_at_ms
                 .is_some_and(|t| t.saturating_add(seen.binding_timeout_ms) <= seen.now_ms);
             l.view.status == credit_status::RELEASED
-                && (voided.contains(&l.credit_id)
-                    || (l.view.attempt.is_none()
-                        && (bound.is_none() || bound == Some(device) || lapsed)))
+                && l.view.attempt.is_none()
+                && (bound.is_none() || bound == Some(device) || lapsed)
         });
         let chosen: Vec<&Locked> = free
             .take(wenxiao_protocol::limits::CREDIT_OFFER_COUNT_MAX)
@@ -255,20 +259,13 @@ where
     let keep = Some((id, i32::from(r.online_seq.get())));
     settle_card(
         &mut tx,
-        &rows,
+        &mut rows,
         r.online_seq,
         r.host_time_ms,
         r.received_order,
         keep,
     )
     .await?;
-    if rows
-        .iter()
-        .any(|l| l.view.attempt.is_some() && l.view.status == credit_status::RELEASED)
-    {
-        // Read the settled state back (the rows stay locked).
-        rows = lock_card(&mut tx, r.card_no).await?;
-    }
     let check = begin_check(view_of(&mut tx, &rows, r.credit_id).await?, &r);
     // Two loads of one card starting at once see each other: both hold the card's rows.
     let other_in_doubt = matches!(check, BeginCheck::Fresh { .. })
@@ -278,11 +275,14 @@ where
                 && l.view.attempt.is_some()
         });
     let (decision, record) = begin_decide(check, other_in_doubt, r.host_time_ms, mac1_ok);
-    let mut order = read_clock(&mut tx).await?;
+    // A recorded attempt takes the next tick of the ledger clock: a presentation settles
+    // it only if it was received once its session had seen that tick.
+    let order = if record {
+        tx.query_one(&TICK, &[]).await?.int(0)?
+    } else {
+        read_clock(&mut tx).await?
+    };
     if record {
-        // The attempt takes the next tick of the ledger clock: a presentation settles it
-        // only if it was received once its session had seen that tick.
-        order = tx.query_one(&TICK, &[]).await?.int(0)?;
         tx.execute(
             &Sql::both(
                 "UPDATE credits SET attempt_online_seq = $2, attempt_host_time_ms = $3, \
