@@ -69,6 +69,11 @@ enum BlacklistCommand {
     },
     /// Take a card off the blacklist.
     Remove { card: u64 },
+    /// List every card of a CSV file (header `card_no,reason`) as one hot-list version.
+    /// The whole file is checked first: one bad line and nothing is listed.
+    Import { file: PathBuf },
+    /// The hot list's current version and size.
+    Status,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -222,19 +227,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blacklist { command } => with_store(&config, |store| async move {
             store.migrate().await?;
             let now = crate::clock::now_ms();
+            let keep_versions = config.hotlist.delta_versions_kept;
+            let change = |add, remove, source: String| crate::store::HotlistChange {
+                add,
+                remove,
+                source,
+                now_ms: now,
+                keep_versions,
+            };
+            let report = |what: &str, c: crate::store::HotlistChanged| match c.version {
+                Some(v) => println!(
+                    "{what}: hot-list version {v} ({} listed, {} taken off)",
+                    c.added, c.removed
+                ),
+                None => println!("{what}: nothing changed (hot list unchanged)"),
+            };
             match command {
                 BlacklistCommand::Add { card, reason } => {
-                    anyhow::ensure!(!reason.trim().is_empty(), "a blacklisting needs its reason");
-                    store
-                        .set_blacklisted(wenxiao_protocol::CardNo(card), true, reason, now)
+                    let reason =
+                        crate::hotlist::check_reason(&reason).map_err(anyhow::Error::msg)?;
+                    let card = crate::hotlist::check_card(card).map_err(anyhow::Error::msg)?;
+                    let c = store
+                        .change_hotlist(change(vec![(card, reason)], Vec::new(), "cli add".into()))
                         .await?;
-                    println!("card {card} blacklisted");
+                    report(&format!("card {}", card.get()), c);
                 }
                 BlacklistCommand::Remove { card } => {
-                    store
-                        .set_blacklisted(wenxiao_protocol::CardNo(card), false, String::new(), now)
+                    let card = crate::hotlist::check_card(card).map_err(anyhow::Error::msg)?;
+                    let c = store
+                        .change_hotlist(change(Vec::new(), vec![card], "cli remove".into()))
                         .await?;
-                    println!("card {card} taken off the blacklist");
+                    report(&format!("card {}", card.get()), c);
+                }
+                BlacklistCommand::Import { file } => {
+                    let text =
+                        std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+                    let cards = crate::hotlist::parse_import(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let n = cards.len();
+                    let source = format!("import {}", file.display());
+                    let c = store
+                        .change_hotlist(change(cards, Vec::new(), source))
+                        .await?;
+                    report(&format!("{n} cards imported"), c);
+                }
+                BlacklistCommand::Status => {
+                    let (head, cards) = store.hotlist_full().await?;
+                    println!(
+                        "hot-list version {} made at {} ms: {} cards; deltas kept from version {}",
+                        head.version,
+                        head.created_at_ms,
+                        cards.len(),
+                        head.delta_floor
+                    );
                 }
             }
             Ok(())

@@ -69,6 +69,61 @@ pub struct Config {
     pub clearing: ClearingConfig,
     /// Credit loading.
     pub credits: CreditsConfig,
+    /// The hot list pushed to terminals.
+    pub hotlist: HotlistConfig,
+    /// The fraud rules' file.
+    pub risk: RiskFileConfig,
+}
+
+/// `[hotlist]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotlistConfig {
+    /// Versions whose changes are kept, so a terminal up to this many versions behind
+    /// gets a delta; one further behind gets the full list.
+    pub delta_versions_kept: u32,
+    /// Card numbers per HOTLIST_UPDATE chunk (at most the contract's 8,190 that fit one
+    /// 65,536-byte frame; smaller suits terminals with small receive buffers).
+    pub chunk_cards_max: usize,
+    /// How often a node looks for a new version. The embedded store has no notifications;
+    /// on PostgreSQL a NOTIFY wakes the node at once and this is the safety net.
+    pub poll_interval_ms: u64,
+    /// Acknowledgements waiting to be recorded, all sessions together; past it one is
+    /// counted in `wenxiao_hotlist_acks_unrecorded_total` and not recorded (the device's
+    /// next HELLO still tells its version).
+    pub ack_queue_devices: usize,
+}
+
+impl Default for HotlistConfig {
+    fn default() -> Self {
+        Self {
+            delta_versions_kept: 1_000,
+            chunk_cards_max: wenxiao_protocol::limits::HOTLIST_CARDS_PER_FRAME_MAX,
+            poll_interval_ms: 1_000,
+            ack_queue_devices: 65_536,
+        }
+    }
+}
+
+/// `[risk]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskFileConfig {
+    /// The fraud rules and their thresholds (see `config/risk.toml`).
+    pub rules_path: PathBuf,
+    /// Stored transactions waiting for the rules, all sessions together. When it is full
+    /// the rules catch up from the store (counted in
+    /// `wenxiao_risk_queue_overflows_total`); acks never wait for the rules.
+    pub queue_txns_max: usize,
+}
+
+impl Default for RiskFileConfig {
+    fn default() -> Self {
+        Self {
+            rules_path: PathBuf::from("config/risk.toml"),
+            queue_txns_max: 65_536,
+        }
+    }
 }
 
 /// `[credits]`
@@ -166,6 +221,8 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             clearing: ClearingConfig::default(),
             credits: CreditsConfig::default(),
+            hotlist: HotlistConfig::default(),
+            risk: RiskFileConfig::default(),
         }
     }
 }
@@ -615,6 +672,37 @@ impl Config {
         )?;
         self.master_keys()?;
         in_range("credits.push_window", self.credits.push_window, 1, 4_096)?;
+        let h = &self.hotlist;
+        in_range(
+            "hotlist.delta_versions_kept",
+            h.delta_versions_kept,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "hotlist.chunk_cards_max",
+            h.chunk_cards_max,
+            1,
+            wenxiao_protocol::limits::HOTLIST_CARDS_PER_FRAME_MAX,
+        )?;
+        in_range(
+            "hotlist.poll_interval_ms",
+            h.poll_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        in_range(
+            "hotlist.ack_queue_devices",
+            h.ack_queue_devices,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "risk.queue_txns_max",
+            self.risk.queue_txns_max,
+            1,
+            10_000_000,
+        )?;
         in_range(
             "registry.reload_interval_ms",
             self.registry.reload_interval_ms,

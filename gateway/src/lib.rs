@@ -1,6 +1,7 @@
 //! The Wenxiao terminal gateway: TLS device sessions as actors, deduplicated durable
 //! ingest into PostgreSQL or SQLite with the subsidy, points and budget rules, the daily
-//! clearing and settlement files, and exactly-once credit loading.
+//! clearing and settlement files, exactly-once credit loading, and the hot list and fraud
+//! rules.
 
 pub mod admin;
 pub mod budget;
@@ -9,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credits;
+pub mod hotlist;
 pub mod ingest;
 pub mod metrics;
 pub mod outbound;

@@ -38,6 +38,23 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "wenxiao_connections_refused_total";
 /// Counter: ERROR frames sent, label `code`.
 pub const ERRORS_SENT_TOTAL: &str = "wenxiao_errors_sent_total";
 
+/// Gauge: the hot list's current version on this node.
+pub const HOTLIST_VERSION: &str = "wenxiao_hotlist_version";
+/// Gauge: cards on the hot list.
+pub const HOTLIST_CARDS: &str = "wenxiao_hotlist_cards";
+/// Gauge: online terminals by how many versions behind the current one they are, label
+/// `behind` (`0`, `1`, `2-9`, `10-99`, `100+`).
+pub const HOTLIST_DEVICES_BEHIND: &str = "wenxiao_hotlist_devices_behind";
+/// Histogram: seconds from a hot-list version's creation to each terminal's
+/// acknowledgement of it.
+pub const HOTLIST_ACK_SECONDS: &str = "wenxiao_hotlist_ack_seconds";
+/// Counter: hot-list updates sent, label `form` (`full`, `delta`).
+pub const HOTLIST_UPDATES_SENT_TOTAL: &str = "wenxiao_hotlist_updates_sent_total";
+/// Counter: HOTLIST_ACKs not for the update the session had sent (ignored).
+pub const HOTLIST_ACKS_IGNORED_TOTAL: &str = "wenxiao_hotlist_acks_ignored_total";
+/// Counter: acknowledgements not recorded because the record queue was full.
+pub const HOTLIST_ACKS_UNRECORDED_TOTAL: &str = "wenxiao_hotlist_acks_unrecorded_total";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process (several gateways in one test

@@ -200,6 +200,9 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
             Arc::clone(&health),
         )
     };
+    let (head, cards) = store_rt
+        .block_on(store.hotlist_full())
+        .context("read the hot list")?;
     let shared = Arc::new(Shared::new(
         config.clone(),
         policy,
@@ -209,6 +212,7 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         store_rt.handle().clone(),
         ingest_tx,
         health,
+        crate::hotlist::HotlistView::full(head, cards),
     ));
     let prometheus = m::install();
 
@@ -272,6 +276,9 @@ async fn serve(
     let handshake_timeout = Duration::from_millis(cfg.server.tls_handshake_timeout_ms);
     spawn_registry_reload(Arc::clone(&shared), caps);
     spawn_release_watch(Arc::clone(&shared));
+    shared
+        .store_rt
+        .spawn(crate::session::follow_hotlist(Arc::clone(&shared)));
     tracing::info!(%device_addr, admin = ?admin.as_ref().map(|a| a.0), workers, "gateway listening");
     let _ = ready.send((device_addr, admin.as_ref().map(|a| a.0)));
 
@@ -377,9 +384,10 @@ fn tell_ota_sessions(shared: &Shared) {
     }
 }
 
-/// Watches for credit releases so OTA pushes go out at once: PostgreSQL approvals NOTIFY
-/// (a dedicated connection LISTENs, reconnecting if it drops); the embedded store has no
-/// notifications, so a gateway on it polls `latest_release_ms`.
+/// Watches for credit releases so OTA pushes go out at once, and for hot-list versions:
+/// PostgreSQL NOTIFYs both (a dedicated connection LISTENs, reconnecting if it drops); the
+/// embedded store has no notifications, so a gateway on it polls `latest_release_ms` (and
+/// the hot-list follower polls its head).
 fn spawn_release_watch(shared: Arc<Shared>) {
     let rt = shared.store_rt.clone();
     if shared.store.is_postgres() {
@@ -402,19 +410,29 @@ async fn listen_for_releases(shared: Arc<Shared>) {
         match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
             Ok((client, mut connection)) => {
                 let (signal, mut signals) = tokio::sync::mpsc::channel(RELEASE_SIGNALS_MAX);
+                let hotlist = Arc::clone(&shared);
                 let driver = tokio::spawn(async move {
                     let mut messages =
                         futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(Ok(m)) = messages.next().await {
-                        if matches!(m, tokio_postgres::AsyncMessage::Notification(_)) {
-                            let _ = signal.try_send(());
+                        if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                            if n.channel() == crate::store::HOTLIST_CHANNEL {
+                                hotlist.hotlist_wake.notify_one();
+                            } else {
+                                let _ = signal.try_send(());
+                            }
                         }
                     }
                 });
-                let listen = format!("LISTEN {}", crate::store::RELEASE_CHANNEL);
+                let listen = format!(
+                    "LISTEN {}; LISTEN {}",
+                    crate::store::RELEASE_CHANNEL,
+                    crate::store::HOTLIST_CHANNEL
+                );
                 if client.batch_execute(&listen).await.is_ok() {
-                    // Anything released while nobody listened.
+                    // Anything released or listed while nobody listened.
                     tell_ota_sessions(&shared);
+                    shared.hotlist_wake.notify_one();
                     while signals.recv().await.is_some() {
                         tell_ota_sessions(&shared);
                     }

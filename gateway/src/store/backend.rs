@@ -174,6 +174,8 @@ pub enum Col {
     Int(Vec<i64>),
     /// Integers or NULL.
     OptInt(Vec<Option<i64>>),
+    /// Text.
+    Text(Vec<String>),
 }
 
 impl Col {
@@ -181,6 +183,7 @@ impl Col {
         match self {
             Col::Int(v) => v.len(),
             Col::OptInt(v) => v.len(),
+            Col::Text(v) => v.len(),
         }
     }
 
@@ -189,6 +192,7 @@ impl Col {
         match self {
             Col::Int(v) => v.get(i).copied().map_or(Value::Null, Value::Int),
             Col::OptInt(v) => v.get(i).copied().flatten().map_or(Value::Null, Value::Int),
+            Col::Text(v) => v.get(i).cloned().map_or(Value::Null, Value::Text),
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum StoreError {
         /// Its 24:00 in Asia/Shanghai.
         ends_at_ms: i64,
     },
+    /// The request cannot be carried out as asked (the message says why); nothing changed.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// What the session proposes for a TXN after its own checks; the store decides.
@@ -256,8 +259,38 @@ pub trait Store: Send + Sync + 'static {
         activity: Activity,
     ) -> impl Future<Output = Result<ActivityOutcome, StoreError>> + Send;
 
-    /// Puts a card on the blacklist (or takes it off): from then on its purchases earn no
-    /// subsidy (CARD_BLACKLISTED).
+    /// Changes the card blacklist: one new hot-list version when anything changes (adding
+    /// a listed card or removing an unlisted one changes nothing). From the commit on, a
+    /// listed card's purchases earn no subsidy (CARD_BLACKLISTED).
+    fn change_hotlist(
+        &self,
+        change: HotlistChange,
+    ) -> impl Future<Output = Result<HotlistChanged, StoreError>> + Send;
+
+    /// The hot list's current version.
+    fn hotlist_head(&self) -> impl Future<Output = Result<HotlistHead, StoreError>> + Send;
+
+    /// The whole hot list, sorted, with the version it is.
+    fn hotlist_full(
+        &self,
+    ) -> impl Future<Output = Result<(HotlistHead, Vec<CardNo>), StoreError>> + Send;
+
+    /// The changes of versions `after + 1 ..= upto`, in order; `None` when some are no
+    /// longer kept (a terminal that far behind needs the full list).
+    fn hotlist_changes(
+        &self,
+        after: u32,
+        upto: u32,
+    ) -> impl Future<Output = Result<Option<Vec<HotlistVersionChanges>>, StoreError>> + Send;
+
+    /// Records terminals' acknowledged hot-list versions: (device, version, at ms).
+    fn record_hotlist_acks(
+        &self,
+        acks: Vec<(DeviceId, u32, i64)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Puts one card on the blacklist (or takes it off), keeping the default number of
+    /// versions' deltas: [`Store::change_hotlist`] for a single card.
     fn set_blacklisted(
         &self,
         card_no: CardNo,
@@ -307,9 +340,64 @@ pub trait StoreAudit: Send + Sync + 'static {
         device_id: DeviceId,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
 
+    /// A terminal's recorded acknowledged hot-list version.
+    fn device_hotlist_version(
+        &self,
+        device_id: DeviceId,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
+
     /// Whole-store figures for an end-of-run invariant check: every device's recorded
     /// seqs, the credits released and loaded, and what each budget granted.
     fn audit(&self) -> impl Future<Output = Result<AuditFigures, StoreError>> + Send;
+}
+
+/// A change of the card blacklist, made one hot-list version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotlistChange {
+    /// Cards to list, each with its reason.
+    pub add: Vec<(CardNo, String)>,
+    /// Cards to take off.
+    pub remove: Vec<CardNo>,
+    /// Who or what made the change (`cli`, `import <file>`, `case 17`): kept with it.
+    pub source: String,
+    /// When.
+    pub now_ms: i64,
+    /// Versions whose changes stay kept for deltas (`hotlist.delta_versions_kept`).
+    pub keep_versions: u32,
+}
+
+/// What a [`HotlistChange`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotlistChanged {
+    /// The new version; `None` when nothing changed.
+    pub version: Option<u32>,
+    /// Cards newly listed.
+    pub added: u64,
+    /// Cards taken off.
+    pub removed: u64,
+}
+
+/// The hot list's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HotlistHead {
+    /// The version (0: nothing was ever listed).
+    pub version: u32,
+    /// When it was made.
+    pub created_at_ms: i64,
+    /// The highest version whose changes are no longer kept: a delta can be built from
+    /// any version at or above it.
+    pub delta_floor: u32,
+}
+
+/// The cards one version changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotlistVersionChanges {
+    /// The version.
+    pub version: u32,
+    /// When it was made.
+    pub created_at_ms: i64,
+    /// Each card it changed: true listed, false taken off.
+    pub changes: Vec<(CardNo, bool)>,
 }
 
 /// One device's recorded transactions, for an audit.
@@ -393,6 +481,9 @@ pub enum AwardApproval {
 
 /// The channel PostgreSQL approvals notify on.
 pub const RELEASE_CHANNEL: &str = "wenxiao_credits_released";
+/// The PostgreSQL NOTIFY channel a new hot-list version is announced on (payload: the
+/// version).
+pub const HOTLIST_CHANNEL: &str = "wenxiao_hotlist";
 
 // ---------------------------------------------------------------------------------------
 // Row mapping shared by both implementations.
@@ -439,6 +530,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("migrations/0008_refund_reversal.sql")),
     (9, include_str!("migrations/0009_closed_days.sql")),
     (10, include_str!("migrations/0010_ledger_clock.sql")),
+    (11, include_str!("migrations/0011_hotlist.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -317,6 +317,7 @@ impl ToSql for Col {
         let values: Vec<Option<i64>> = match self {
             Col::Int(v) => v.iter().copied().map(Some).collect(),
             Col::OptInt(v) => v.clone(),
+            Col::Text(v) => return v.to_sql(ty, out),
         };
         match *ty {
             Type::INT2_ARRAY => narrow::<i16>(&values)?.to_sql(ty, out),

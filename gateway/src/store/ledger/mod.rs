@@ -11,6 +11,7 @@
 mod budget;
 mod clearing;
 mod credits;
+mod hotlist;
 mod ingest;
 mod points;
 
@@ -445,6 +446,33 @@ impl<B: Backend> Store for Ledger<B> {
         points::award_activity(&self.backend, a).await
     }
 
+    async fn change_hotlist(
+        &self,
+        change: super::HotlistChange,
+    ) -> Result<super::HotlistChanged, StoreError> {
+        hotlist::change(&self.backend, change).await
+    }
+
+    async fn hotlist_head(&self) -> Result<super::HotlistHead, StoreError> {
+        hotlist::head(&self.backend).await
+    }
+
+    async fn hotlist_full(&self) -> Result<(super::HotlistHead, Vec<CardNo>), StoreError> {
+        hotlist::full(&self.backend).await
+    }
+
+    async fn hotlist_changes(
+        &self,
+        after: u32,
+        upto: u32,
+    ) -> Result<Option<Vec<super::HotlistVersionChanges>>, StoreError> {
+        hotlist::changes(&self.backend, after, upto).await
+    }
+
+    async fn record_hotlist_acks(&self, acks: Vec<(DeviceId, u32, i64)>) -> Result<(), StoreError> {
+        hotlist::record_acks(&self.backend, &acks).await
+    }
+
     async fn set_blacklisted(
         &self,
         card_no: CardNo,
@@ -452,25 +480,19 @@ impl<B: Backend> Store for Ledger<B> {
         reason: String,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let card = db_u64(card_no.get());
-        let mut tx = self.backend.begin(TxMode::Write).await?;
-        if blacklisted {
-            tx.execute(
-                &Sql::both(
-                    "INSERT INTO card_blacklist (card_no, reason, added_at_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (card_no) DO UPDATE SET reason = excluded.reason",
-                ),
-                params![card, reason, now_ms],
-            )
-            .await?;
+        let (add, remove) = if blacklisted {
+            (vec![(card_no, reason)], Vec::new())
         } else {
-            tx.execute(
-                &Sql::both("DELETE FROM card_blacklist WHERE card_no = $1"),
-                params![card],
-            )
-            .await?;
-        }
-        tx.commit().await
+            (Vec::new(), vec![card_no])
+        };
+        let change = super::HotlistChange {
+            add,
+            remove,
+            source: "single card".to_owned(),
+            now_ms,
+            keep_versions: crate::config::HotlistConfig::default().delta_versions_kept,
+        };
+        hotlist::change(&self.backend, change).await.map(|_| ())
     }
 
     async fn record_award(&self, a: super::AwardInput) -> Result<i64, StoreError> {
@@ -623,6 +645,10 @@ impl<B: Backend> StoreAudit for Ledger<B> {
             )
             .await?;
         Ok((r.get(0)?, r.get(1)?))
+    }
+
+    async fn device_hotlist_version(&self, device_id: DeviceId) -> Result<Option<u32>, StoreError> {
+        hotlist::device_version(&self.backend, device_id).await
     }
 
     async fn audit(&self) -> Result<AuditFigures, StoreError> {

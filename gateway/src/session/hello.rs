@@ -1,0 +1,168 @@
+//! HELLO and WELCOME: authentication against the certificate and the registry, the
+//! device's `stored_seq`, and which of two sessions of one device wins.
+
+use super::{Phase, Replaced, Session};
+use crate::clock;
+use crate::metrics as m;
+use crate::registry::{Device, Merchant};
+use crate::store::Store;
+use actix::prelude::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use wenxiao_protocol::{ErrorCode, Hello, Message, Seq, UnixMillis, Welcome};
+
+impl Session {
+    pub(super) fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
+        let shared = Arc::clone(&self.shared);
+        if shared.draining.load(Ordering::Relaxed) {
+            return self.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+        }
+        match self.cert_device.clone() {
+            Ok(id) if id == hello.device_id => {}
+            Ok(id) => {
+                let text = format!(
+                    "certificate is for device {id}, HELLO says {}",
+                    hello.device_id
+                );
+                return self.fail(ctx, ErrorCode::AuthFailed, &text);
+            }
+            Err(e) => return self.fail(ctx, ErrorCode::AuthFailed, &e),
+        }
+        let registry = shared.registry();
+        let device = match registry.device(hello.device_id) {
+            Some(d) if d.kind == hello.kind => *d,
+            Some(d) => {
+                let text = format!("device {} is registered as {}", hello.device_id, d.kind);
+                return self.fail(ctx, ErrorCode::DeviceUnknown, &text);
+            }
+            None => return self.fail(ctx, ErrorCode::DeviceUnknown, "device not registered"),
+        };
+        if !device.active {
+            return self.fail(ctx, ErrorCode::DeviceDisabled, "device is disabled");
+        }
+        let merchant = device
+            .merchant_id
+            .and_then(|id| registry.merchant(id).cloned());
+        if super::screens_cards(device.kind) {
+            self.hotlist = Some(super::hotlist::HotlistState::new(
+                hello.hotlist_version.get(),
+            ));
+        }
+        self.phase = Phase::Welcoming;
+        self.device_id = Some(device.device_id);
+        self.hello_order = shared.next_hello_order();
+        let store = shared.store.clone();
+        let floor = shared
+            .watermarks
+            .get(&device.device_id)
+            .and_then(|w| Seq::new(*w));
+        let lookup = shared
+            .store_rt
+            .spawn(async move { store.stored_seq(device.device_id, floor).await });
+        // `wait`: no other frame is handled before WELCOME is out.
+        ctx.wait(
+            actix::fut::wrap_future(lookup).map(move |res, act: &mut Session, ctx| {
+                if matches!(act.phase, Phase::Closing) {
+                    return;
+                }
+                let stored = match res {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "stored_seq lookup failed");
+                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "stored_seq task failed");
+                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
+                    }
+                };
+                act.welcome(device, merchant, stored, ctx);
+            }),
+        );
+    }
+
+    pub(super) fn welcome(
+        &mut self,
+        device: Device,
+        merchant: Option<Merchant>,
+        stored: Option<Seq>,
+        ctx: &mut Context<Self>,
+    ) {
+        let w = Seq::wire(stored);
+        self.seqs.watermark = w;
+        self.seqs.checkpointed = w;
+        let stale = {
+            use dashmap::mapref::entry::Entry;
+            let me = (self.session_id, ctx.address(), self.hello_order);
+            match self.shared.sessions.entry(device.device_id) {
+                // A later HELLO of this device got its WELCOME first: this one is stale.
+                Entry::Occupied(e) if !newer_hello_wins(Some(e.get().2), self.hello_order) => true,
+                Entry::Occupied(mut e) => {
+                    let (_, old, _) = e.insert(me);
+                    old.do_send(Replaced);
+                    false
+                }
+                Entry::Vacant(v) => {
+                    v.insert(me);
+                    false
+                }
+            }
+        };
+        if stale {
+            return self.fail(
+                ctx,
+                ErrorCode::SessionReplaced,
+                "a newer session of this device took over",
+            );
+        }
+        metrics::gauge!(m::SESSIONS, "kind" => device.kind.name()).increment(1.0);
+        self.welcomed_kind = Some(device.kind.name());
+        let cfg = &self.shared.config.session;
+        let welcome = Welcome {
+            session_id: self.session_id,
+            server_time_ms: UnixMillis(clock::now_ms()),
+            stored_seq: stored,
+            heartbeat_s: cfg.heartbeat_s,
+            max_in_flight: cfg.max_in_flight,
+            hotlist_version: wenxiao_protocol::HotlistVersion(self.shared.hotlist_view().version()),
+        };
+        self.phase = Phase::Active { device, merchant };
+        self.send(ctx, Message::Welcome(welcome));
+        if self.draining {
+            self.send_drain(ctx);
+        }
+        self.hotlist_welcomed(device.device_id, ctx);
+        if let (wenxiao_protocol::DeviceKind::OtaEndpoint, Some(op)) =
+            (device.kind, device.operator)
+        {
+            let (from, to) = self.shared.config.credits.card_range(op);
+            self.ota_range = Some((wenxiao_protocol::CardNo(from), wenxiao_protocol::CardNo(to)));
+            self.shared
+                .ota_sessions
+                .insert(device.device_id, ctx.address());
+            // Whatever was pushed to this endpoint before it reconnected goes out again.
+            self.claim(ctx, true);
+        }
+    }
+}
+
+/// Whether a session whose HELLO came `mine`-th may take over from the registered one
+/// (whose HELLO came `registered`-th): only a later HELLO replaces a session.
+fn newer_hello_wins(registered: Option<u64>, mine: u64) -> bool {
+    registered.is_none_or(|r| mine > r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newer_hello_wins;
+
+    /// Defect 9: two HELLOs of one device whose WELCOME lookups finish out of order — the
+    /// older one, finishing last, must not replace the newer session.
+    #[test]
+    pub(super) fn only_a_later_hello_replaces_a_session() {
+        assert!(newer_hello_wins(None, 0));
+        assert!(newer_hello_wins(Some(3), 4));
+        assert!(!newer_hello_wins(Some(4), 3));
+        assert!(!newer_hello_wins(Some(4), 4));
+    }
+}
