@@ -18,6 +18,7 @@ pub mod pki;
 pub mod points;
 pub mod policy;
 pub mod registry;
+pub mod risk;
 pub mod rules;
 pub mod server;
 pub mod session;

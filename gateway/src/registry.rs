@@ -9,7 +9,9 @@ use std::path::Path;
 use wenxiao_protocol::{DeviceId, DeviceKind};
 
 /// A merchant's number in the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
 #[serde(transparent)]
 pub struct MerchantId(pub i64);
 

@@ -249,6 +249,55 @@ fn num(v: &Value, path: &[&str]) -> u64 {
     cur.as_u64().unwrap_or(0)
 }
 
+/// The shards' hot-list figures (each shard's own terminals; propagation from the
+/// import only in the shard that planted).
+fn print_hotlist(reports: &[Value]) {
+    let q = |v: &Value| {
+        format!(
+            "p50 {} µs · p99 {} µs · max {} µs (n = {})",
+            num(v, &["p50_us"]),
+            num(v, &["p99_us"]),
+            num(v, &["max_us"]),
+            num(v, &["n"])
+        )
+    };
+    for r in reports {
+        let h = &r["hotlist"];
+        let versions = h["versions"].as_object().map_or(0, serde_json::Map::len);
+        if versions == 0 && num(h, &["refusals", "planted"]) + num(h, &["refusals", "other"]) == 0 {
+            continue;
+        }
+        println!(
+            "hot list (shard {}): {versions} versions · full lists {} · resyncs {} · refusals planted {} / other {}",
+            r["shard"],
+            num(h, &["full_lists"]),
+            num(h, &["resyncs"]),
+            num(h, &["refusals", "planted"]),
+            num(h, &["refusals", "other"])
+        );
+        println!(
+            "  propagation after first application {}",
+            q(&h["propagation"])
+        );
+        if !h["propagation_from_added"].is_null() {
+            println!(
+                "  propagation after the import started {}",
+                q(&h["propagation_from_added"])
+            );
+        }
+        if !h["newest"].is_null() {
+            let n = &h["newest"];
+            println!(
+                "  newest version {}: {} ‰ within 10 s, {} ‰ within 60 s of {} online terminals",
+                num(n, &["version"]),
+                num(n, &["within_10s_per_mille"]),
+                num(n, &["within_60s_per_mille"]),
+                num(n, &["online"])
+            );
+        }
+    }
+}
+
 /// Runs the bench; true when every shard passed.
 pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let scenario = Scenario::load(&o.scenario_path)?;
@@ -292,7 +341,8 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let mut shards = Vec::new();
     for i in 0..n {
         let report = gateway.dir.path().join(format!("report-{i}.json"));
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("run")
             .arg("--config")
             .arg(&gateway.config_path)
@@ -303,13 +353,17 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
             .arg("--gateway-pid")
             .arg(pid.to_string())
             .arg("--report")
-            .arg(&report)
-            .spawn()
-            .context("start a simulator process")?;
+            .arg(&report);
+        // The first process makes the `[hotlist]` plantings (each is a new version; the
+        // others know the planted cards from the seed, to count their refusals apart).
+        if i == 0 && !scenario.hotlist.add_at_s.is_empty() {
+            command.arg("--gateway-bin").arg(&o.gateway_bin);
+        }
+        let child = command.spawn().context("start a simulator process")?;
         shards.push((child, report));
     }
     let mut pass = true;
-    let mut reports = Vec::new();
+    let mut reports: Vec<Value> = Vec::new();
     for (mut child, report) in shards {
         pass &= child.wait()?.success();
         let text = std::fs::read_to_string(&report)
@@ -362,6 +416,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
             }
         }
     }
+    print_hotlist(&reports);
     let sessions = sum(&["gateway_rss", "sessions"]);
     let with_sessions = max(&["gateway_rss", "sessions_kib"]);
     if let (Some(before), true) = (rss_before, sessions > 0) {

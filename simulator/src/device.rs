@@ -3,12 +3,16 @@
 //! reconnect, POINTS_AUTH before a points purchase, the card load exchange on
 //! CARD_PRESENTED (POS and kiosks) or CREDIT_PUSH (OTA endpoints), DRAIN, and reconnecting
 //! with jittered backoff. Faults (disconnects, slow reading, hours offline, clock skew)
-//! come from [`DeviceFaults`].
+//! come from [`DeviceFaults`]. Terminals (POS, kiosks, sign-in readers) keep a hot list
+//! across reconnects ([`crate::hotlist`]): they apply HOTLIST_UPDATEs, acknowledge each
+//! version, and refuse a listed card at the reader before it becomes a TXN.
 //!
 //! A device runs as one tokio task over one `Framed` TLS stream; it owns all its state, and
-//! shares only counters, the card book and the run's control channel.
+//! shares only counters, the card book, the hot-list plantings and the run's control
+//! channel.
 
 use crate::card::{self, Card};
+use crate::hotlist::{self, Applied, AppliedVersion, FullList, HotlistReport, HotlistState};
 use crate::plan::PlannedEvent;
 use crate::world::{Control, World};
 use futures_util::{SinkExt, StreamExt};
@@ -37,6 +41,8 @@ pub const BACKOFF_MAX_MS: u64 = 8_000;
 pub const ERRORS_KEPT_MAX: usize = 16;
 /// Cards waiting to be presented at one device.
 pub const PRESENT_QUEUE_CARDS: usize = 4_096;
+/// Longest a device waits for its TLS close before reconnecting to resync its hot list.
+pub const RESYNC_CLOSE_WAIT_MS: u64 = 1_000;
 
 /// Faults injected into one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -138,6 +144,8 @@ pub struct DeviceReport {
     pub loads: Vec<LoadRecord>,
     /// The first [`ERRORS_KEPT_MAX`] unexpected things it saw.
     pub errors: Vec<String>,
+    /// Its hot list: versions applied, full lists, resyncs, refusals (terminals only).
+    pub hotlist: HotlistReport,
 }
 
 /// A latency histogram in µs, 1 µs to 10 min, 3 significant figures.
@@ -179,6 +187,9 @@ enum SessionEnd {
     Drained(u64),
     /// The scheduled offline window starts.
     Offline,
+    /// A hot-list update could not apply and the list is dropped: close, then reconnect
+    /// after a backoff (HELLO then says version 0, and the full list follows).
+    Resync,
     /// Finished.
     Done,
 }
@@ -214,6 +225,10 @@ struct Device {
     storm_epoch: u64,
     report: DeviceReport,
     error_count: u64,
+    /// The hot list, kept across reconnects (terminals; an OTA endpoint's stays empty).
+    hotlist: HotlistState,
+    /// When this session's WELCOME was read.
+    welcome_at: Instant,
 }
 
 impl Device {
@@ -298,8 +313,22 @@ impl Device {
         );
     }
 
-    /// Events due now: offline, straight into the journal (points purchases go without
-    /// points: the card cannot be checked); online, POINTS_AUTH first where wanted.
+    /// The reader screens the card against the hot list (online or not: that is what the
+    /// list is for). A listed card is refused here, before the event becomes a TXN, so it
+    /// takes no seq.
+    fn refused(&mut self, e: &PlannedEvent) -> bool {
+        if !hotlist::screened(self.setup.kind, e.kind) || !self.hotlist.contains(e.card_no) {
+            return false;
+        }
+        let planted = self.world.plantings.is_planted(e.card_no);
+        self.report.hotlist.note_refusal(planted);
+        self.world.counters.hotlist_refused.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Events due now, less those refused by the hot list: offline, straight into the
+    /// journal (points purchases go without points: the card cannot be checked); online,
+    /// POINTS_AUTH first where wanted.
     fn take_due(&mut self, online: bool) -> Vec<PointsAuth> {
         let now_sim = self.world.clock.sim_ms_now();
         let mut auths = Vec::new();
@@ -308,6 +337,9 @@ impl Device {
                 break;
             }
             self.next_event += 1;
+            if self.refused(&e) {
+                continue;
+            }
             if online && e.points.get() > 0 && !self.draining() && self.request_room() {
                 let req = self.next_req;
                 self.next_req = self.next_req.wrapping_add(1);
@@ -352,7 +384,7 @@ impl Device {
             device_id: self.setup.id,
             kind: self.setup.kind,
             last_seq: Seq::new(self.next_seq.saturating_sub(1)),
-            hotlist_version: HotlistVersion(0),
+            hotlist_version: self.hotlist.version(),
             firmware: Text::new("wenxiao-sim 1").map_err(|e| e.to_string())?,
         };
         conn.send(Message::Hello(hello))
@@ -537,6 +569,53 @@ impl Device {
         }
     }
 
+    /// One HOTLIST_UPDATE chunk: staged; on the last chunk applied and acknowledged; if
+    /// it cannot apply, the list is dropped and the session ends for a resync.
+    async fn on_hotlist(&mut self, conn: &mut Conn, u: &HotlistUpdate) -> Option<SessionEnd> {
+        if !hotlist::screens_cards(self.setup.kind) {
+            self.note_error(format!(
+                "HOTLIST_UPDATE {} to an {}",
+                u.version(),
+                self.setup.kind.name()
+            ));
+            return None;
+        }
+        match self.hotlist.apply(u) {
+            Applied::Partial => None,
+            Applied::Complete(version) => {
+                let full = u.base_version() == HotlistVersion(0);
+                if full {
+                    self.report.hotlist.note_full_list(FullList {
+                        version,
+                        cards: self.hotlist.len(),
+                        after_welcome_us: micros_since(self.welcome_at),
+                    });
+                }
+                let applied = AppliedVersion {
+                    version,
+                    at_ms: wenxiao_gateway::clock::now_ms(),
+                    full,
+                };
+                self.report
+                    .hotlist
+                    .note_applied(applied, &self.hotlist, &self.world.plantings);
+                self.world.counters.hotlist_applied.fetch_add(1, Relaxed);
+                let ack = Message::HotlistAck(HotlistAck { version });
+                if self.send(conn, ack).await {
+                    None
+                } else {
+                    Some(SessionEnd::Lost)
+                }
+            }
+            Applied::Resync(reason) => {
+                self.world.counters.hotlist_resyncs.fetch_add(1, Relaxed);
+                self.report.hotlist.note_resync(reason);
+                self.note_error(format!("hot list resync: {reason}"));
+                Some(SessionEnd::Resync)
+            }
+        }
+    }
+
     async fn on_frame(&mut self, conn: &mut Conn, m: Message) -> Option<SessionEnd> {
         match m {
             Message::TxnAck(a) => self.on_ack(a),
@@ -582,11 +661,8 @@ impl Device {
             }
             Message::CreditResultAck(a) => self.on_result_ack(a),
             Message::HotlistUpdate(u) => {
-                let ack = HotlistAck {
-                    version: u.version(),
-                };
-                if u.last() && !self.send(conn, Message::HotlistAck(ack)).await {
-                    return Some(SessionEnd::Lost);
+                if let Some(end) = self.on_hotlist(conn, &u).await {
+                    return Some(end);
                 }
             }
             Message::Drain(d) => {
@@ -616,6 +692,9 @@ impl Device {
         self.heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_s.max(1)));
         self.drain_after_ms = None;
         self.in_flight = 0;
+        self.welcome_at = Instant::now();
+        // An update cut off with the last connection is sent again from the version held.
+        self.hotlist.abandon_partial();
         // Everything unanswered goes again, same seq and content; results too.
         for e in self.journal.values_mut() {
             e.resend = e.resend || e.sent_at.is_some();
@@ -836,8 +915,12 @@ impl Device {
                 c.reconnects.fetch_add(1, Relaxed);
             }
             c.sessions_open.fetch_add(1, Relaxed);
+            let opened_ms = wenxiao_gateway::clock::now_ms();
             let end = self.session(&mut conn, welcome).await;
             self.world.counters.sessions_open.fetch_sub(1, Relaxed);
+            self.report
+                .hotlist
+                .note_session(opened_ms, wenxiao_gateway::clock::now_ms());
             match end {
                 SessionEnd::Done => {
                     let _ = SinkExt::<Message>::close(&mut conn).await;
@@ -855,6 +938,18 @@ impl Device {
                     tokio::time::sleep(wait).await;
                 }
                 SessionEnd::Lost => {
+                    drop(conn);
+                    let wait = self.jitter(backoff_ms);
+                    backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                    tokio::time::sleep(wait).await;
+                }
+                SessionEnd::Resync => {
+                    // A clean close, bounded: the gateway may have stopped reading.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(RESYNC_CLOSE_WAIT_MS),
+                        SinkExt::<Message>::close(&mut conn),
+                    )
+                    .await;
                     drop(conn);
                     let wait = self.jitter(backoff_ms);
                     backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
@@ -889,6 +984,7 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         push_to_loaded_us: latency_histogram(),
         loads: Vec::new(),
         errors: Vec::new(),
+        hotlist: HotlistReport::default(),
     };
     let seed = setup.seed ^ setup.id.get();
     Device {
@@ -913,6 +1009,8 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         storm_epoch,
         report,
         error_count: 0,
+        hotlist: HotlistState::new(),
+        welcome_at: Instant::now(),
     }
     .run()
     .await

@@ -1,12 +1,14 @@
 //! The city simulator: a city model and the seeded plan of a day (`plan`), emulated cards
-//! (`card`) and devices (`device`) that speak the device protocol over real mTLS, and the
-//! run that drives them against a gateway (`world`).
+//! (`card`) and devices (`device`) that speak the device protocol over real mTLS, the
+//! terminals' hot list (`hotlist`), and the run that drives them against a gateway
+//! (`world`).
 
 pub mod bench;
 pub mod card;
 pub mod check;
 pub mod demo;
 pub mod device;
+pub mod hotlist;
 pub mod plan;
 pub mod report;
 pub mod run;

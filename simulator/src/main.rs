@@ -11,7 +11,7 @@ use wenxiao_gateway::store::{Store, StoreAudit};
 use wenxiao_simulator::check::{self, Caps};
 use wenxiao_simulator::demo::{self, DemoOptions};
 use wenxiao_simulator::report::Report;
-use wenxiao_simulator::run::{Run, Shard, Target};
+use wenxiao_simulator::run::{GatewayCli, Run, Shard, Target};
 use wenxiao_simulator::scenario::Scenario;
 
 #[derive(Parser)]
@@ -67,6 +67,10 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The gateway binary, for the scenario's `[hotlist]` plantings (`<bin> --config
+        /// <config> blacklist import <file>`); without it this process plants nothing.
+        #[arg(long)]
+        gateway_bin: Option<PathBuf>,
     },
     /// A load scenario against a gateway process on PostgreSQL, beside the raw INSERT
     /// limit of that PostgreSQL measured in the same run (see `load/run.sh`).
@@ -212,10 +216,23 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             shard,
             gateway_pid,
             report,
+            gateway_bin,
         } => {
+            let cli = gateway_bin.map(|bin| GatewayCli {
+                bin,
+                config_path: config.clone(),
+            });
             let config = load_config(&config)?;
             let scenario = Scenario::load(&scenario)?;
-            drive(&config, &scenario, shard, gateway_pid, report.as_deref()).await
+            drive(
+                &config,
+                &scenario,
+                shard,
+                gateway_pid,
+                report.as_deref(),
+                cli,
+            )
+            .await
         }
         Command::Plan { scenario, registry } => {
             let scenario = Scenario::load(&scenario)?;
@@ -267,6 +284,7 @@ async fn drive(
     shard: Shard,
     gateway_pid: Option<u32>,
     report_path: Option<&Path>,
+    gateway_cli: Option<GatewayCli>,
 ) -> anyhow::Result<bool> {
     let store = wenxiao_gateway::server::open_store(config)?;
     let registry = store.load_registry().await?;
@@ -286,6 +304,9 @@ async fn drive(
     let first_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
         .context("today's business date")?;
     let mut run = Run::start(&target, scenario, shard).await?;
+    if let Some(cli) = gateway_cli {
+        run.set_gateway_cli(cli);
+    }
     eprintln!(
         "shard {}/{}: {} devices, {} transactions planned",
         shard.index, shard.count, run.devices, run.planned

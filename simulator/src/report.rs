@@ -2,7 +2,8 @@
 
 use crate::check::Invariant;
 use crate::device::{DeviceReport, latency_histogram};
-use crate::run::{DayOutcome, Run};
+use crate::hotlist;
+use crate::run::{DayOutcome, PlantOutcome, Run};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -37,6 +38,23 @@ impl Quantiles {
             max_us: h.max(),
         }
     }
+
+    /// From raw samples, µs (nearest rank: each quantile is a sample).
+    pub fn of_values(mut values: Vec<u64>) -> Self {
+        values.sort_unstable();
+        let n = values.len();
+        let at = |per: usize, of: usize| {
+            let rank = n.saturating_mul(per).div_ceil(of).max(1);
+            values.get(rank - 1).copied().unwrap_or(0)
+        };
+        Self {
+            n: u64::try_from(n).unwrap_or(u64::MAX),
+            p50_us: at(50, 100),
+            p99_us: at(99, 100),
+            p999_us: at(999, 1_000),
+            max_us: values.last().copied().unwrap_or(0),
+        }
+    }
 }
 
 /// Transactions.
@@ -56,6 +74,8 @@ pub struct TxnFigures {
     pub rejected: u64,
     /// Never answered.
     pub unanswered: u64,
+    /// Refused at the reader because the card is on the hot list: no TXN was made.
+    pub refused: u64,
     /// Answered STORED or DUPLICATE, by kind.
     pub by_kind: BTreeMap<String, u64>,
     /// Why answers carried a reason (rejections, no subsidy, budget).
@@ -110,6 +130,213 @@ pub struct CreditFigures {
     pub release_to_loaded: Option<Quantiles>,
 }
 
+/// One hot-list version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct VersionFigures {
+    /// Terminals that applied it.
+    pub terminals: u64,
+    /// Of those, from a full list.
+    pub by_full_list: u64,
+    /// Its first application on any terminal, ms since the epoch.
+    pub first_applied_ms: i64,
+}
+
+/// How far the newest version got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct NewestVersion {
+    /// The version.
+    pub version: u32,
+    /// Terminals with a session open when it was first applied anywhere.
+    pub online: u64,
+    /// Of those, how many applied it within 10 s of that moment.
+    pub within_10s: u64,
+    /// … within 60 s.
+    pub within_60s: u64,
+    /// `within_10s` per mille of `online`.
+    pub within_10s_per_mille: u64,
+    /// `within_60s` per mille of `online`.
+    pub within_60s_per_mille: u64,
+}
+
+/// Events refused at the reader by the hot list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Refusals {
+    /// Of cards the run planted (expected).
+    pub planted: u64,
+    /// Of other cards: 0 unless something besides this run listed them.
+    pub other: u64,
+}
+
+/// One planting, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlantFigures {
+    /// What the run did.
+    #[serde(flatten)]
+    pub planting: PlantOutcome,
+    /// Terminals (of this process) whose list held all its cards after it.
+    pub terminals_listing: u64,
+}
+
+/// The hot list, over the terminals (POS, kiosks, sign-in readers) of this process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HotlistFigures {
+    /// Terminals run.
+    pub terminals: u64,
+    /// Every version applied, by version.
+    pub versions: BTreeMap<u32, VersionFigures>,
+    /// A terminal's first application of a version, after that version's first
+    /// application on any terminal.
+    pub propagation: Quantiles,
+    /// A terminal's list holding a planting's cards, after the planting's import started
+    /// (only where this process planted).
+    pub propagation_from_added: Option<Quantiles>,
+    /// The newest version's reach.
+    pub newest: Option<NewestVersion>,
+    /// Full lists downloaded.
+    pub full_lists: u64,
+    /// The longest, cards.
+    pub full_list_cards_max: u64,
+    /// WELCOME read → a full list's last chunk applied.
+    pub welcome_to_full_list: Quantiles,
+    /// Updates that could not apply (the terminal dropped its list and reconnected).
+    pub resyncs: u64,
+    /// Those, by reason.
+    pub resyncs_by_reason: BTreeMap<String, u64>,
+    /// Events refused at the reader.
+    pub refusals: Refusals,
+    /// Those, by device kind.
+    pub refusals_by_kind: BTreeMap<String, Refusals>,
+    /// The scenario's plantings.
+    pub plantings: Vec<PlantFigures>,
+    /// Records the terminals counted but did not keep (over their caps).
+    pub records_dropped: u64,
+}
+
+/// Windows of the newest version's reach, ms.
+const NEWEST_WITHIN_MS: (i64, i64) = (10_000, 60_000);
+
+fn ms_to_us(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0).saturating_mul(1_000)
+}
+
+impl HotlistFigures {
+    /// From the devices' reports (terminals only) and the run's plantings.
+    pub fn of(reports: &[DeviceReport], plants: &[PlantOutcome]) -> Self {
+        let terminals: Vec<&DeviceReport> = reports
+            .iter()
+            .filter(|r| hotlist::screens_cards(r.kind))
+            .collect();
+        let mut f = HotlistFigures {
+            terminals: u64::try_from(terminals.len()).unwrap_or(u64::MAX),
+            plantings: plants
+                .iter()
+                .map(|p| PlantFigures {
+                    planting: p.clone(),
+                    terminals_listing: 0,
+                })
+                .collect(),
+            ..HotlistFigures::default()
+        };
+        // Each terminal's first application of each version (after a resync a terminal
+        // may apply one again), and whether it came as a full list.
+        let firsts: Vec<BTreeMap<u32, (i64, bool)>> = terminals
+            .iter()
+            .map(|r| {
+                let mut m: BTreeMap<u32, (i64, bool)> = BTreeMap::new();
+                for a in &r.hotlist.applied {
+                    let e = m.entry(a.version.get()).or_insert((a.at_ms, a.full));
+                    if a.at_ms < e.0 {
+                        *e = (a.at_ms, a.full);
+                    }
+                }
+                m
+            })
+            .collect();
+        for m in &firsts {
+            for (v, (at, full)) in m {
+                let e = f.versions.entry(*v).or_insert(VersionFigures {
+                    terminals: 0,
+                    by_full_list: 0,
+                    first_applied_ms: *at,
+                });
+                e.terminals += 1;
+                e.by_full_list += u64::from(*full);
+                e.first_applied_ms = e.first_applied_ms.min(*at);
+            }
+        }
+        let mut propagation = Vec::new();
+        for m in &firsts {
+            for (v, (at, _)) in m {
+                if let Some(e) = f.versions.get(v) {
+                    propagation.push(ms_to_us(at.saturating_sub(e.first_applied_ms)));
+                }
+            }
+        }
+        f.propagation = Quantiles::of_values(propagation);
+        f.newest = f.versions.iter().next_back().map(|(v, e)| {
+            let t0 = e.first_applied_ms;
+            let (mut online, mut within_10s, mut within_60s) = (0u64, 0u64, 0u64);
+            for (r, m) in terminals.iter().zip(&firsts) {
+                if !r.hotlist.online_at(t0) {
+                    continue;
+                }
+                online += 1;
+                if let Some((at, _)) = m.get(v) {
+                    let after = at.saturating_sub(t0);
+                    within_10s += u64::from(after <= NEWEST_WITHIN_MS.0);
+                    within_60s += u64::from(after <= NEWEST_WITHIN_MS.1);
+                }
+            }
+            NewestVersion {
+                version: *v,
+                online,
+                within_10s,
+                within_60s,
+                within_10s_per_mille: within_10s * 1_000 / online.max(1),
+                within_60s_per_mille: within_60s * 1_000 / online.max(1),
+            }
+        });
+        let (mut from_added, mut welcome) = (Vec::new(), Vec::new());
+        for r in &terminals {
+            let h = &r.hotlist;
+            for (k, seen) in h.planted_listed_ms.iter().enumerate() {
+                let (Some(at), Some(p)) = (seen, f.plantings.get_mut(k)) else {
+                    continue;
+                };
+                let Some(added) = p.planting.added_at_ms else {
+                    continue;
+                };
+                p.terminals_listing += 1;
+                from_added.push(ms_to_us(at.saturating_sub(added)));
+            }
+            for l in &h.full_lists {
+                f.full_lists += 1;
+                f.full_list_cards_max = f
+                    .full_list_cards_max
+                    .max(u64::try_from(l.cards).unwrap_or(u64::MAX));
+                welcome.push(l.after_welcome_us);
+            }
+            f.resyncs += h.resync_count();
+            for (reason, n) in &h.resyncs {
+                *f.resyncs_by_reason.entry((*reason).to_owned()).or_default() += n;
+            }
+            let by_kind = f
+                .refusals_by_kind
+                .entry(r.kind.name().to_owned())
+                .or_default();
+            by_kind.planted += h.refused_planted;
+            by_kind.other += h.refused_other;
+            f.refusals.planted += h.refused_planted;
+            f.refusals.other += h.refused_other;
+            f.records_dropped += h.records_dropped;
+        }
+        f.propagation_from_added =
+            (!from_added.is_empty()).then(|| Quantiles::of_values(from_added));
+        f.welcome_to_full_list = Quantiles::of_values(welcome);
+        f
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -137,6 +364,8 @@ pub struct Report {
     pub storms: Vec<crate::run::StormOutcome>,
     /// Credits.
     pub credits: CreditFigures,
+    /// The hot list.
+    pub hotlist: HotlistFigures,
     /// Gateway memory, if measured.
     pub gateway_rss: Option<crate::run::RssSample>,
     /// Gateway RSS per session, bytes (with every session open, over before any).
@@ -224,6 +453,8 @@ impl Report {
             (r.sessions > 0 && run.shard.count == 1)
                 .then(|| r.sessions_kib.saturating_sub(r.before_kib) * 1_024 / r.sessions)
         });
+        let hotlist = HotlistFigures::of(reports, &day.plants);
+        t.refused = hotlist.refusals.planted + hotlist.refusals.other;
         let pass = invariants.iter().all(|i| i.pass) && day.all_answered && t.unanswered == 0;
         let s = &run.scenario;
         Report {
@@ -265,6 +496,7 @@ impl Report {
                 push_to_loaded: Quantiles::of(&push),
                 release_to_loaded: (!release.is_empty()).then(|| Quantiles::of(&release)),
             },
+            hotlist,
             gateway_rss: day.rss,
             gateway_rss_per_session_bytes: rss_per,
             invariants,
@@ -302,8 +534,17 @@ impl Report {
         let _ = writeln!(o, "played        {}", self.played);
         let _ = writeln!(
             o,
-            "transactions  planned {} · stored {} · duplicate {} · rejected {} · unanswered {}",
-            t.planned, t.stored, t.duplicate, t.rejected, t.unanswered
+            "transactions  planned {} · stored {} · duplicate {} · rejected {} · unanswered {}{}",
+            t.planned,
+            t.stored,
+            t.duplicate,
+            t.rejected,
+            t.unanswered,
+            if t.refused > 0 {
+                format!(" · refused at the reader {}", t.refused)
+            } else {
+                String::new()
+            }
         );
         let kinds: Vec<String> = t.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(o, "  by kind     {}", kinds.join(" · "));
@@ -378,6 +619,7 @@ impl Report {
         if let Some(r) = &c.release_to_loaded {
             let _ = writeln!(o, "  release → loaded   {}", q(r));
         }
+        self.hotlist_lines(&mut o, &q);
         if let Some(r) = &self.gateway_rss {
             let _ = writeln!(
                 o,
@@ -425,6 +667,137 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The "hot list" section of [`Report::table`].
+    fn hotlist_lines(&self, o: &mut String, q: &impl Fn(&Quantiles) -> String) {
+        // The newest versions only: a long run against a busy gateway makes many.
+        const VERSIONS_SHOWN_MAX: usize = 8;
+        let h = &self.hotlist;
+        let reasons: Vec<String> = h
+            .resyncs_by_reason
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "hot list      {} terminals · {} versions applied · full lists {} (largest {} cards) · resyncs {}{}",
+            h.terminals,
+            h.versions.len(),
+            h.full_lists,
+            group(h.full_list_cards_max),
+            h.resyncs,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(" · "))
+            }
+        );
+        if !h.versions.is_empty() {
+            let shown: Vec<String> = h
+                .versions
+                .iter()
+                .rev()
+                .take(VERSIONS_SHOWN_MAX)
+                .rev()
+                .map(|(v, e)| {
+                    format!(
+                        "{v} on {} terminals ({} by full list)",
+                        e.terminals, e.by_full_list
+                    )
+                })
+                .collect();
+            let earlier = h.versions.len().saturating_sub(VERSIONS_SHOWN_MAX);
+            let _ = writeln!(
+                o,
+                "  versions    {}{}",
+                shown.join(" · "),
+                if earlier > 0 {
+                    format!(" (and {earlier} earlier)")
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                o,
+                "  propagation {} after the version's first application",
+                q(&h.propagation)
+            );
+        }
+        if let Some(p) = &h.propagation_from_added {
+            let _ = writeln!(
+                o,
+                "  from import {} after the planting's import started",
+                q(p)
+            );
+        }
+        if let Some(n) = &h.newest {
+            let _ = writeln!(
+                o,
+                "  newest      version {}: {} applied it within 10 s, {} within 60 s, of {} terminals online when it first applied",
+                n.version,
+                per_mille(n.within_10s_per_mille),
+                per_mille(n.within_60s_per_mille),
+                n.online
+            );
+        }
+        if h.full_lists > 0 {
+            let _ = writeln!(
+                o,
+                "  full lists  WELCOME → last chunk {}",
+                q(&h.welcome_to_full_list)
+            );
+        }
+        let kinds: Vec<String> = h
+            .refusals_by_kind
+            .iter()
+            .filter(|(_, r)| r.planted + r.other > 0)
+            .map(|(k, r)| format!("{k} {}/{}", r.planted, r.other))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  refusals    planted cards {} · other cards {} (0 unless listed by someone else){}",
+            h.refusals.planted,
+            h.refusals.other,
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" · planted/other by kind: {}", kinds.join(" · "))
+            }
+        );
+        for p in &h.plantings {
+            let pl = &p.planting;
+            let what = match (&pl.error, pl.version) {
+                (Some(e), _) if pl.added_at_ms.is_some() => format!("FAILED: {e}"),
+                (Some(e), _) => e.clone(),
+                (None, Some(v)) => format!(
+                    "imported as version {v}, then listed by {} terminals",
+                    p.terminals_listing
+                ),
+                (None, None) => {
+                    format!("imported, then listed by {} terminals", p.terminals_listing)
+                }
+            };
+            let _ = writeln!(
+                o,
+                "  planting    at {} s: {} cards, {what}",
+                pl.at_s, pl.cards
+            );
+        }
+        if h.records_dropped > 0 {
+            let _ = writeln!(
+                o,
+                "  (terminals counted {} more hot-list records than they kept)",
+                h.records_dropped
+            );
+        }
+    }
+}
+
+/// A per-mille figure as a percentage with one decimal.
+pub fn per_mille(p: u64) -> String {
+    format!("{}.{} %", p / 10, p % 10)
+}
+
 /// µs as milliseconds with two decimals.
 pub fn ms(us: u64) -> String {
     format!("{}.{:02} ms", us / 1_000, (us % 1_000) / 10)
@@ -461,5 +834,17 @@ mod tests {
         assert_eq!(ms(1_234), "1.23 ms");
         assert_eq!(group(999), "999");
         assert_eq!(group(1_000), "1,000");
+        assert_eq!(per_mille(973), "97.3 %");
+    }
+
+    #[test]
+    fn quantiles_of_samples_are_samples() {
+        let q = Quantiles::of_values((1..=1_000).rev().collect());
+        assert_eq!(
+            (q.n, q.p50_us, q.p99_us, q.p999_us, q.max_us),
+            (1_000, 500, 990, 999, 1_000)
+        );
+        assert_eq!(Quantiles::of_values(vec![7]).p50_us, 7);
+        assert_eq!(Quantiles::of_values(Vec::new()), Quantiles::default());
     }
 }

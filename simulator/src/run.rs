@@ -2,8 +2,15 @@
 //! devices, play the day on the accelerated clock (with its storms and faults), wait for
 //! every answer, and collect what each device saw. The demo adds clearing and delivery
 //! between [`Run::play_day`] and [`Run::finish`].
+//!
+//! A scenario's `[hotlist]` plantings blacklist cards through the gateway's own command
+//! line (`blacklist import`), so a run needs the gateway binary and its configuration file
+//! for them ([`Run::set_gateway_cli`]): `bench` has both (its first simulator process
+//! plants), `wenxiao-sim run --gateway-bin` too; the demo, whose gateway runs in-process,
+//! plants nothing and says so in the report.
 
 use crate::device::{self, DeviceFaults, DeviceReport, DeviceSetup, PRESENT_QUEUE_CARDS};
+use crate::hotlist::{self, Planting, Plantings};
 use crate::plan::{self, PlannedEvent};
 use crate::scenario::Scenario;
 use crate::world::{CardBook, Control, Counters, SimClock, World};
@@ -11,8 +18,10 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,6 +37,82 @@ use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, TxnKind};
 const HOUR_MS: i64 = 3_600_000;
 /// How often the live progress line is refreshed.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// Longest a `blacklist import` may take: it is one store transaction of at most a few
+/// thousand rows, so two minutes means the store is stuck, and the planting is reported
+/// failed rather than holding up the run.
+pub const BLACKLIST_IMPORT_TIMEOUT_MS: u64 = 120_000;
+
+/// The gateway's command line, for the scenario's `[hotlist]` plantings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayCli {
+    /// The `wenxiao-gateway` binary.
+    pub bin: PathBuf,
+    /// The configuration file of the gateway the run drives.
+    pub config_path: PathBuf,
+}
+
+impl GatewayCli {
+    /// Blacklists `cards`: writes them to a temporary CSV file (see
+    /// [`hotlist::write_import_csv`]) and runs `<bin> --config <config_path> blacklist
+    /// import <file>`, calling `started` with the wall clock (ms since the epoch) just
+    /// before the command starts. Blocks until it exits (at most
+    /// [`BLACKLIST_IMPORT_TIMEOUT_MS`]); returns what it printed.
+    pub fn blacklist_import(
+        &self,
+        cards: &[CardNo],
+        started: impl FnOnce(i64),
+    ) -> anyhow::Result<String> {
+        let mut file = tempfile::Builder::new()
+            .prefix("wenxiao-sim-hotlist-")
+            .suffix(".csv")
+            .tempfile()
+            .context("a temporary file for the blacklist import")?;
+        hotlist::write_import_csv(&mut file, cards)?;
+        file.flush()?;
+        started(wenxiao_gateway::clock::now_ms());
+        let mut child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("blacklist")
+            .arg("import")
+            .arg(file.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", self.bin.display()))?;
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(BLACKLIST_IMPORT_TIMEOUT_MS);
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "`blacklist import` did not finish within {} s",
+                    BLACKLIST_IMPORT_TIMEOUT_MS / 1_000
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`blacklist import` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// The version a `blacklist import` reports having made (`… hot-list version N …`), if it
+/// says.
+pub fn imported_version(output: &str) -> Option<u32> {
+    let (_, rest) = output.split_once("hot-list version ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
 
 /// The gateway a run drives.
 pub struct Target {
@@ -95,6 +180,21 @@ pub struct RssSample {
     pub end_kib: u64,
 }
 
+/// One `[hotlist]` planting as the run made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlantOutcome {
+    /// Real seconds after the day started.
+    pub at_s: u64,
+    /// Cards blacklisted.
+    pub cards: usize,
+    /// When the import command started, ms since the epoch (`None`: not run here).
+    pub added_at_ms: Option<i64>,
+    /// The version the import made, if it said.
+    pub version: Option<u32>,
+    /// Why it failed or was not run; `None`: the import succeeded.
+    pub error: Option<String>,
+}
+
 /// What [`Run::play_day`] observed.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DayOutcome {
@@ -112,6 +212,8 @@ pub struct DayOutcome {
     pub storms: Vec<StormOutcome>,
     /// Gateway memory.
     pub rss: Option<RssSample>,
+    /// The scenario's hot-list plantings.
+    pub plants: Vec<PlantOutcome>,
 }
 
 /// A run in progress.
@@ -133,6 +235,8 @@ pub struct Run {
     gateway_pid: Option<u32>,
     rss_before_kib: Option<u64>,
     peak: Arc<AtomicU64>,
+    /// For the `[hotlist]` plantings; `None`: this process plants nothing.
+    gateway_cli: Option<GatewayCli>,
 }
 
 impl std::fmt::Debug for Run {
@@ -178,6 +282,39 @@ fn digest(by_device: &[(DeviceId, Vec<PlannedEvent>)], day_start: i64) -> u64 {
         )
     });
     plan::fnv1a(h, &day_start.to_be_bytes())
+}
+
+/// The scenario's `[hotlist]` plantings in time order, with their cards drawn from the
+/// plan (see [`hotlist::plant`]); the same in every process of a run.
+fn plantings(
+    scenario: &Scenario,
+    plan: &[PlannedEvent],
+    window_ms: (i64, i64),
+    speed: u64,
+) -> Plantings {
+    let h = &scenario.hotlist;
+    let mut at_s = h.add_at_s.clone();
+    at_s.sort_unstable();
+    // Real seconds after the clock's start → simulated ms after the day's start.
+    let speed = i64::try_from(speed).unwrap_or(i64::MAX);
+    let at_sim_ms: Vec<i64> = at_s
+        .iter()
+        .map(|s| {
+            window_ms.0.saturating_add(
+                i64::try_from(*s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000)
+                    .saturating_mul(speed),
+            )
+        })
+        .collect();
+    let batches = hotlist::plant(scenario.seed, plan, window_ms, &at_sim_ms, h.cards_per_add);
+    Plantings::new(
+        at_s.into_iter()
+            .zip(batches)
+            .map(|(at_s, cards)| Planting { at_s, cards })
+            .collect(),
+    )
 }
 
 /// VmRSS of a process, KiB.
@@ -240,6 +377,7 @@ impl Run {
             *slot = (*slot).max(v);
         }
         let speed = scenario.speed();
+        let plantings = plantings(scenario, &plan, (from_ms, to_ms), speed);
         let connect = Duration::from_secs(scenario.run.connect_s);
         let (control, _) = watch::channel(Control::default());
         let world = Arc::new(World {
@@ -252,6 +390,7 @@ impl Run {
             keys: target.keys.clone(),
             counters: Counters::default(),
             cards: CardBook::new(online_after, target.keys.clone()),
+            plantings,
             control,
             reconnect_jitter_ms: scenario.faults.reconnect_jitter_ms,
         });
@@ -317,7 +456,14 @@ impl Run {
             gateway_pid: target.gateway_pid,
             rss_before_kib,
             peak,
+            gateway_cli: None,
         })
+    }
+
+    /// Lets this process make the scenario's `[hotlist]` plantings through the gateway's
+    /// command line (one process of a run should: each planting is a new version).
+    pub fn set_gateway_cli(&mut self, cli: GatewayCli) {
+        self.gateway_cli = Some(cli);
     }
 
     /// Counters so far.
@@ -325,9 +471,13 @@ impl Run {
         &self.world.counters
     }
 
+    /// Planned events done with: answered, or refused at the reader (no TXN).
     fn answered(&self) -> u64 {
         let c = &self.world.counters;
-        c.acks_stored.load(Relaxed) + c.acks_duplicate.load(Relaxed) + c.acks_rejected.load(Relaxed)
+        c.acks_stored.load(Relaxed)
+            + c.acks_duplicate.load(Relaxed)
+            + c.acks_rejected.load(Relaxed)
+            + c.hotlist_refused.load(Relaxed)
     }
 
     /// Starts the live progress display (a line on stderr, redrawn in place on a terminal).
@@ -348,10 +498,11 @@ impl Run {
                 last = acked;
                 let sim = world.clock.sim_ms_now().clamp(0, 24 * HOUR_MS);
                 let line = format!(
-                    "{label} {:02}:{:02} sim · stored {acked}/{planned} ({rate}/s) · rejected {} · sessions {} · reconnects {} · offline {} · loaded {} · errors {}",
+                    "{label} {:02}:{:02} sim · stored {acked}/{planned} ({rate}/s) · rejected {} · refused {} · sessions {} · reconnects {} · offline {} · loaded {} · errors {}",
                     sim / HOUR_MS,
                     (sim % HOUR_MS) / 60_000,
                     c.acks_rejected.load(Relaxed),
+                    c.hotlist_refused.load(Relaxed),
                     c.sessions_open.load(Relaxed),
                     c.reconnects.load(Relaxed),
                     c.offline_devices.load(Relaxed),
@@ -408,6 +559,8 @@ impl Run {
             .world
             .clock
             .instant_of(i64::from(self.scenario.clock.to_hour) * HOUR_MS);
+        // Plantings keep their own time: a storm's wait for the sessions does not delay them.
+        let planter = self.start_planting(origin);
         let mut storms: Vec<u64> = self.scenario.faults.storm_at_s.clone();
         storms.sort_unstable();
         for at_s in storms {
@@ -429,6 +582,12 @@ impl Run {
         }
         outcome.answered_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(0);
         sampler.abort();
+        if let Some(planter) = planter {
+            match planter.await {
+                Ok(plants) => outcome.plants = plants,
+                Err(e) => tracing::error!("hot-list planting task failed: {e}"),
+            }
+        }
         if self.scenario.run.hold_s > 0 {
             tokio::time::sleep(Duration::from_secs(self.scenario.run.hold_s)).await;
         }
@@ -442,6 +601,54 @@ impl Run {
             })
         });
         outcome
+    }
+
+    /// Makes the plantings at their times (each import on a blocking thread), or — with
+    /// no gateway command line — records that they were not made here.
+    fn start_planting(&self, origin: Instant) -> Option<JoinHandle<Vec<PlantOutcome>>> {
+        if self.world.plantings.is_empty() {
+            return None;
+        }
+        let world = Arc::clone(&self.world);
+        let cli = self.gateway_cli.clone();
+        Some(tokio::spawn(async move {
+            let mut outcomes = Vec::with_capacity(world.plantings.len());
+            for (k, p) in world.plantings.list().iter().enumerate() {
+                let mut o = PlantOutcome {
+                    at_s: p.at_s,
+                    cards: p.cards.len(),
+                    added_at_ms: None,
+                    version: None,
+                    error: None,
+                };
+                let Some(cli) = cli.clone() else {
+                    o.error = Some(
+                        "not planted by this process (it has no gateway binary: \
+                         `wenxiao-sim run --gateway-bin`, or `bench`)"
+                            .to_owned(),
+                    );
+                    outcomes.push(o);
+                    continue;
+                };
+                tokio::time::sleep_until(origin + Duration::from_secs(p.at_s)).await;
+                let (w, cards) = (Arc::clone(&world), p.cards.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    cli.blacklist_import(&cards, |at| w.plantings.mark_added(k, at))
+                })
+                .await;
+                o.added_at_ms = world.plantings.added_at_ms(k);
+                match done {
+                    Ok(Ok(printed)) => o.version = imported_version(&printed),
+                    Ok(Err(e)) => o.error = Some(format!("{e:#}")),
+                    Err(e) => o.error = Some(format!("import task: {e}")),
+                }
+                if let Some(e) = &o.error {
+                    tracing::warn!("hot-list planting at {} s: {e}", p.at_s);
+                }
+                outcomes.push(o);
+            }
+            outcomes
+        }))
     }
 
     /// Every device drops its connection at once; waits (up to a minute) until as many
@@ -529,5 +736,22 @@ impl Run {
             }
         }
         reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_import_reports_its_version() {
+        assert_eq!(
+            imported_version("5 cards imported: hot-list version 7 (5 listed, 0 taken off)"),
+            Some(7)
+        );
+        assert_eq!(
+            imported_version("5 cards imported: nothing changed (hot list unchanged)"),
+            None
+        );
     }
 }

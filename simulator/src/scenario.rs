@@ -1,5 +1,5 @@
 //! A scenario: the city, the stretch of the day to play and how fast, the faults to
-//! inject, and how long to wait. Read from TOML (`load/scenarios/*.toml`); unknown keys
+//! inject, the cards to blacklist while it plays, and how long to wait. Read from TOML (`load/scenarios/*.toml`); unknown keys
 //! are errors that name the key.
 
 use crate::plan::CityConfig;
@@ -21,6 +21,8 @@ pub struct Scenario {
     pub clock: ClockConfig,
     /// Injected faults.
     pub faults: FaultsConfig,
+    /// Cards blacklisted while the day plays (`[hotlist]`, optional).
+    pub hotlist: HotlistConfig,
     /// Waits.
     pub run: RunConfig,
 }
@@ -33,6 +35,7 @@ impl Default for Scenario {
             city: CityConfig::default(),
             clock: ClockConfig::default(),
             faults: FaultsConfig::default(),
+            hotlist: HotlistConfig::default(),
             run: RunConfig::default(),
         }
     }
@@ -100,6 +103,35 @@ impl Default for FaultsConfig {
             clock_skew_max_ms: 0,
             storm_at_s: Vec::new(),
             reconnect_jitter_ms: 2_000,
+        }
+    }
+}
+
+/// Most plantings one scenario makes: each is a new hot-list version pushed to every
+/// terminal, and a handful already shows propagation.
+pub const HOTLIST_PLANTINGS_MAX: usize = 64;
+/// Most cards one planting blacklists: one import file, one store transaction.
+pub const HOTLIST_CARDS_PER_ADD_MAX: usize = 100_000;
+
+/// `[hotlist]`: cards the run blacklists through the gateway's command line
+/// (`blacklist import`) while the day plays, to measure how fast the new versions reach
+/// the terminals and that the terminals then refuse those cards. Off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotlistConfig {
+    /// Real seconds after the day starts at which the run blacklists cards (leave time
+    /// after the last one for the update to reach the devices: the run does not wait).
+    pub add_at_s: Vec<u64>,
+    /// Cards blacklisted each time, drawn by the seed from the cards the plan uses for
+    /// purchases and sign-ins (those used later in the day first).
+    pub cards_per_add: usize,
+}
+
+impl Default for HotlistConfig {
+    fn default() -> Self {
+        Self {
+            add_at_s: Vec::new(),
+            cards_per_add: 10,
         }
     }
 }
@@ -228,6 +260,13 @@ impl Scenario {
         if !(1..=250).contains(&self.run.source_addresses) {
             return bad("run.source_addresses", "must be 1 to 250");
         }
+        let h = &self.hotlist;
+        if h.add_at_s.len() > HOTLIST_PLANTINGS_MAX {
+            return bad("hotlist.add_at_s", "must list at most 64 times");
+        }
+        if !h.add_at_s.is_empty() && !(1..=HOTLIST_CARDS_PER_ADD_MAX).contains(&h.cards_per_add) {
+            return bad("hotlist.cards_per_add", "must be 1 to 100,000");
+        }
         Ok(())
     }
 
@@ -265,5 +304,26 @@ mod tests {
             ..Scenario::default()
         };
         assert!(s.validate().unwrap_err().to_string().contains("from_hour"));
+    }
+
+    #[test]
+    fn the_hotlist_table_is_optional_and_checked() {
+        let s: Scenario = toml::from_str("seed = 3\n").unwrap();
+        assert!(s.hotlist.add_at_s.is_empty());
+        let s: Scenario =
+            toml::from_str("[hotlist]\nadd_at_s = [10, 20]\ncards_per_add = 3\n").unwrap();
+        assert_eq!(s.hotlist.add_at_s, vec![10, 20]);
+        assert_eq!(s.hotlist.cards_per_add, 3);
+        s.validate().unwrap();
+        let err = toml::from_str::<Scenario>("[hotlist]\nadd_at = [10]\n").unwrap_err();
+        assert!(err.to_string().contains("add_at"), "{err}");
+        let s: Scenario =
+            toml::from_str("[hotlist]\nadd_at_s = [10]\ncards_per_add = 0\n").unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cards_per_add")
+        );
     }
 }

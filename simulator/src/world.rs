@@ -1,7 +1,9 @@
 //! What the devices of one run share: the simulated clock, the card keys, the cards'
-//! state for loads, live counters, and the run's control channel.
+//! state for loads, the scenario's hot-list plantings, live counters, and the run's
+//! control channel.
 
 use crate::card::Card;
+use crate::hotlist::Plantings;
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -84,6 +86,12 @@ pub struct Counters {
     pub credits_loaded_fen: AtomicU64,
     /// LOAD_AUTH declined.
     pub loads_declined: AtomicU64,
+    /// Hot-list versions applied by terminals.
+    pub hotlist_applied: AtomicU64,
+    /// Hot-list updates that could not apply (the terminal dropped its list and resynced).
+    pub hotlist_resyncs: AtomicU64,
+    /// Planned events refused at the reader because the card is on the hot list (no TXN).
+    pub hotlist_refused: AtomicU64,
     /// Unexpected frames, refusals, connection errors.
     pub errors: AtomicU64,
 }
@@ -195,6 +203,8 @@ pub struct World {
     pub counters: Counters,
     /// Cards' state for loads.
     pub cards: CardBook,
+    /// The cards the scenario blacklists during the run, and when.
+    pub plantings: Plantings,
     /// The run's control.
     pub control: watch::Sender<Control>,
     /// Longest random wait before reconnecting after a deliberate drop.

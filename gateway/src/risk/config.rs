@@ -246,7 +246,7 @@ impl Default for CollusionConfig {
 
 /// `key: v is outside lo..=hi`, unless `v` is within.
 fn within<T: PartialOrd + Display + Copy>(key: &str, v: T, lo: T, hi: T) -> Result<(), String> {
-    if v < lo || v > hi {
+    if !(lo..=hi).contains(&v) {
         return Err(format!("{key}: {v} is outside {lo}..={hi}"));
     }
     Ok(())
@@ -259,7 +259,12 @@ impl RiskConfig {
     /// Range checks, each naming its dotted key (`travel.speed_kmh_max: 0 is outside …`).
     /// The bounds keep the engine's integer arithmetic far from overflow.
     pub fn validate(&self) -> Result<(), String> {
-        within("medium_at_permille", self.medium_at_permille, 1_000, 1_000_000)?;
+        within(
+            "medium_at_permille",
+            self.medium_at_permille,
+            1_000,
+            1_000_000,
+        )?;
         within(
             "high_at_permille",
             self.high_at_permille,

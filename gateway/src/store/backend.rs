@@ -221,6 +221,14 @@ impl Row {
         }
     }
 
+    /// Column `i` as text, NULL allowed.
+    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+
     /// Column `i` as a non-NULL integer.
     pub(crate) fn int(&self, i: usize) -> Result<i64, StoreError> {
         self.opt_int(i)?

@@ -10,11 +10,13 @@ mod clearing_sql;
 mod ledger;
 mod lite;
 mod pg;
+pub mod risk;
 
 pub use backend::{AnyBackend, AnyTx};
 pub use ledger::{AnyStore, Ledger, PgStore, SqliteStore};
 pub use lite::{Lite, LiteTx};
 pub use pg::{Pg, PgLimits, PgTx};
+pub use risk::RiskStore;
 
 // The vocabulary of the operations, defined beside the rules they belong to.
 pub use crate::clearing::{
@@ -531,6 +533,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("migrations/0009_closed_days.sql")),
     (10, include_str!("migrations/0010_ledger_clock.sql")),
     (11, include_str!("migrations/0011_hotlist.sql")),
+    (12, include_str!("migrations/0012_risk.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

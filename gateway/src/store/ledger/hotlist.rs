@@ -41,6 +41,16 @@ pub(super) async fn change<B: Backend>(
     c: HotlistChange,
 ) -> Result<HotlistChanged, StoreError> {
     let mut tx = backend.begin(TxMode::Write).await?;
+    let done = change_in(&mut tx, c).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// [`change`] inside the caller's write transaction.
+pub(super) async fn change_in<T: Tx>(
+    tx: &mut T,
+    c: HotlistChange,
+) -> Result<HotlistChanged, StoreError> {
     // Versions are taken one at a time: concurrent changes (two operators, two nodes)
     // queue here rather than race for the next number.
     tx.execute(
@@ -48,7 +58,7 @@ pub(super) async fn change<B: Backend>(
         &[],
     )
     .await?;
-    let head = head_in(&mut tx).await?;
+    let head = head_in(tx).await?;
     let version = head
         .version
         .checked_add(1)
@@ -137,7 +147,6 @@ pub(super) async fn change<B: Backend>(
         params![version.to_string()],
     )
     .await?;
-    tx.commit().await?;
     Ok(HotlistChanged {
         version: Some(version),
         added: added as u64,

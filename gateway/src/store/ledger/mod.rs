@@ -14,6 +14,7 @@ mod credits;
 mod hotlist;
 mod ingest;
 mod points;
+mod risk;
 
 use super::backend::{AnyBackend, Backend, Sql, Tx, TxMode, params};
 use super::lite::Lite;

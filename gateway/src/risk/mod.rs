@@ -1,0 +1,5 @@
+//! The fraud rules, evaluated on every stored transaction off the ack path, and what
+//! they feed: alerts grouped into cases.
+
+pub mod config;
+pub mod engine;
