@@ -31,6 +31,15 @@ PUBLIC_VENUES = [
     ("上街区图书馆", "SHANGJIE"), ("上街区文化馆", "SHANGJIE"),
     ("郑东新区图书馆", "ZHENGDONG_NEW_DISTRICT"),
 ]
+# Each area's centre (latitude, longitude, degrees): merchants are placed within about
+# 2 km of it, deterministically, for the impossible-travel rule.
+AREA_CENTRE = {"ZHONGYUAN": (34.7480, 113.6130), "ERQI": (34.7300, 113.6400),
+               "GUANCHENG": (34.7460, 113.6780), "JINSHUI": (34.7750, 113.6600),
+               "SHANGJIE": (34.8020, 113.3080), "HUIJI": (34.8670, 113.6170),
+               "ECONOMIC_DEVELOPMENT_ZONE": (34.7230, 113.7350),
+               "HIGH_TECH_ZONE": (34.8070, 113.5550),
+               "ZHENGDONG_NEW_DISTRICT": (34.7700, 113.7400),
+               "AIRPORT_ECONOMY_ZONE": (34.5270, 113.8550)}
 # (category, count, name pattern, POS terminals each)
 CONTRACTED = [("BOOKSTORE", 70, "书店", 2), ("CINEMA", 20, "影城", 3),
               ("PERFORMANCE_VENUE", 10, "剧场", 2), ("ORGANIZER", 5, "演艺公司", 0)]
@@ -43,7 +52,12 @@ def main(out_dir):
 
     def add_merchant(name, category, area):
         nonlocal next_merchant
-        merchants.append([next_merchant, name, category, area, 1])
+        lat, lon = AREA_CENTRE[area]
+        # A fixed spread from the id: up to ±0.018° (about 2 km) each way.
+        dlat = ((next_merchant * 7919) % 37 - 18) / 1000
+        dlon = ((next_merchant * 104729) % 37 - 18) / 1000
+        merchants.append([next_merchant, name, category, area, 1,
+                          f"{lat + dlat:.6f}", f"{lon + dlon:.6f}"])
         next_merchant += 1
         return next_merchant - 1
 
@@ -68,7 +82,8 @@ def main(out_dir):
 
     with open(os.path.join(out_dir, "merchants.csv"), "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["merchant_id", "name", "category", "district", "active"])
+        w.writerow(["merchant_id", "name", "category", "district", "active", "latitude",
+                    "longitude"])
         w.writerows(merchants)
     with open(os.path.join(out_dir, "devices.csv"), "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")

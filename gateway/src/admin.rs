@@ -1,6 +1,7 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process is up)
 //! and `/readyz` (the store answers, the writers' latest batch committed, and the
-//! gateway is not draining).
+//! gateway is not draining); the app backend's `/v1/points/activities`; and the risk
+//! endpoints of [`crate::risk::api`].
 
 use crate::session::Shared;
 use crate::store::Store;
@@ -10,8 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-struct AdminState {
-    shared: Arc<Shared>,
+/// What the admin server's handlers share.
+pub(crate) struct AdminState {
+    /// The gateway's shared state.
+    pub(crate) shared: Arc<Shared>,
     prometheus: Option<PrometheusHandle>,
 }
 
@@ -154,6 +157,7 @@ pub fn start(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/v1/points/activities", web::post().to(activity))
+            .configure(crate::risk::api::configure)
     })
     .workers(1)
     .disable_signals()

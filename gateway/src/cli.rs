@@ -51,10 +51,68 @@ enum Command {
         #[command(subcommand)]
         command: AwardsCommand,
     },
+    /// Fraud cases: alerts and residents' reports grouped by card or merchant.
+    Cases {
+        #[command(subcommand)]
+        command: CasesCommand,
+    },
     /// The card blacklist: blacklisted cards' purchases earn no subsidy.
     Blacklist {
         #[command(subcommand)]
         command: BlacklistCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CasesCommand {
+    /// Cases, newest first.
+    List {
+        /// Only cases of this status (OPEN, ASSIGNED, CONFIRMED, DISMISSED, LIFTED).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One case with its alerts, reports and trail, as JSON.
+    Show { case: i64 },
+    /// Take a case (or give it to someone).
+    Assign {
+        case: i64,
+        /// To whom.
+        #[arg(long)]
+        to: String,
+        /// Who does it (recorded).
+        #[arg(long)]
+        by: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "taken for review")]
+        reason: String,
+    },
+    /// Fraud confirmed: blacklist the card (it reaches the terminals' hot list at once)
+    /// or suspend the merchant.
+    Confirm {
+        case: i64,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// No fraud.
+    Dismiss {
+        case: i64,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Undo a confirmation: the card off the list, the merchant active again.
+    Lift {
+        case: i64,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -224,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Clearing { command } => clearing(&config, command),
         Command::Awards { command } => awards(&config, command),
+        Command::Cases { command } => cases(&config, command),
         Command::Blacklist { command } => with_store(&config, |store| async move {
             store.migrate().await?;
             let now = crate::clock::now_ms();
@@ -410,6 +469,79 @@ fn awards(config: &Config, command: AwardsCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Ok(())
+    })
+}
+
+fn cases(config: &Config, command: CasesCommand) -> anyhow::Result<()> {
+    use crate::store::risk::{CaseAction, CaseStatus, CaseStep, RiskStore};
+    let keep_versions = config.hotlist.delta_versions_kept;
+    with_store(config, |store| async move {
+        store.migrate().await?;
+        let step = |case_id, action, by: String, reason: String| CaseStep {
+            case_id,
+            action,
+            actor: by,
+            reason,
+            now_ms: crate::clock::now_ms(),
+            keep_versions,
+        };
+        let step = match command {
+            CasesCommand::List { status, limit } => {
+                let status = status
+                    .map(|s| {
+                        CaseStatus::from_name(&s)
+                            .ok_or_else(|| anyhow::anyhow!("--status {s}: no such status"))
+                    })
+                    .transpose()?;
+                anyhow::ensure!((1..=10_000).contains(&limit), "--limit is 1..=10000");
+                for c in store.list_cases(status, limit).await? {
+                    println!(
+                        "case {:>6}  {:<9}  band {}  {:<22}  {} alerts, {} reports{}",
+                        c.case_id,
+                        c.status.name(),
+                        c.band,
+                        c.subject.to_string(),
+                        c.alerts,
+                        c.reports,
+                        c.assignee
+                            .map(|a| format!(", assigned to {a}"))
+                            .unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            CasesCommand::Show { case } => {
+                let detail = store
+                    .case(case)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no case {case}"))?;
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+                return Ok(());
+            }
+            CasesCommand::Assign {
+                case,
+                to,
+                by,
+                reason,
+            } => step(case, CaseAction::Assign { to }, by, reason),
+            CasesCommand::Confirm { case, by, reason } => {
+                step(case, CaseAction::Confirm, by, reason)
+            }
+            CasesCommand::Dismiss { case, by, reason } => {
+                step(case, CaseAction::Dismiss, by, reason)
+            }
+            CasesCommand::Lift { case, by, reason } => step(case, CaseAction::Lift, by, reason),
+        };
+        let (case, action) = (step.case_id, step.action.name());
+        let done = store.step_case(step).await?;
+        match done.hotlist_version {
+            Some(v) => println!("case {case} {action}: hot-list version {v}"),
+            None if done.registry_changed => {
+                println!("case {case} {action}: the merchant's registry entry changed")
+            }
+            None => println!("case {case} {action}"),
         }
         Ok(())
     })

@@ -46,6 +46,15 @@ pub fn next_day(date: BusinessDate) -> Option<BusinessDate> {
     BusinessDate::from_ymd(u32::try_from(next.year()).ok()?, next.month(), next.day()).ok()
 }
 
+/// The day before `date`.
+pub fn previous_day(date: BusinessDate) -> Option<BusinessDate> {
+    let d = date.get();
+    let prev =
+        chrono::NaiveDate::from_ymd_opt(i32::try_from(d / 10_000).ok()?, d / 100 % 100, d % 100)?
+            .pred_opt()?;
+    BusinessDate::from_ymd(u32::try_from(prev.year()).ok()?, prev.month(), prev.day()).ok()
+}
+
 /// Milliseconds added to this process's clock: 0 but in the test crate's entry point,
 /// which replays a later time (`WENXIAO_TEST_CLOCK_OFFSET_MS`) to clear a day that has
 /// not ended in real time.

@@ -115,6 +115,9 @@ pub struct RiskFileConfig {
     /// the rules catch up from the store (counted in
     /// `wenxiao_risk_queue_overflows_total`); acks never wait for the rules.
     pub queue_txns_max: usize,
+    /// Reports one reporter may file per Shanghai day (`POST /v1/reports`); more are
+    /// answered 429.
+    pub reports_per_reporter_per_day_max: u32,
 }
 
 impl Default for RiskFileConfig {
@@ -122,6 +125,7 @@ impl Default for RiskFileConfig {
         Self {
             rules_path: PathBuf::from("config/risk.toml"),
             queue_txns_max: 65_536,
+            reports_per_reporter_per_day_max: 5,
         }
     }
 }
@@ -491,8 +495,10 @@ pub struct AdminConfig {
     /// Where.
     pub listen_addr: SocketAddr,
     /// Bearer token of the app backend for `POST /v1/points/activities` (reviews and
-    /// shares); empty disables the endpoint.
+    /// shares) and `POST /v1/reports` (residents' reports); empty disables them.
     pub app_token: String,
+    /// Bearer token of the risk team's tools for `/v1/cases`; empty disables them.
+    pub risk_token: String,
 }
 
 impl Default for AdminConfig {
@@ -501,6 +507,7 @@ impl Default for AdminConfig {
             enabled: true,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             app_token: String::new(),
+            risk_token: String::new(),
         }
     }
 }

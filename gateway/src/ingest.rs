@@ -55,6 +55,7 @@ pub fn start(
     policy: &Policy,
     caps: Arc<BudgetCaps>,
     health: Arc<WriterHealth>,
+    risk: Option<Arc<crate::risk::worker::RiskFeed>>,
 ) -> (IngestSender, Vec<tokio::task::JoinHandle<()>>) {
     // Writers draw on consecutive budget shards from a random start, so the writers of
     // several gateway nodes spread over the shards too.
@@ -77,11 +78,41 @@ pub fn start(
                 rx: Arc::clone(&rx),
                 config: config.clone(),
                 queue: tx.downgrade(),
+                risk: risk.clone(),
             };
             tokio::spawn(supervise(w))
         })
         .collect();
     (tx, handles)
+}
+
+/// Offers a committed answer to the fraud rules (re-sends answered DUPLICATE were
+/// offered when first answered).
+fn offer_to_rules(risk: &crate::risk::worker::RiskFeed, t: &IngestTxn, a: &TxnAnswer) {
+    use crate::risk::worker::Fed;
+    use wenxiao_protocol::TxnStatus;
+    let fed = match a.status {
+        TxnStatus::Stored => Fed::Stored(
+            crate::risk::engine::Fact {
+                device_id: t.device_id,
+                seq: t.txn.seq.get(),
+                merchant_id: t.merchant_id,
+                kind: t.txn.kind,
+                card_no: t.txn.card_no,
+                card_counter: t.txn.card_counter.get(),
+                amount_fen: t.txn.amount_fen,
+                subsidy_fen: a.subsidy_fen,
+                occurred_at_ms: t.txn.occurred_at_ms.0,
+                received_at_ms: t.received_at_ms,
+                business_date: t.business_date,
+                refund_of: None,
+            },
+            t.txn.refund_of_seq.map_or(0, |s| s.get()),
+        ),
+        TxnStatus::Rejected => Fed::Rejected(t.device_id, t.txn.seq.get()),
+        TxnStatus::Duplicate => return,
+    };
+    risk.offer(fed, t.received_at_ms);
 }
 
 /// Runs a writer, and runs it again if its task ends by a panic outside a batch (a batch's
@@ -166,6 +197,8 @@ struct Writer {
     rx: Arc<Mutex<mpsc::Receiver<IngestItem>>>,
     config: IngestConfig,
     queue: mpsc::WeakSender<IngestItem>,
+    /// The fraud rules' queue, offered every newly answered TXN after its commit.
+    risk: Option<Arc<crate::risk::worker::RiskFeed>>,
 }
 
 impl Writer {
@@ -187,6 +220,9 @@ impl Writer {
                     Ok(a) => a.get(idx).copied().ok_or(StoreUnavailable),
                     Err(()) => Err(StoreUnavailable),
                 };
+                if let (Some(risk), Ok(a)) = (&self.risk, &answer) {
+                    offer_to_rules(risk, &item.txn, a);
+                }
                 item.reply.do_send(TxnDone {
                     seq: item.txn.txn.seq,
                     answer,

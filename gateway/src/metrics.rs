@@ -55,6 +55,21 @@ pub const HOTLIST_ACKS_IGNORED_TOTAL: &str = "wenxiao_hotlist_acks_ignored_total
 /// Counter: acknowledgements not recorded because the record queue was full.
 pub const HOTLIST_ACKS_UNRECORDED_TOTAL: &str = "wenxiao_hotlist_acks_unrecorded_total";
 
+/// Counter: transactions the fraud rules evaluated.
+pub const RISK_FACTS_TOTAL: &str = "wenxiao_risk_facts_total";
+/// Histogram: seconds to evaluate one transaction against every rule.
+pub const RISK_EVALUATION_SECONDS: &str = "wenxiao_risk_evaluation_seconds";
+/// Counter: alerts raised, label `rule`.
+pub const RISK_ALERTS_TOTAL: &str = "wenxiao_risk_alerts_total";
+/// Counter: offers dropped because the rules' queue was full (caught up from the store).
+pub const RISK_QUEUE_OVERFLOWS_TOTAL: &str = "wenxiao_risk_queue_overflows_total";
+/// Counter: stored transactions read back from the store after an overflow.
+pub const RISK_CAUGHT_UP_TOTAL: &str = "wenxiao_risk_caught_up_total";
+/// Gauge: transactions waiting for the rules.
+pub const RISK_QUEUE_FACTS: &str = "wenxiao_risk_queue_facts";
+/// Gauge: cards the rules hold state for.
+pub const RISK_CARDS: &str = "wenxiao_risk_cards";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process (several gateways in one test

@@ -102,6 +102,8 @@ pub struct Merchant {
     pub district: District,
     /// False when suspended.
     pub active: bool,
+    /// Where it is: latitude and longitude in micro-degrees (the impossible-travel rule).
+    pub place: Option<(i32, i32)>,
 }
 
 /// A registered device.
@@ -149,6 +151,21 @@ struct MerchantRow {
     category: Category,
     district: District,
     active: u8,
+    #[serde(default)]
+    latitude: Option<rust_decimal::Decimal>,
+    #[serde(default)]
+    longitude: Option<rust_decimal::Decimal>,
+}
+
+/// Degrees as micro-degrees, if within `limit` degrees of 0.
+fn micro_degrees(d: rust_decimal::Decimal, limit: i64) -> Option<i32> {
+    use rust_decimal::prelude::ToPrimitive;
+    if d.abs() > rust_decimal::Decimal::from(limit) {
+        return None;
+    }
+    (d * rust_decimal::Decimal::from(1_000_000))
+        .round()
+        .to_i32()
 }
 
 #[derive(Deserialize)]
@@ -213,14 +230,40 @@ impl Registry {
     pub fn from_csv(merchants_path: &Path, devices_path: &Path) -> Result<Self, RegistryError> {
         let merchants = read_csv::<MerchantRow>(merchants_path)?
             .into_iter()
-            .map(|r| Merchant {
-                merchant_id: r.merchant_id,
-                name: r.name,
-                category: r.category,
-                district: r.district,
-                active: r.active != 0,
+            .map(|r| {
+                let place = match (r.latitude, r.longitude) {
+                    (None, None) => None,
+                    (Some(lat), Some(lon)) => Some(
+                        micro_degrees(lat, 90)
+                            .zip(micro_degrees(lon, 180))
+                            .ok_or_else(|| RegistryError::File {
+                                path: merchants_path.display().to_string(),
+                                message: format!(
+                                    "merchant {}: latitude {lat}, longitude {lon} is no place",
+                                    r.merchant_id.0
+                                ),
+                            })?,
+                    ),
+                    _ => {
+                        return Err(RegistryError::File {
+                            path: merchants_path.display().to_string(),
+                            message: format!(
+                                "merchant {}: latitude and longitude come together",
+                                r.merchant_id.0
+                            ),
+                        });
+                    }
+                };
+                Ok(Merchant {
+                    merchant_id: r.merchant_id,
+                    name: r.name,
+                    category: r.category,
+                    district: r.district,
+                    active: r.active != 0,
+                    place,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, RegistryError>>()?;
         let devices = read_csv::<DeviceRow>(devices_path)?
             .into_iter()
             .map(|r| {

@@ -188,6 +188,10 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         &read(&config.tls.server_cert_path)?,
         &read(&config.tls.server_key_path)?,
     )?;
+    let rules = crate::risk::config::RiskConfig::load(&config.risk.rules_path)
+        .map_err(anyhow::Error::msg)
+        .context("load the fraud rules")?;
+    let (risk_feed, risk_queue) = crate::risk::worker::RiskFeed::new(config.risk.queue_txns_max);
     let caps = Arc::new(ingest::BudgetCaps::of(&policy));
     let health = Arc::new(ingest::WriterHealth::default());
     let (ingest_tx, writers) = {
@@ -198,8 +202,10 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
             &policy,
             Arc::clone(&caps),
             Arc::clone(&health),
+            Some(Arc::clone(&risk_feed)),
         )
     };
+    store_rt.spawn(run_rules(rules, store.clone(), risk_feed, risk_queue));
     let (head, cards) = store_rt
         .block_on(store.hotlist_full())
         .context("read the hot list")?;
@@ -377,6 +383,31 @@ async fn drain(shared: &Shared) {
     wait_until(Instant::now() + Duration::from_millis(cfg.close_linger_ms + 100)).await;
 }
 
+/// Rebuilds the fraud rules' state from the store, then evaluates what the writers offer
+/// until they are gone. A store that cannot be read at start is tried again.
+async fn run_rules(
+    config: crate::risk::config::RiskConfig,
+    store: crate::store::AnyStore,
+    feed: Arc<crate::risk::worker::RiskFeed>,
+    queue: tokio::sync::mpsc::Receiver<crate::risk::worker::Fed>,
+) {
+    let rules = loop {
+        let today = crate::clock::business_date(crate::clock::now_ms());
+        let Some(today) = today else {
+            tracing::error!("gateway clock out of range: fraud rules not started");
+            return;
+        };
+        match crate::risk::worker::Rules::rebuild(config.clone(), store.clone(), today).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "fraud rules: rebuild failed, trying again");
+                tokio::time::sleep(Duration::from_millis(LISTEN_RETRY_MS)).await;
+            }
+        }
+    };
+    rules.run(feed, queue).await;
+}
+
 /// Tells every OTA endpoint session that credits may have been released.
 fn tell_ota_sessions(shared: &Shared) {
     for s in shared.ota_sessions.iter() {
@@ -418,6 +449,8 @@ async fn listen_for_releases(shared: Arc<Shared>) {
                         if let tokio_postgres::AsyncMessage::Notification(n) = m {
                             if n.channel() == crate::store::HOTLIST_CHANNEL {
                                 hotlist.hotlist_wake.notify_one();
+                            } else if n.channel() == crate::store::REGISTRY_CHANNEL {
+                                hotlist.registry_wake.notify_one();
                             } else {
                                 let _ = signal.try_send(());
                             }
@@ -425,9 +458,10 @@ async fn listen_for_releases(shared: Arc<Shared>) {
                     }
                 });
                 let listen = format!(
-                    "LISTEN {}; LISTEN {}",
+                    "LISTEN {}; LISTEN {}; LISTEN {}",
                     crate::store::RELEASE_CHANNEL,
-                    crate::store::HOTLIST_CHANNEL
+                    crate::store::HOTLIST_CHANNEL,
+                    crate::store::REGISTRY_CHANNEL
                 );
                 if client.batch_execute(&listen).await.is_ok() {
                     // Anything released or listed while nobody listened.
@@ -470,7 +504,10 @@ fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shared.registry_wake.notified() => {}
+            }
             let store = shared.store.clone();
             match shared
                 .store_rt
@@ -479,6 +516,7 @@ fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
             {
                 Ok(Ok(r)) => {
                     close_disabled_sessions(&shared, &r);
+                    tell_changed_merchants(&shared, &r);
                     if let Ok(mut slot) = shared.registry.write() {
                         *slot = Arc::new(r);
                     }
@@ -492,6 +530,28 @@ fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
             }
         }
     });
+}
+
+/// Tells each session whose merchant changed in the registry (suspended or reinstated by
+/// a case, renamed, recategorised) its new entry, which its next TXN is judged by.
+fn tell_changed_merchants(shared: &Shared, new: &Registry) {
+    let old = shared.registry.read().map(|r| Arc::clone(&r)).ok();
+    let Some(old) = old else {
+        return;
+    };
+    for s in shared.sessions.iter() {
+        let Some(merchant) = new.device(*s.key()).and_then(|d| d.merchant_id) else {
+            continue;
+        };
+        let now = new.merchant(merchant);
+        if now != old.merchant(merchant)
+            && let Some(m) = now
+        {
+            s.value()
+                .1
+                .do_send(crate::session::MerchantChanged(m.clone()));
+        }
+    }
 }
 
 /// Tells the sessions of devices the registry no longer has active that they are disabled.

@@ -130,6 +130,7 @@ mod tests {
             category,
             district: District::Erqi,
             active: true,
+            place: None,
         }
     }
 

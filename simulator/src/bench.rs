@@ -181,13 +181,16 @@ impl GatewayProcess {
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool_size}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n\
-             [keys]\nallow_development_keys = true\n{extra_toml}",
+             [keys]\nallow_development_keys = true\n\
+             [risk]\nrules_path = {rules:?}\n{extra_toml}",
             d = dir.path(),
             ca = pki.join("ca.pem"),
             cert = pki.join("server.pem"),
             key = pki.join("server.key"),
             m = registry.join("merchants.csv"),
             dv = registry.join("devices.csv"),
+            // The fraud rules ship beside the policy.
+            rules = policy_path.with_file_name("risk.toml"),
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config)?;

@@ -100,6 +100,8 @@ impl TestEnv {
         config.tls.server_key_path = pki.join("server.key");
         config.policy_path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml");
+        config.risk.rules_path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/risk.toml");
         config.registry.merchants_path = reg.join("merchants.csv");
         config.registry.devices_path = reg.join("devices.csv");
         config.session.drain_timeout_ms = 2_000;
@@ -163,7 +165,8 @@ impl TestEnv {
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n\
-             [keys]\nallow_development_keys = true\n",
+             [keys]\nallow_development_keys = true\n\
+             [risk]\nrules_path = {rules:?}\n",
             data = c.data_dir,
             policy = c.policy_path,
             ca = c.tls.device_ca_cert_path,
@@ -176,6 +179,7 @@ impl TestEnv {
             url = c.store.postgres_url,
             m = c.registry.merchants_path,
             d = c.registry.devices_path,
+            rules = c.risk.rules_path,
         );
         let path = self.path().join("gateway.toml");
         std::fs::write(&path, text).unwrap();

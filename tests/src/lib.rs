@@ -57,3 +57,4 @@ pub async fn fresh_sqlite_store() -> (SqliteStore, tempfile::TempDir) {
 pub mod card;
 pub mod device;
 pub mod env;
+pub mod http;

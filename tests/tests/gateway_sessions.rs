@@ -333,18 +333,8 @@ async fn store_outage_gives_store_unavailable_and_loses_nothing() {
     assert_eq!(store.count_txns(POS).await.unwrap(), (2, 0));
 }
 
-/// A plain HTTP/1.1 GET against the admin server: (status code, body).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+    wenxiao_tests::http::get(addr, path, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,28 +523,7 @@ fn sign_txn(t: Txn) -> Txn {
     sign(READER, t)
 }
 
-async fn http_post(
-    addr: std::net::SocketAddr,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
-    )
-}
+use wenxiao_tests::http::post as http_post;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_reports_reviews_and_shares_after_a_sign_in() {

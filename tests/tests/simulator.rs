@@ -49,6 +49,7 @@ async fn the_demo_clears_delivers_and_passes_its_invariants() {
     scenario.faults.disconnect_mean_s = 4;
     let mut config = Config::load(&repo("config/gateway.toml")).unwrap();
     config.policy_path = repo("config/policy.toml");
+    config.risk.rules_path = repo("config/risk.toml");
     config.registry.merchants_path = repo("config/registry/merchants.csv");
     config.registry.devices_path = repo("config/registry/devices.csv");
     let out = tempfile::tempdir().unwrap();

@@ -256,6 +256,16 @@ fn within<T: PartialOrd + Display + Copy>(key: &str, v: T, lo: T, hi: T) -> Resu
 const FEN_MAX: i64 = i64::MAX / 4;
 
 impl RiskConfig {
+    /// Reads and checks the rules' file; errors name the file and the key.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Self = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
     /// Range checks, each naming its dotted key (`travel.speed_kmh_max: 0 is outside …`).
     /// The bounds keep the engine's integer arithmetic far from overflow.
     pub fn validate(&self) -> Result<(), String> {

@@ -629,6 +629,11 @@ impl Engine {
         &self.config
     }
 
+    /// Whether any seq of `device` was offered (or skipped through).
+    pub fn knows_device(&self, device: DeviceId) -> bool {
+        self.devices.contains_key(&device)
+    }
+
     /// Whether (device, seq) was offered already.
     pub fn seen(&self, device: DeviceId, seq: u64) -> bool {
         self.devices.get(&device).is_some_and(|s| s.contains(seq))

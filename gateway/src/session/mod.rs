@@ -56,6 +56,11 @@ pub struct Replaced;
 #[rtype(result = "()")]
 pub struct Disabled;
 
+/// The session's merchant changed in the registry: its TXNs are judged by the new entry.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MerchantChanged(pub Merchant);
+
 /// Credits were released: an OTA endpoint session claims and pushes what it may.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -483,6 +488,19 @@ impl Handler<Disabled> for Session {
             ErrorCode::DeviceDisabled,
             "the device was disabled in the registry",
         );
+    }
+}
+
+impl Handler<MerchantChanged> for Session {
+    type Result = ();
+    fn handle(&mut self, changed: MerchantChanged, _: &mut Context<Self>) {
+        if let Phase::Active { merchant, .. } = &mut self.phase
+            && merchant
+                .as_ref()
+                .is_some_and(|m| m.merchant_id == changed.0.merchant_id)
+        {
+            *merchant = Some(changed.0);
+        }
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Shared {
     pub watermarks: DashMap<DeviceId, u64>,
     /// The hot list as this node holds it, replaced whole at each new version.
     pub hotlist: RwLock<Arc<crate::hotlist::HotlistView>>,
+    /// Woken when a merchant's registry entry changed (a NOTIFY, or this node's API): the
+    /// registry is read again at once.
+    pub registry_wake: tokio::sync::Notify,
     /// Woken by a NOTIFY of a new hot-list version (PostgreSQL).
     pub hotlist_wake: tokio::sync::Notify,
     /// Online card-screening terminals' hot-list versions (with the session that holds
@@ -97,6 +100,7 @@ impl Shared {
             watermarks: DashMap::new(),
             hotlist: RwLock::new(Arc::new(hotlist)),
             hotlist_wake: tokio::sync::Notify::new(),
+            registry_wake: tokio::sync::Notify::new(),
             hotlist_versions: DashMap::new(),
             hotlist_acks,
             checkpoints,

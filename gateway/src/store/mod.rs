@@ -486,6 +486,9 @@ pub const RELEASE_CHANNEL: &str = "wenxiao_credits_released";
 /// The PostgreSQL NOTIFY channel a new hot-list version is announced on (payload: the
 /// version).
 pub const HOTLIST_CHANNEL: &str = "wenxiao_hotlist";
+/// The PostgreSQL NOTIFY channel a changed merchant (a suspension by a case) is
+/// announced on (payload: the merchant id).
+pub const REGISTRY_CHANNEL: &str = "wenxiao_registry";
 
 // ---------------------------------------------------------------------------------------
 // Row mapping shared by both implementations.

@@ -272,10 +272,11 @@ impl<B: Backend> Store for Ledger<B> {
     async fn import_registry(&self, registry: &Registry) -> Result<(), StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
         let merchant = Sql::both(
-            "INSERT INTO merchants (merchant_id, name, category, district, active) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant_id) DO UPDATE SET \
+            "INSERT INTO merchants (merchant_id, name, category, district, active, lat_e6, \
+             lon_e6) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (merchant_id) DO UPDATE SET \
              name = excluded.name, category = excluded.category, \
-             district = excluded.district, active = excluded.active",
+             district = excluded.district, active = excluded.active, \
+             lat_e6 = excluded.lat_e6, lon_e6 = excluded.lon_e6",
         );
         for m in registry.merchants() {
             tx.execute(
@@ -285,7 +286,9 @@ impl<B: Backend> Store for Ledger<B> {
                     m.name.as_str(),
                     m.category.code(),
                     m.district.code(),
-                    m.active
+                    m.active,
+                    m.place.map(|p| p.0),
+                    m.place.map(|p| p.1)
                 ],
             )
             .await?;
@@ -317,7 +320,10 @@ impl<B: Backend> Store for Ledger<B> {
         let mut merchants = Vec::new();
         for r in tx
             .query(
-                &Sql::both("SELECT merchant_id, name, category, district, active FROM merchants"),
+                &Sql::both(
+                    "SELECT merchant_id, name, category, district, active, lat_e6, lon_e6 \
+                     FROM merchants",
+                ),
                 &[],
             )
             .await?
@@ -328,6 +334,7 @@ impl<B: Backend> Store for Ledger<B> {
                 category: code(r.get(2)?, "category", Category::from_code)?,
                 district: code(r.get(3)?, "district", District::from_code)?,
                 active: r.bool(4)?,
+                place: r.opt::<i32>(5)?.zip(r.opt::<i32>(6)?),
             });
         }
         let mut devices = Vec::new();

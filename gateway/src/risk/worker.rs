@@ -1,0 +1,340 @@
+//! The rules off the ack path: the ingest writers offer each answered transaction to a
+//! bounded queue after its batch committed; one task evaluates them and records the
+//! alerts. Acks never wait for it.
+//!
+//! When the queue is full the offer is dropped and the earliest receipt time dropped is
+//! remembered; the task then reads the stored transactions received since from the store
+//! (the engine skips those it has seen), so an overflow delays alerts but loses none. At
+//! start the task rebuilds its state the same way, from the store's last days.
+
+use super::config::RiskConfig;
+use super::engine::{Alert, Engine, Fact, Place, Places, RefundOf, Subject};
+use crate::metrics as m;
+use crate::store::risk::{FactRow, NewAlert, RiskStore};
+use crate::store::{AnyStore, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use wenxiao_protocol::{BusinessDate, DeviceId, TxnKind};
+
+/// One answered transaction, as the ingest writers offer it.
+#[derive(Debug, Clone, Copy)]
+pub enum Fed {
+    /// Stored: the rules evaluate it (with, for a refund, its purchase's seq; the task
+    /// reads the purchase from the store).
+    Stored(Fact, u64),
+    /// Rejected: only its seq counts as seen.
+    Rejected(DeviceId, u64),
+}
+
+/// The writers' side of the rules' queue.
+#[derive(Debug)]
+pub struct RiskFeed {
+    tx: mpsc::Sender<Fed>,
+    /// The earliest receipt time of an offer dropped because the queue was full;
+    /// `i64::MAX` when none is waiting to be caught up.
+    dropped_since_ms: AtomicI64,
+}
+
+/// Facts one store page of a rebuild or catch-up holds.
+pub const CATCH_UP_PAGE_ROWS: i64 = 10_000;
+/// Queued facts the task takes at once.
+pub const TAKE_FACTS_MAX: usize = 1_024;
+/// How often the task looks for a needed catch-up and sets its gauges.
+pub const TICK_MS: u64 = 1_000;
+
+impl RiskFeed {
+    /// A feed whose queue holds `queue_txns_max` offers.
+    pub fn new(queue_txns_max: usize) -> (Arc<Self>, mpsc::Receiver<Fed>) {
+        let (tx, rx) = mpsc::channel(queue_txns_max);
+        (
+            Arc::new(Self {
+                tx,
+                dropped_since_ms: AtomicI64::new(i64::MAX),
+            }),
+            rx,
+        )
+    }
+
+    /// Offers an answered transaction received at `received_at_ms`; never waits.
+    pub fn offer(&self, fed: Fed, received_at_ms: i64) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(fed) {
+            self.dropped_since_ms
+                .fetch_min(received_at_ms, Ordering::Relaxed);
+            metrics::counter!(m::RISK_QUEUE_OVERFLOWS_TOTAL).increment(1);
+        }
+    }
+
+    fn take_dropped_since(&self) -> Option<i64> {
+        match self.dropped_since_ms.swap(i64::MAX, Ordering::Relaxed) {
+            i64::MAX => None,
+            t => Some(t),
+        }
+    }
+}
+
+fn engine_fact(r: &FactRow) -> Fact {
+    Fact {
+        device_id: r.device_id,
+        seq: r.seq,
+        merchant_id: r.merchant_id,
+        kind: r.kind,
+        card_no: r.card_no,
+        card_counter: r.card_counter,
+        amount_fen: r.amount_fen,
+        subsidy_fen: r.subsidy_fen,
+        occurred_at_ms: r.occurred_at_ms,
+        received_at_ms: r.received_at_ms,
+        business_date: r.business_date,
+        refund_of: None,
+    }
+}
+
+/// The alerts' store form: one per rule hit.
+pub fn store_alerts(alerts: &[Alert]) -> Vec<NewAlert> {
+    let mut out = Vec::new();
+    for a in alerts {
+        let subject = match a.subject {
+            Subject::Card(c) => crate::store::risk::Subject::Card(c),
+            Subject::Merchant(m) => crate::store::risk::Subject::Merchant(m),
+        };
+        for h in &a.hits {
+            out.push(NewAlert {
+                rule: h.rule.name(),
+                subject,
+                business_date: a.business_date,
+                band: h.band.code(),
+                figures: h.figures.clone(),
+                evidence: h.evidence.clone(),
+                at_ms: a.at_ms,
+            });
+        }
+    }
+    out
+}
+
+/// The rules task: its engine, and the store it reads and records to.
+pub struct Rules {
+    engine: Engine,
+    store: AnyStore,
+    /// The latest business day seen, for pruning.
+    today: Option<BusinessDate>,
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules").field("today", &self.today).finish()
+    }
+}
+
+impl Rules {
+    /// An engine over the store's merchant places and purchase history, its state
+    /// rebuilt from the stored transactions of the days its rules look back on.
+    pub async fn rebuild(
+        config: RiskConfig,
+        store: AnyStore,
+        today: BusinessDate,
+    ) -> Result<Self, StoreError> {
+        let places: Places = store
+            .merchant_places()
+            .await?
+            .into_iter()
+            .map(|(m, lat, lon)| (m, Place::new(lat, lon)))
+            .collect();
+        let back = config
+            .late_days_max
+            .max(config.refund.window_days.saturating_add(1));
+        let mut rules = Self {
+            engine: Engine::new(config, places),
+            store,
+            today: None,
+        };
+        let history_from = days_before(today, 28);
+        let yesterday = days_before(today, 1);
+        for (merchant, date, count) in rules
+            .store
+            .merchant_day_purchases(history_from, yesterday)
+            .await?
+        {
+            rules.engine.load_history(merchant, date, count);
+        }
+        rules.engine.prune(today);
+        rules.today = Some(today);
+        let started = Instant::now();
+        let n = rules.catch_up(days_before(today, back), None).await?;
+        tracing::info!(
+            facts = n,
+            ms = started.elapsed().as_millis(),
+            "fraud rules rebuilt from the store"
+        );
+        Ok(rules)
+    }
+
+    /// Evaluates the stored transactions of days from `from` received at or after
+    /// `since_ms` (all when `None`); those seen already change nothing. Returns the
+    /// number read.
+    async fn catch_up(
+        &mut self,
+        from: BusinessDate,
+        since_ms: Option<i64>,
+    ) -> Result<u64, StoreError> {
+        // Just before `since_ms`: the store orders ids as signed integers, whose largest
+        // is i64::MAX.
+        const LAST_ID: u64 = 0x7FFF_FFFF_FFFF_FFFF;
+        let mut after = since_ms.map(|t| (t.saturating_sub(1), DeviceId(LAST_ID), LAST_ID));
+        let mut read = 0_u64;
+        loop {
+            let page = self
+                .store
+                .stored_facts(from, after, CATCH_UP_PAGE_ROWS)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(read);
+            };
+            after = Some((last.received_at_ms, last.device_id, last.seq));
+            read += page.len() as u64;
+            let mut alerts = Vec::new();
+            for row in &page {
+                let fact = engine_fact(row);
+                alerts.extend(self.evaluate(fact, row.refund_of_seq).await?);
+            }
+            self.record(&alerts).await?;
+            if page.len() < usize::try_from(CATCH_UP_PAGE_ROWS).unwrap_or(usize::MAX) {
+                return Ok(read);
+            }
+        }
+    }
+
+    /// Evaluates one fact: a refund first gets its purchase from the store.
+    async fn evaluate(
+        &mut self,
+        mut fact: Fact,
+        refund_of_seq: u64,
+    ) -> Result<Vec<Alert>, StoreError> {
+        if !self.engine.knows_device(fact.device_id) {
+            // The first of a device since start: seqs before it are not this engine's.
+            self.engine
+                .skip_through(fact.device_id, fact.seq.saturating_sub(1));
+        }
+        if self.engine.seen(fact.device_id, fact.seq) {
+            return Ok(Vec::new());
+        }
+        if fact.kind == TxnKind::Refund && refund_of_seq != 0 {
+            fact.refund_of = self
+                .store
+                .purchase_ref(fact.device_id, refund_of_seq)
+                .await?
+                .map(|p| RefundOf {
+                    purchase_seq: refund_of_seq,
+                    purchase_occurred_at_ms: p.occurred_at_ms,
+                    purchase_amount_fen: p.amount_fen,
+                    purchase_subsidy_fen: p.subsidy_fen,
+                });
+        }
+        if self.today.is_none_or(|t| fact.business_date > t) {
+            self.today = Some(fact.business_date);
+            self.engine.prune(fact.business_date);
+        }
+        let started = Instant::now();
+        let alerts = self.engine.evaluate(&fact);
+        metrics::histogram!(m::RISK_EVALUATION_SECONDS).record(started.elapsed());
+        metrics::counter!(m::RISK_FACTS_TOTAL).increment(1);
+        Ok(alerts)
+    }
+
+    async fn record(&self, alerts: &[Alert]) -> Result<(), StoreError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let new = store_alerts(alerts);
+        for a in &new {
+            metrics::counter!(m::RISK_ALERTS_TOTAL, "rule" => a.rule).increment(1);
+        }
+        let recorded = self.store.record_alerts(new).await?;
+        tracing::info!(recorded, "fraud alerts recorded");
+        Ok(())
+    }
+
+    /// Runs until the feed's senders are gone: takes queued facts, evaluates them,
+    /// records alerts, and catches up from the store after an overflow.
+    pub async fn run(mut self, feed: Arc<RiskFeed>, mut rx: mpsc::Receiver<Fed>) {
+        let mut batch = Vec::with_capacity(TAKE_FACTS_MAX);
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, TAKE_FACTS_MAX) => {
+                    if n == 0 {
+                        return;
+                    }
+                    if let Err(e) = self.take(&mut batch).await {
+                        tracing::warn!(error = %e, "fraud rules: store failed; catching up later");
+                        // What this batch held is in the store: read it again later.
+                        let since = batch.iter().filter_map(|f| match f {
+                            Fed::Stored(f, _) => Some(f.received_at_ms),
+                            Fed::Rejected(..) => None,
+                        }).min().unwrap_or(i64::MAX);
+                        feed.dropped_since_ms.fetch_min(since, Ordering::Relaxed);
+                    }
+                    batch.clear();
+                }
+                _ = tick.tick() => {
+                    if let Some(since) = feed.take_dropped_since() {
+                        let Some(from) = crate::clock::business_date(since).or(self.today) else {
+                            continue;
+                        };
+                        match self.catch_up(from, Some(since)).await {
+                            Ok(n) => {
+                                metrics::counter!(m::RISK_CAUGHT_UP_TOTAL).increment(n);
+                                tracing::info!(facts = n, "fraud rules caught up from the store");
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "fraud rules catch-up failed");
+                                feed.dropped_since_ms.fetch_min(since, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let s = self.engine.stats();
+                    metrics::gauge!(m::RISK_CARDS).set(s.cards_count as f64);
+                    metrics::gauge!(m::RISK_QUEUE_FACTS)
+                        .set(rx.len() as f64);
+                }
+            }
+        }
+    }
+
+    async fn take(&mut self, batch: &mut [Fed]) -> Result<(), StoreError> {
+        let mut alerts = Vec::new();
+        for f in batch.iter() {
+            match *f {
+                Fed::Stored(fact, refund_of_seq) => {
+                    alerts.extend(self.evaluate(fact, refund_of_seq).await?);
+                }
+                Fed::Rejected(device, seq) => {
+                    if !self.engine.knows_device(device) {
+                        self.engine.skip_through(device, seq.saturating_sub(1));
+                    }
+                    self.engine.mark_seen(device, seq);
+                }
+            }
+        }
+        self.record(&alerts).await
+    }
+
+    /// The engine (tests and benchmarks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// `n` days before `date` (the date itself when out of range).
+pub fn days_before(date: BusinessDate, n: u32) -> BusinessDate {
+    let mut d = date;
+    for _ in 0..n {
+        match crate::clock::previous_day(d) {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    d
+}
