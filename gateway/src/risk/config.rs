@@ -179,7 +179,7 @@ impl Default for RefundConfig {
         Self {
             enabled: true,
             window_days: 3,
-            refunds_count_min: 2,
+            refunds_count_min: 3,
             merchant_ratio_enabled: true,
             merchant_ratio_permille_max: 300,
             merchant_purchases_min: 20,

@@ -1688,22 +1688,30 @@ mod tests {
     }
 
     #[test]
-    fn refund_fires_on_the_second_refund_of_subsidised_purchases_in_the_window() {
+    fn refund_fires_on_the_third_refund_of_subsidised_purchases_in_the_window() {
         let mut e = engine(RuleId::Refund);
         let hour = 60 * MINUTE_MS;
         assert!(
             e.evaluate(&refund(1, 1, 7, T0 + hour, T0, 1_000))
                 .is_empty()
         );
-        let alerts = e.evaluate(&refund(1, 2, 7, T0 + 30 * hour, T0 + 29 * hour, 500));
+        assert!(
+            e.evaluate(&refund(1, 2, 7, T0 + 2 * hour, T0 + hour, 800))
+                .is_empty(),
+            "two refunds happen honestly"
+        );
+        let alerts = e.evaluate(&refund(1, 3, 7, T0 + 30 * hour, T0 + 29 * hour, 500));
         let hits = hits_of(&alerts, RuleId::Refund);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].band, Band::Low);
         assert_eq!(
             hits[0].figures,
-            vec![("refunds_count", 2), ("window_days", 3)]
+            vec![("refunds_count", 3), ("window_days", 3)]
         );
-        assert_eq!(hits[0].evidence, vec![(DeviceId(1), 1), (DeviceId(1), 2)]);
+        assert_eq!(
+            hits[0].evidence,
+            vec![(DeviceId(1), 1), (DeviceId(1), 2), (DeviceId(1), 3)]
+        );
         assert_eq!(alerts[0].subject, Subject::Card(CardNo(7)));
     }
 
@@ -1726,7 +1734,12 @@ mod tests {
             e.evaluate(&refund(1, 3, 7, T0 + 4 * day, T0, 1_000))
                 .is_empty()
         );
-        // A counted refund 5 days after the first: not in one window with it.
+        // A second counted refund: two are not enough.
+        assert!(
+            e.evaluate(&refund(1, 5, 7, T0 + 3 * MINUTE_MS, T0, 1_000))
+                .is_empty()
+        );
+        // A third counted refund 5 days after the others: not in one window with them.
         let late = Fact {
             business_date: date(MONDAY + 5),
             ..refund(1, 4, 7, T0 + 5 * day, T0 + 5 * day - MINUTE_MS, 1_000)
