@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use wenxiao_protocol::{CardNo, HotlistUpdate, HotlistVersion};
 
 /// The cards of one update: what a terminal adds and removes to reach `version`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct UpdateCards {
     /// The version the update brings the terminal to.
     pub version: u32,
@@ -23,7 +23,30 @@ pub struct UpdateCards {
     pub add: Arc<Vec<CardNo>>,
     /// Cards to remove, ascending.
     pub remove: Arc<Vec<CardNo>>,
+    /// The chunks as encoded frames, built once at the first size asked for and shared
+    /// by every session sending this update.
+    frames: std::sync::OnceLock<(usize, Arc<[bytes::Bytes]>)>,
 }
+
+impl PartialEq for UpdateCards {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.version,
+            self.base_version,
+            self.created_at_ms,
+            &self.add,
+            &self.remove,
+        ) == (
+            other.version,
+            other.base_version,
+            other.created_at_ms,
+            &other.add,
+            &other.remove,
+        )
+    }
+}
+
+impl Eq for UpdateCards {}
 
 impl UpdateCards {
     /// Cards in the update.
@@ -39,6 +62,30 @@ impl UpdateCards {
     /// Chunks the update needs at `cards_per_chunk` (at least one, even when empty).
     pub fn chunk_count(&self, cards_per_chunk: usize) -> usize {
         self.len().div_ceil(cards_per_chunk.max(1)).max(1)
+    }
+
+    /// Chunk `i` as an encoded HOTLIST_UPDATE frame. The frames are encoded once per
+    /// update (for the first `cards_per_chunk` asked; another size is encoded afresh).
+    pub fn frame(&self, i: usize, cards_per_chunk: usize) -> Option<bytes::Bytes> {
+        let (per, frames) = self.frames.get_or_init(|| {
+            let frames: Vec<bytes::Bytes> = (0..self.chunk_count(cards_per_chunk))
+                .filter_map(|i| self.chunk(i, cards_per_chunk))
+                .map(|c| {
+                    let mut buf = bytes::BytesMut::new();
+                    wenxiao_protocol::Message::HotlistUpdate(c).encode(&mut buf);
+                    buf.freeze()
+                })
+                .collect();
+            (cards_per_chunk, frames.into())
+        });
+        if *per == cards_per_chunk {
+            return frames.get(i).cloned();
+        }
+        self.chunk(i, cards_per_chunk).map(|c| {
+            let mut buf = bytes::BytesMut::new();
+            wenxiao_protocol::Message::HotlistUpdate(c).encode(&mut buf);
+            buf.freeze()
+        })
     }
 
     /// Chunk `i` of [`UpdateCards::chunk_count`]: adds first, then removes, in order;
@@ -209,6 +256,7 @@ impl HotlistView {
             created_at_ms: self.head.created_at_ms,
             add: Arc::clone(&self.cards),
             remove: Arc::new(Vec::new()),
+            frames: std::sync::OnceLock::new(),
         }))
     }
 
@@ -231,6 +279,7 @@ impl HotlistView {
             created_at_ms: self.head.created_at_ms,
             add: Arc::new(add.into_iter().map(|(c, _)| c).collect()),
             remove: Arc::new(remove.into_iter().map(|(c, _)| c).collect()),
+            frames: std::sync::OnceLock::new(),
         }
     }
 }
@@ -352,6 +401,10 @@ mod tests {
         let n = u.chunk_count(per);
         for i in 0..n {
             let c = u.chunk(i, per).unwrap();
+            // The shared frames are these chunks, at any chunk size asked.
+            let mut b = bytes::BytesMut::new();
+            wenxiao_protocol::Message::HotlistUpdate(c.clone()).encode(&mut b);
+            assert_eq!(u.frame(i, per).unwrap(), b.freeze());
             assert_eq!(c.last(), i + 1 == n);
             assert!(c.add().len() + c.remove().len() <= per);
             for r in c.remove() {
@@ -362,6 +415,7 @@ mod tests {
             }
         }
         assert!(u.chunk(n, per).is_none());
+        assert!(u.frame(n, per).is_none());
     }
 
     #[test]

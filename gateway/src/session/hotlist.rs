@@ -13,7 +13,7 @@ use actix::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use wenxiao_protocol::{DeviceId, DeviceKind, HotlistAck, Message};
+use wenxiao_protocol::{DeviceId, DeviceKind, HotlistAck};
 
 /// A new hot-list version reached this node.
 #[derive(Debug, Message)]
@@ -115,10 +115,9 @@ impl Session {
             if s.waiting {
                 return;
             }
-            let Some(chunk) = s.cards.chunk(s.next_chunk, per) else {
+            let Some(frame) = s.cards.frame(s.next_chunk, per) else {
                 return;
             };
-            let frame = encode(Message::HotlistUpdate(chunk));
             match self.writer.try_send(frame) {
                 crate::outbound::Queue::Queued => {
                     s.next_chunk += 1;
@@ -193,12 +192,6 @@ impl Session {
         }
         self.offer_hotlist(ctx);
     }
-}
-
-fn encode(message: Message) -> bytes::Bytes {
-    let mut buf = bytes::BytesMut::new();
-    message.encode(&mut buf);
-    buf.freeze()
 }
 
 impl Handler<HotlistChanged> for Session {
