@@ -144,6 +144,26 @@ impl HotlistView {
         }
     }
 
+    /// The view of a full read with the kept versions' changes (those after
+    /// `changes_after`), so a terminal behind gets a delta from a node that just started.
+    /// Changes that do not end at the head's version are left out.
+    pub fn full_with_changes(
+        head: HotlistHead,
+        cards: Vec<CardNo>,
+        changes: Vec<HotlistVersionChanges>,
+    ) -> Self {
+        let mut view = Self::full(head, cards);
+        let consecutive = changes
+            .windows(2)
+            .all(|w| w.first().map(|a| a.version + 1) == w.get(1).map(|b| b.version));
+        if consecutive && changes.last().is_some_and(|v| v.version == head.version) {
+            let floor = changes.first().map_or(head.version, |v| v.version - 1);
+            view.head.delta_floor = view.head.delta_floor.max(floor);
+            view.changes = changes.into_iter().map(|v| (v.version, v)).collect();
+        }
+        view
+    }
+
     /// The next view: this one with the changes of the following versions applied (they
     /// must start at `self.version() + 1` and be consecutive), keeping `keep` versions'
     /// changes for deltas.
@@ -478,6 +498,30 @@ mod tests {
         assert_eq!(d.base_version, 5);
         assert!(d.add.is_empty());
         assert_eq!(*d.remove, vec![CardNo(7), CardNo(9)]);
+    }
+
+    #[test]
+    fn a_view_read_at_start_gives_deltas_from_the_kept_versions() {
+        let cards = vec![CardNo(1), CardNo(2), CardNo(3)];
+        let kept = vec![
+            changes(4, &[(2, true)]),
+            changes(5, &[(3, true), (9, false)]),
+        ];
+        let v = HotlistView::full_with_changes(head(5), cards.clone(), kept);
+        let d = v.update_for(4).unwrap();
+        assert_eq!((d.base_version, d.add.to_vec()), (4, vec![CardNo(3)]));
+        assert_eq!(*d.remove, vec![CardNo(9)]);
+        let d = v.update_for(3).unwrap();
+        assert_eq!(d.base_version, 3);
+        assert_eq!(
+            v.update_for(2).unwrap().base_version,
+            0,
+            "before the kept versions"
+        );
+        // Changes with a gap, or not up to the head, are not used.
+        let gap = vec![changes(3, &[]), changes(5, &[])];
+        let v = HotlistView::full_with_changes(head(5), cards, gap);
+        assert_eq!(v.update_for(4).unwrap().base_version, 0);
     }
 
     #[test]

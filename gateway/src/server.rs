@@ -209,6 +209,14 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
     let (head, cards) = store_rt
         .block_on(store.hotlist_full())
         .context("read the hot list")?;
+    let kept_from = head
+        .version
+        .saturating_sub(config.hotlist.delta_versions_kept)
+        .max(head.delta_floor);
+    let kept = store_rt
+        .block_on(store.hotlist_changes(kept_from, head.version))
+        .context("read the hot list's kept changes")?
+        .unwrap_or_default();
     let shared = Arc::new(Shared::new(
         config.clone(),
         policy,
@@ -218,7 +226,7 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
         store_rt.handle().clone(),
         ingest_tx,
         health,
-        crate::hotlist::HotlistView::full(head, cards),
+        crate::hotlist::HotlistView::full_with_changes(head, cards, kept),
     ));
     let prometheus = m::install();
 
