@@ -65,6 +65,8 @@ pub const RISK_ALERTS_TOTAL: &str = "wenxiao_risk_alerts_total";
 pub const RISK_QUEUE_OVERFLOWS_TOTAL: &str = "wenxiao_risk_queue_overflows_total";
 /// Counter: stored transactions read back from the store after an overflow.
 pub const RISK_CAUGHT_UP_TOTAL: &str = "wenxiao_risk_caught_up_total";
+/// Counter: alerts dropped because the store could not record them for too long.
+pub const RISK_ALERTS_UNRECORDED_TOTAL: &str = "wenxiao_risk_alerts_unrecorded_total";
 /// Gauge: transactions waiting for the rules.
 pub const RISK_QUEUE_FACTS: &str = "wenxiao_risk_queue_facts";
 /// Gauge: cards the rules hold state for.

@@ -43,6 +43,9 @@ pub const CATCH_UP_PAGE_ROWS: i64 = 10_000;
 pub const TAKE_FACTS_MAX: usize = 1_024;
 /// How often the task looks for a needed catch-up and sets its gauges.
 pub const TICK_MS: u64 = 1_000;
+/// Alerts held while the store cannot record them; past it the oldest are dropped and
+/// counted in `wenxiao_risk_alerts_unrecorded_total`.
+pub const PENDING_ALERTS_MAX: usize = 100_000;
 
 impl RiskFeed {
     /// A feed whose queue holds `queue_txns_max` offers.
@@ -120,6 +123,9 @@ pub struct Rules {
     store: AnyStore,
     /// The latest business day seen, for pruning.
     today: Option<BusinessDate>,
+    /// Alerts of evaluated facts not yet recorded (the store failed): their facts count
+    /// as seen, so they are kept here and recorded at the next chance.
+    pending: Vec<NewAlert>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -149,6 +155,7 @@ impl Rules {
             engine: Engine::new(config, places),
             store,
             today: None,
+            pending: Vec::new(),
         };
         let history_from = days_before(today, 28);
         let yesterday = days_before(today, 1);
@@ -194,12 +201,12 @@ impl Rules {
             };
             after = Some((last.received_at_ms, last.device_id, last.seq));
             read += page.len() as u64;
-            let mut alerts = Vec::new();
             for row in &page {
                 let fact = engine_fact(row);
-                alerts.extend(self.evaluate(fact, row.refund_of_seq).await?);
+                let alerts = self.evaluate(fact, row.refund_of_seq).await?;
+                self.hold(&alerts);
             }
-            self.record(&alerts).await?;
+            self.flush().await?;
             if page.len() < usize::try_from(CATCH_UP_PAGE_ROWS).unwrap_or(usize::MAX) {
                 return Ok(read);
             }
@@ -243,15 +250,30 @@ impl Rules {
         Ok(alerts)
     }
 
-    async fn record(&self, alerts: &[Alert]) -> Result<(), StoreError> {
-        if alerts.is_empty() {
+    /// Keeps an evaluation's alerts until [`Rules::flush`] records them.
+    fn hold(&mut self, alerts: &[Alert]) {
+        for a in store_alerts(alerts) {
+            metrics::counter!(m::RISK_ALERTS_TOTAL, "rule" => a.rule).increment(1);
+            self.pending.push(a);
+        }
+        if self.pending.len() > PENDING_ALERTS_MAX {
+            let n = self.pending.len() - PENDING_ALERTS_MAX;
+            self.pending.drain(..n);
+            metrics::counter!(m::RISK_ALERTS_UNRECORDED_TOTAL).increment(n as u64);
+            tracing::error!(
+                dropped = n,
+                "fraud alerts dropped: the store has not recorded them"
+            );
+        }
+    }
+
+    /// Records the held alerts; on failure they stay held.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let new = store_alerts(alerts);
-        for a in &new {
-            metrics::counter!(m::RISK_ALERTS_TOTAL, "rule" => a.rule).increment(1);
-        }
-        let recorded = self.store.record_alerts(new).await?;
+        let recorded = self.store.record_alerts(self.pending.clone()).await?;
+        self.pending.clear();
         tracing::info!(recorded, "fraud alerts recorded");
         Ok(())
     }
@@ -279,6 +301,9 @@ impl Rules {
                     batch.clear();
                 }
                 _ = tick.tick() => {
+                    if let Err(e) = self.flush().await {
+                        tracing::warn!(error = %e, held = self.pending.len(), "fraud alerts not recorded yet");
+                    }
                     if let Some(since) = feed.take_dropped_since() {
                         let Some(from) = crate::clock::business_date(since).or(self.today) else {
                             continue;
@@ -304,11 +329,11 @@ impl Rules {
     }
 
     async fn take(&mut self, batch: &mut [Fed]) -> Result<(), StoreError> {
-        let mut alerts = Vec::new();
         for f in batch.iter() {
             match *f {
                 Fed::Stored(fact, refund_of_seq) => {
-                    alerts.extend(self.evaluate(fact, refund_of_seq).await?);
+                    let alerts = self.evaluate(fact, refund_of_seq).await?;
+                    self.hold(&alerts);
                 }
                 Fed::Rejected(device, seq) => {
                     if !self.engine.knows_device(device) {
@@ -318,7 +343,7 @@ impl Rules {
                 }
             }
         }
-        self.record(&alerts).await
+        self.flush().await
     }
 
     /// The engine (tests and benchmarks).
