@@ -149,8 +149,9 @@ impl GatewayProcess {
     /// Makes the data directory, lets `write_registry` put `merchants.csv` and
     /// `devices.csv` into its `registry/`, makes a schema in `database_url`, writes the
     /// configuration (listeners on free ports, the PKI, the store, `policy_path`, a pool of
-    /// `pool_size`, then `extra_toml` for sections not written here), starts `bin` and
-    /// returns once it listens.
+    /// `pool_size`, the admin API's development tokens [`crate::fraud::DEV_APP_TOKEN`] and
+    /// [`crate::fraud::DEV_RISK_TOKEN`], then `extra_toml` for sections not written here),
+    /// starts `bin` and returns once it listens.
     pub async fn start(
         bin: &Path,
         database_url: &str,
@@ -178,6 +179,7 @@ impl GatewayProcess {
             "data_dir = {d:?}\npolicy_path = {policy_path:?}\n\
              [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
              [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
+             app_token = {app_token:?}\nrisk_token = {risk_token:?}\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool_size}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n\
@@ -191,6 +193,9 @@ impl GatewayProcess {
             dv = registry.join("devices.csv"),
             // The fraud rules ship beside the policy.
             rules = policy_path.with_file_name("risk.toml"),
+            // Residents' reports and the cases of a `[fraud]` scenario (development values).
+            app_token = crate::fraud::DEV_APP_TOKEN,
+            risk_token = crate::fraud::DEV_RISK_TOKEN,
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config)?;
@@ -298,6 +303,52 @@ fn print_hotlist(reports: &[Value]) {
                 num(n, &["online"])
             );
         }
+    }
+}
+
+/// The fraud section of each shard that scored one (only a single-process run does).
+fn print_fraud(reports: &[Value]) {
+    for r in reports {
+        let f = &r["fraud"];
+        if f.is_null() {
+            continue;
+        }
+        let kinds: Vec<String> = f["kinds"]
+            .as_array()
+            .map(|ks| {
+                ks.iter()
+                    .filter(|k| num(k, &["planted"]) > 0)
+                    .map(|k| match k["recall_per_mille"].as_u64() {
+                        Some(p) => format!(
+                            "{} {}/{} ({})",
+                            k["kind"].as_str().unwrap_or("?"),
+                            num(k, &["detected"]),
+                            num(k, &["measurable"]),
+                            crate::report::per_mille(p)
+                        ),
+                        None => format!(
+                            "{} {} planted, not measurable",
+                            k["kind"].as_str().unwrap_or("?"),
+                            num(k, &["planted"])
+                        ),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rate = f["false_alerts_per_100k_centi"]
+            .as_u64()
+            .map_or("—".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100));
+        println!("fraud: detected/measurable {}", kinds.join(" · "));
+        println!(
+            "fraud: false alerts {} in {} honest transactions ({rate} per 100,000) · aims {}",
+            num(f, &["false_alerts"]),
+            num(f, &["honest_txns"]),
+            if f["aims_met"].as_bool() == Some(true) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
     }
 }
 
@@ -420,6 +471,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         }
     }
     print_hotlist(&reports);
+    print_fraud(&reports);
     let sessions = sum(&["gateway_rss", "sessions"]);
     let with_sessions = max(&["gateway_rss", "sessions_kib"]);
     if let (Some(before), true) = (rss_before, sessions > 0) {

@@ -6,6 +6,7 @@
 //! written to files.
 
 use crate::check::{self, Caps};
+use crate::fraud::{self, AdminApi};
 use crate::report::{Report, group, yuan};
 use crate::run::{Run, Shard, Target};
 use crate::scenario::Scenario;
@@ -68,6 +69,9 @@ fn demo_config(base: &Config, data_dir: &Path) -> anyhow::Result<Config> {
     config.clearing.settlement_dir = PathBuf::from("settlement");
     // The emulated cards hold the development keys.
     config.keys.allow_development_keys = true;
+    // The residents' reports and the cases of a `[fraud]` table go through the admin API.
+    config.admin.app_token = fraud::DEV_APP_TOKEN.to_owned();
+    config.admin.risk_token = fraud::DEV_RISK_TOKEN.to_owned();
     config.validate()?;
     Ok(config)
 }
@@ -105,6 +109,12 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let first_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
         .context("today's business date")?;
     let mut run = Run::start(&target, &options.scenario, Shard::ALL).await?;
+    if !run.planted.is_empty() {
+        run.set_admin(match gateway.admin_addr {
+            Some(addr) => AdminApi::new(addr, &config.admin),
+            None => Err("the gateway's admin server is off".to_owned()),
+        });
+    }
     eprintln!(
         "{} devices connecting; {} transactions planned for a day played in {} s",
         run.devices,
@@ -126,6 +136,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     progress.abort();
     eprintln!();
     let reports = run.finish(Duration::from_secs(FINISH_GRACE_S)).await;
+    let fraud = fraud::score(&run, &day, &reports, &store, first_day).await;
     let audit = store.audit().await?;
     let caps = Caps {
         monthly: policy.monthly_cap(),
@@ -134,6 +145,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let mut invariants = check::check(&reports, &audit, caps, Shard::ALL);
     invariants.push(check::every_credit_loaded(all_loaded, &audit));
     let mut report = Report::new(&run, &day, &reports, invariants, Some(release_at));
+    report.fraud = fraud;
 
     // The day in figures, from the store.
     let mut by_category: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();

@@ -98,6 +98,8 @@ pub struct AckRecord {
     pub seq: u64,
     /// What was bought or done.
     pub kind: TxnKind,
+    /// The card (to tell planted fraud from the honest city).
+    pub card_no: CardNo,
     /// STORED, DUPLICATE or REJECTED.
     pub status: TxnStatus,
     /// Why.
@@ -209,6 +211,10 @@ struct Device {
     heartbeat: Duration,
     /// Points purchases waiting for POINTS_AUTH_RESULT, by req_id.
     awaiting_points: HashMap<u32, PlannedEvent>,
+    /// The cards with a REFUND in this device's day, and the seq of each one's latest
+    /// purchase here so far (what the refund names). Only those cards: bounded by the
+    /// planted refunds, not by the day's purchases.
+    refundable: HashMap<CardNo, Option<u64>>,
     next_req: u32,
     /// Cards on the reader, to be presented when the request window has room.
     to_present: Vec<CardNo>,
@@ -288,17 +294,49 @@ impl Device {
             .map(|e| self.world.clock.instant_of(e.at_ms))
     }
 
-    /// The next seq's TXN for `e` (`next_seq` starts at 1, so a seq always exists).
+    /// The next seq's TXN for `e` (`next_seq` starts at 1, so a seq always exists). A
+    /// REFUND names its card's latest purchase on this device (the refund_of_seq is not
+    /// covered by the TAC).
     fn new_txn(&mut self, e: &PlannedEvent) -> Option<Txn> {
         let seq = Seq::new(self.next_seq)?;
         self.next_seq += 1;
-        Some(card::txn(
+        let mut txn = card::txn(
             e,
             seq,
             self.world.day_start_ms,
             self.setup.faults.skew_ms,
             &self.world.keys,
-        ))
+        );
+        match e.kind {
+            TxnKind::Refund => {
+                txn.refund_of_seq = self
+                    .refundable
+                    .get(&e.card_no)
+                    .copied()
+                    .flatten()
+                    .and_then(Seq::new);
+            }
+            TxnKind::Purchase => {
+                if let Some(latest) = self.refundable.get_mut(&e.card_no) {
+                    *latest = Some(seq.get());
+                }
+            }
+            _ => {}
+        }
+        Some(txn)
+    }
+
+    /// A REFUND whose purchase never became a TXN here: it was refused at the reader (the
+    /// card is on the hot list), so there is nothing to refund. Counted with the refusals.
+    fn refund_without_purchase(&mut self, e: &PlannedEvent) -> bool {
+        if e.kind != TxnKind::Refund || self.refundable.get(&e.card_no).copied().flatten().is_some()
+        {
+            return false;
+        }
+        let planted = self.world.plantings.is_planted(e.card_no);
+        self.report.hotlist.note_refusal(planted);
+        self.world.counters.hotlist_refused.fetch_add(1, Relaxed);
+        true
     }
 
     fn journal_txn(&mut self, txn: Option<Txn>) {
@@ -337,7 +375,7 @@ impl Device {
                 break;
             }
             self.next_event += 1;
-            if self.refused(&e) {
+            if self.refused(&e) || self.refund_without_purchase(&e) {
                 continue;
             }
             if online && e.points.get() > 0 && !self.draining() && self.request_room() {
@@ -446,6 +484,7 @@ impl Device {
         self.report.acks.push(AckRecord {
             seq: a.seq.get(),
             kind: entry.txn.kind,
+            card_no: entry.txn.card_no,
             status: a.status,
             reason: a.reason,
             subsidy_fen: a.subsidy_fen,
@@ -987,6 +1026,12 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         hotlist: HotlistReport::default(),
     };
     let seed = setup.seed ^ setup.id.get();
+    let refundable = setup
+        .events
+        .iter()
+        .filter(|e| e.kind == TxnKind::Refund)
+        .map(|e| (e.card_no, None))
+        .collect();
     Device {
         setup,
         world,
@@ -998,6 +1043,7 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         max_in_flight: 1,
         heartbeat: Duration::from_secs(30),
         awaiting_points: HashMap::new(),
+        refundable,
         next_req: 1,
         awaiting_offer: HashMap::new(),
         to_present: Vec::new(),

@@ -538,6 +538,8 @@ const PLANT_SEED_SALT: u64 = 0x0068_6f74_6c69_7374; // "hotlist"
 /// cards (fewer if the plan has fewer) among those with a PURCHASE or SIGN_IN in the played
 /// window `[from, to)` ms, preferring cards used at or after the planting's simulated time
 /// `at_sim_ms` (so that their refusals show), and never a card an earlier planting chose.
+/// Cards of the fraud scenario ([`crate::fraud`]) are left alone: refusing their purchases
+/// would undo what it planted.
 pub fn plant(
     seed: u64,
     plan: &[PlannedEvent],
@@ -554,6 +556,7 @@ pub fn plant(
             matches!(e.kind, TxnKind::Purchase | TxnKind::SignIn)
                 && e.at_ms >= window_ms.0
                 && e.at_ms < window_ms.1
+                && !crate::fraud::is_planted_card(e.card_no)
         })
         .collect();
     let mut rng = StdRng::seed_from_u64(seed ^ PLANT_SEED_SALT);

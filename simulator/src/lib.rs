@@ -1,6 +1,7 @@
 //! The city simulator: a city model and the seeded plan of a day (`plan`), emulated cards
 //! (`card`) and devices (`device`) that speak the device protocol over real mTLS, the
-//! terminals' hot list (`hotlist`), and the run that drives them against a gateway
+//! terminals' hot list (`hotlist`), the fraud a scenario plants and its scoring against
+//! the gateway's cases (`fraud`), and the run that drives them against a gateway
 //! (`world`).
 
 pub mod bench;
@@ -8,6 +9,7 @@ pub mod card;
 pub mod check;
 pub mod demo;
 pub mod device;
+pub mod fraud;
 pub mod hotlist;
 pub mod plan;
 pub mod report;

@@ -10,6 +10,7 @@ use wenxiao_gateway::config::Config;
 use wenxiao_gateway::store::{Store, StoreAudit};
 use wenxiao_simulator::check::{self, Caps};
 use wenxiao_simulator::demo::{self, DemoOptions};
+use wenxiao_simulator::fraud::{self, AdminApi};
 use wenxiao_simulator::report::Report;
 use wenxiao_simulator::run::{GatewayCli, Run, Shard, Target};
 use wenxiao_simulator::scenario::Scenario;
@@ -240,12 +241,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 &registry.join("merchants.csv"),
                 &registry.join("devices.csv"),
             )?;
-            let plan = wenxiao_simulator::plan::plan_day(scenario.seed, &scenario.city, &registry);
+            let day = wenxiao_simulator::plan::plan_scenario_day(&scenario, &registry);
             println!(
                 "{} events, digest {:016x}",
-                plan.len(),
-                wenxiao_simulator::plan::digest(&plan)
+                day.events.len(),
+                wenxiao_simulator::plan::digest(&day.events)
             );
+            if !day.planted.is_empty() {
+                println!("planted fraud: {}", day.planted.summary());
+                for note in &day.planted.notes {
+                    println!("  {note}");
+                }
+            }
             Ok(true)
         }
         Command::Bench {
@@ -307,6 +314,9 @@ async fn drive(
     if let Some(cli) = gateway_cli {
         run.set_gateway_cli(cli);
     }
+    if !run.planted.is_empty() {
+        run.set_admin(AdminApi::new(config.admin.listen_addr, &config.admin));
+    }
     eprintln!(
         "shard {}/{}: {} devices, {} transactions planned",
         shard.index, shard.count, run.devices, run.planned
@@ -322,6 +332,7 @@ async fn drive(
     progress.abort();
     eprintln!();
     let reports = run.finish(Duration::from_secs(30)).await;
+    let fraud = fraud::score(&run, &day, &reports, &store, first_day).await;
     let audit = store.audit().await?;
     let caps = Caps {
         monthly: policy.monthly_cap(),
@@ -331,13 +342,14 @@ async fn drive(
     if let Some(d) = &delivery {
         invariants.push(check::every_credit_loaded(d.all_loaded, &audit));
     }
-    let report = Report::new(
+    let mut report = Report::new(
         &run,
         &day,
         &reports,
         invariants,
         delivery.map(|d| d.release_at),
     );
+    report.fraud = fraud;
     println!("{}", report.table());
     if let Some(path) = report_path {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

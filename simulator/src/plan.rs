@@ -74,7 +74,9 @@ pub struct PlannedEvent {
     pub kind: TxnKind,
     /// The card (a city card or a SIM applet).
     pub card_no: CardNo,
-    /// Paid by card (0 for sign-ins).
+    /// Paid by card (0 for sign-ins); for a refund, given back. A REFUND refunds its card's
+    /// latest purchase on the same device (the device names that purchase's seq): the
+    /// plan puts that purchase there earlier, without points.
     pub amount_fen: Fen,
     /// Cinema agreed price or performance regular price, else 0.
     pub list_price_fen: Fen,
@@ -83,7 +85,7 @@ pub struct PlannedEvent {
     /// Points the resident wants to use (a POINTS_AUTH first).
     pub points: Points,
     /// The card's counter after this transaction: its offline counter for purchases and
-    /// sign-ins, its online (load) counter for top-ups. Assigned in time order from
+    /// sign-ins, its online (load) counter for top-ups and refunds. Assigned in time order from
     /// [`initial_counters`], so a card never repeats a value.
     pub card_counter: CardCounter,
 }
@@ -98,11 +100,12 @@ pub fn initial_counters(card_no: CardNo) -> (u32, u16) {
     )
 }
 
-/// A card's online (load) counter after every top-up of `plan`: where the card stands when
-/// credits are loaded after the day.
+/// A card's online (load) counter after every top-up and refund of `plan` (both credit the
+/// purse and move that counter): where the card stands when credits are loaded after the
+/// day.
 pub fn online_seq_after(plan: &[PlannedEvent], card_no: CardNo) -> u16 {
     plan.iter()
-        .filter(|e| e.card_no == card_no && e.kind == TxnKind::TopUp)
+        .filter(|e| e.card_no == card_no && moves_online_counter(e.kind))
         .map(|e| u16::try_from(e.card_counter.get()).unwrap_or(u16::MAX))
         .max()
         .unwrap_or_else(|| initial_counters(card_no).1)
@@ -115,8 +118,77 @@ pub const CHINA_MOBILE_BASE: u64 = 8_601_000_000_000_000;
 /// First China Telecom SIM applet number.
 pub const CHINA_TELECOM_BASE: u64 = 8_603_000_000_000_000;
 
+/// Whether a transaction of this kind carries the card's online (load) counter: TOP_UP
+/// and REFUND credit the purse (protocol: `card_counter`); the others carry the offline one.
+pub fn moves_online_counter(kind: TxnKind) -> bool {
+    matches!(kind, TxnKind::TopUp | TxnKind::Refund)
+}
+
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
+
+/// A merchant's place: latitude and longitude in micro-degrees, as the registry holds it.
+pub type Place = (i32, i32);
+
+/// An honest resident crosses the city no faster than this between two transactions
+/// (metro or taxi, door to door): a third of the travel rule's 120 km/h.
+pub const HONEST_SPEED_KMH: i64 = 40;
+/// …and stays at least this long where they bought or signed in before the next place.
+/// It also covers device clocks that disagree by a few minutes.
+pub const HONEST_DWELL_MS: i64 = 10 * 60_000;
+/// Places closer than this are the same neighbourhood: no travel time is asked between
+/// them (the travel rule ignores pairs under 2,000 m).
+pub const HONEST_NEAR_M: i64 = 1_500;
+/// Cards an event may try before it is dropped for want of one that could be there in
+/// time. With millions of cards and a day's few thousand busy ones, the first draw almost
+/// always fits; eight failures in a row do not happen in practice.
+const CARD_TRIES_MAX: u32 = 8;
+
+/// Great-circle (haversine) distance in whole metres between two places: the same
+/// arithmetic as the gateway's travel rule, so that the plan and the rule agree to the
+/// metre.
+#[allow(
+    clippy::float_arithmetic,
+    clippy::cast_possible_truncation,
+    reason = "geometry, not money; the result is at most half the Earth's circumference \
+              (2.0e7 m) and `as` saturates"
+)]
+pub fn distance_m(a: Place, b: Place) -> i64 {
+    // The mean Earth radius (IUGG), as the gateway uses.
+    const EARTH_RADIUS_M: f64 = 6_371_008.8;
+    let rad = |e6: i32| (f64::from(e6) / 1e6).to_radians();
+    let (lat_a, lat_b) = (rad(a.0), rad(b.0));
+    let d_lat = lat_b - lat_a;
+    let d_lon = rad(b.1) - rad(a.1);
+    let h = (d_lat / 2.0).sin().powi(2) + lat_a.cos() * lat_b.cos() * (d_lon / 2.0).sin().powi(2);
+    let c = 2.0 * h.sqrt().min(1.0).asin();
+    (EARTH_RADIUS_M * c).round() as i64
+}
+
+/// Whether an honest resident seen at `from` at `from_ms` can be at `to` at `to_ms`
+/// (simulated ms): nearby places always; else after the trip at [`HONEST_SPEED_KMH`] and
+/// a stay of [`HONEST_DWELL_MS`].
+pub fn reachable(from: Place, from_ms: i64, to: Place, to_ms: i64) -> bool {
+    let d = distance_m(from, to);
+    if d < HONEST_NEAR_M {
+        return true;
+    }
+    // m × 3,600 / (km/h) = ms.
+    let trip_ms = d.saturating_mul(3_600) / HONEST_SPEED_KMH;
+    to_ms.saturating_sub(from_ms) >= trip_ms.saturating_add(HONEST_DWELL_MS)
+}
+
+/// Where each device stands: its merchant's place, for devices at placed merchants.
+fn device_places(registry: &Registry) -> HashMap<DeviceId, Place> {
+    registry
+        .devices()
+        .into_iter()
+        .filter_map(|d| {
+            let place = registry.merchant(d.merchant_id?)?.place?;
+            Some((d.device_id, place))
+        })
+        .collect()
+}
 
 struct Devices {
     bookstores: Vec<DeviceId>,
@@ -154,15 +226,70 @@ fn devices(registry: &Registry) -> Devices {
     d
 }
 
-fn pick<T: Copy>(rng: &mut StdRng, from: &[T]) -> Option<T> {
+/// One of `from`, uniformly (none of nothing).
+pub(crate) fn pick<T: Copy>(rng: &mut StdRng, from: &[T]) -> Option<T> {
     if from.is_empty() {
         return None;
     }
     from.get(rng.random_range(0..from.len())).copied()
 }
 
-/// Plans one day. Events come out sorted by time; the same inputs give the same plan.
+/// A card of the city, uniformly over the issuers' cards.
+fn draw_card(rng: &mut StdRng, config: &CityConfig) -> CardNo {
+    let cards = config.city_cards + config.china_mobile_sims + config.china_telecom_sims;
+    let c = rng.random_range(0..cards.max(1));
+    if c < config.city_cards {
+        CardNo(CITY_CARD_BASE + c)
+    } else if c < config.city_cards + config.china_mobile_sims {
+        CardNo(CHINA_MOBILE_BASE + (c - config.city_cards))
+    } else {
+        CardNo(CHINA_TELECOM_BASE + (c - config.city_cards - config.china_mobile_sims))
+    }
+}
+
+/// Plans one honest day. Events come out sorted by time; the same inputs give the same
+/// plan.
 pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<PlannedEvent> {
+    let mut events = plan_honest(seed, config, registry);
+    assign_counters(&mut events);
+    events
+}
+
+/// A scenario's day: the city's honest day, and the fraud its `[fraud]` table plants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayPlan {
+    /// Every event, sorted by time, counters assigned over honest and planted alike.
+    pub events: Vec<PlannedEvent>,
+    /// What was planted (nothing without a `[fraud]` table).
+    pub planted: crate::fraud::Planted,
+}
+
+/// Plans a scenario's day: [`plan_day`]'s honest day, plus the planted fraud of its
+/// `[fraud]` table in its played hours (see [`crate::fraud::plant`]). Without a `[fraud]`
+/// table the events are exactly [`plan_day`]'s.
+pub fn plan_scenario_day(scenario: &crate::scenario::Scenario, registry: &Registry) -> DayPlan {
+    let mut events = plan_honest(scenario.seed, &scenario.city, registry);
+    let window = (
+        i64::from(scenario.clock.from_hour) * HOUR_MS,
+        i64::from(scenario.clock.to_hour) * HOUR_MS,
+    );
+    let planted = crate::fraud::plant(
+        scenario.seed,
+        &scenario.fraud,
+        window,
+        registry,
+        &mut events,
+    );
+    if planted.events > 0 {
+        events.sort_by_key(|e| (e.at_ms, e.device_id, e.card_no));
+    }
+    assign_counters(&mut events);
+    DayPlan { events, planted }
+}
+
+/// The honest day without counters: drawn, sorted by time, cards placed where residents
+/// can be.
+fn plan_honest(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<PlannedEvent> {
     let mut rng = StdRng::seed_from_u64(seed);
     let devices = devices(registry);
     let weights: Vec<u64> = config
@@ -171,7 +298,6 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
         .map(|&w| u64::from(w))
         .collect();
     let weight_sum: u64 = weights.iter().sum::<u64>().max(1);
-    let cards = config.city_cards + config.china_mobile_sims + config.china_telecom_sims;
     let mut events = Vec::with_capacity(usize::try_from(config.events_per_day).unwrap_or(0));
     for _ in 0..config.events_per_day {
         // The hour by its weight, then a uniform moment inside it.
@@ -185,14 +311,7 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
             w -= hw;
         }
         let at_ms = (hour * HOUR_MS + rng.random_range(0..HOUR_MS)).min(DAY_MS - 1);
-        let c = rng.random_range(0..cards.max(1));
-        let card_no = if c < config.city_cards {
-            CardNo(CITY_CARD_BASE + c)
-        } else if c < config.city_cards + config.china_mobile_sims {
-            CardNo(CHINA_MOBILE_BASE + (c - config.city_cards))
-        } else {
-            CardNo(CHINA_TELECOM_BASE + (c - config.city_cards - config.china_mobile_sims))
-        };
+        let card_no = draw_card(&mut rng, config);
         let roll = rng.random_range(0..1_000u32);
         let (b, ci, p, s) = (
             config.bookstore_per_mille,
@@ -270,42 +389,109 @@ pub fn plan_day(seed: u64, config: &CityConfig, registry: &Registry) -> Vec<Plan
     }
     // Stable by time, then by device: a total order independent of generation order.
     events.sort_by_key(|e| (e.at_ms, e.device_id, e.card_no));
-    spend_points_of_signed_in_cards(&mut rng, &mut events);
-    assign_counters(&mut events);
+    place_cards(&mut rng, config, &device_places(registry), &mut events);
     events
 }
 
-/// A purchase that wants points goes to a card that signed in earlier that day (and so
-/// holds points), for up to one sign-in's worth, never over a quarter of the price.
-fn spend_points_of_signed_in_cards(rng: &mut StdRng, events: &mut [PlannedEvent]) {
-    const POINTS_MAX: u32 = 10;
-    let mut signed_in: Vec<CardNo> = Vec::new();
-    for e in events.iter_mut() {
-        if e.kind == TxnKind::SignIn {
-            signed_in.push(e.card_no);
-        } else if e.points.get() > 0 {
-            let max = u32::try_from(e.amount_fen.get() / 40)
-                .unwrap_or(0)
-                .min(POINTS_MAX);
-            match pick(rng, &signed_in) {
-                Some(card) if max > 0 => {
-                    e.card_no = card;
-                    e.points = Points(rng.random_range(1..=max));
-                }
-                _ => e.points = Points(0),
-            }
-        }
+/// Whether `card`, last seen where `last` says, can be `here` at `at_ms`.
+fn fits(
+    last: &HashMap<CardNo, (Place, i64)>,
+    card: CardNo,
+    here: Option<Place>,
+    at_ms: i64,
+) -> bool {
+    match (here, last.get(&card)) {
+        (Some(to), Some(&(from, from_ms))) => reachable(from, from_ms, to, at_ms),
+        _ => true,
     }
 }
 
-/// Walks the day in time order and gives each event its card's next counter value.
+/// Walks the day in time order and makes each card's day one a resident could live:
+///
+/// - A purchase that wants points goes to a card that signed in earlier that day (and so
+///   holds points) and could have come here since, for up to that sign-in's worth, never
+///   over a quarter of the price; each sign-in's points are spent once (a second purchase
+///   would be declined for want of points). With no such card it goes without points.
+/// - A card is never at two places farther apart than it could travel in the time between
+///   ([`reachable`]); an event whose card could not be there goes to another card (or,
+///   after [`CARD_TRIES_MAX`] draws, is dropped).
+///
+/// Cards drawn uniformly for each event otherwise cross the city in minutes now and then
+/// (a few hundred cards appear twice in a day of 100,000 events, and sign-in points
+/// follow their cards to any purchase later that day), which the gateway's travel rule
+/// rightly calls impossible.
+fn place_cards(
+    rng: &mut StdRng,
+    config: &CityConfig,
+    places: &HashMap<DeviceId, Place>,
+    events: &mut Vec<PlannedEvent>,
+) {
+    const POINTS_MAX: u32 = 10;
+    let mut last: HashMap<CardNo, (Place, i64)> = HashMap::new();
+    let mut signed_in: Vec<CardNo> = Vec::new();
+    events.retain_mut(|e| {
+        let here = places.get(&e.device_id).copied();
+        let at_ms = e.at_ms;
+        if e.points.get() > 0 {
+            let max = u32::try_from(e.amount_fen.get() / 40)
+                .unwrap_or(0)
+                .min(POINTS_MAX);
+            let mut chosen = None;
+            for _ in 0..CARD_TRIES_MAX {
+                if max == 0 || signed_in.is_empty() {
+                    break;
+                }
+                let i = rng.random_range(0..signed_in.len());
+                let Some(&card) = signed_in.get(i) else {
+                    break;
+                };
+                if fits(&last, card, here, at_ms) {
+                    // The sign-in's points are spent: it is not drawn again.
+                    chosen = Some(signed_in.swap_remove(i));
+                    break;
+                }
+            }
+            match chosen {
+                Some(card) => {
+                    e.card_no = card;
+                    e.points = Points(rng.random_range(1..=max));
+                }
+                None => e.points = Points(0),
+            }
+        }
+        if !fits(&last, e.card_no, here, at_ms) {
+            let mut found = None;
+            for _ in 0..CARD_TRIES_MAX {
+                let card = draw_card(&mut *rng, config);
+                if fits(&last, card, here, at_ms) {
+                    found = Some(card);
+                    break;
+                }
+            }
+            match found {
+                Some(card) => e.card_no = card,
+                None => return false,
+            }
+        }
+        if let Some(place) = here {
+            last.insert(e.card_no, (place, at_ms));
+        }
+        if e.kind == TxnKind::SignIn {
+            signed_in.push(e.card_no);
+        }
+        true
+    });
+}
+
+/// Walks the day in time order and gives each event its card's next counter value: the
+/// online counter for top-ups and refunds, the offline one for the rest.
 fn assign_counters(events: &mut [PlannedEvent]) {
     let mut counters: HashMap<CardNo, (u32, u16)> = HashMap::new();
     for e in events.iter_mut() {
         let c = counters
             .entry(e.card_no)
             .or_insert_with(|| initial_counters(e.card_no));
-        e.card_counter = if e.kind == TxnKind::TopUp {
+        e.card_counter = if moves_online_counter(e.kind) {
             c.1 = c.1.saturating_add(1);
             CardCounter(u32::from(c.1))
         } else {

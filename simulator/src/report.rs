@@ -380,6 +380,9 @@ pub struct Report {
     pub error_count: u64,
     /// Extra figures the caller adds (the demo's clearing summary).
     pub extra: BTreeMap<String, String>,
+    /// Planted fraud against the gateway's cases (a scenario's `[fraud]` table; the caller
+    /// adds it, see [`crate::fraud::score`]).
+    pub fraud: Option<crate::fraud::FraudFigures>,
 }
 
 const ERRORS_IN_REPORT_MAX: usize = 20;
@@ -504,6 +507,7 @@ impl Report {
             errors,
             error_count: c.errors.load(Relaxed),
             extra: BTreeMap::new(),
+            fraud: None,
         }
     }
 
@@ -620,6 +624,7 @@ impl Report {
             let _ = writeln!(o, "  release → loaded   {}", q(r));
         }
         self.hotlist_lines(&mut o, &q);
+        self.fraud_lines(&mut o);
         if let Some(r) = &self.gateway_rss {
             let _ = writeln!(
                 o,
@@ -789,6 +794,107 @@ impl Report {
                 "  (terminals counted {} more hot-list records than they kept)",
                 h.records_dropped
             );
+        }
+    }
+}
+
+impl Report {
+    /// The "fraud" section of [`Report::table`]: planted against detected per kind, and
+    /// the false alerts.
+    fn fraud_lines(&self, o: &mut String) {
+        let Some(f) = &self.fraud else {
+            return;
+        };
+        let rate = f
+            .false_alerts_per_100k_centi
+            .map_or("—".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100));
+        let _ = writeln!(
+            o,
+            "fraud         recall {} of the measurable planted cases · false alerts {} in {} honest transactions ({rate} per 100,000) · aims (recall 100 %, ≤ 1 per 100,000) {}",
+            f.recall_per_mille
+                .map_or("— (nothing measurable)".to_owned(), per_mille),
+            f.false_alerts,
+            group(f.honest_txns),
+            if f.aims_met { "met" } else { "NOT met" }
+        );
+        for k in &f.kinds {
+            if k.planted == 0 {
+                continue;
+            }
+            let found = match k.recall_per_mille {
+                Some(r) => format!(
+                    "detected {} of {} · recall {}",
+                    k.detected,
+                    k.measurable,
+                    per_mille(r)
+                ),
+                None => "not measurable".to_owned(),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<14}planted {} · {found} (by {})",
+                k.kind, k.planted, k.rule
+            );
+            if !k.missed.is_empty() {
+                let _ = writeln!(o, "    missed      {}", k.missed.join(", "));
+            }
+            if let Some(n) = &k.note {
+                let _ = writeln!(o, "    note        {n}");
+            }
+        }
+        if f.false_alerts > 0 {
+            let rules: Vec<String> = f
+                .false_by_rule
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  false         by rule: {} · first: {}",
+                rules.join(" · "),
+                f.false_subjects.join(", ")
+            );
+        }
+        if !f.planted_alerts_by_rule.is_empty() {
+            let rules: Vec<String> = f
+                .planted_alerts_by_rule
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(o, "  on planted    alerts by rule: {}", rules.join(" · "));
+        }
+        if !f.reports.is_empty() {
+            let filed: Vec<String> = f
+                .reports
+                .iter()
+                .map(|r| match (&r.error, r.case_id) {
+                    (Some(e), _) => format!("card {} NOT filed: {e}", r.card_no),
+                    (None, Some(c)) => format!("card {} → case {c}", r.card_no),
+                    (None, None) => format!("card {} filed", r.card_no),
+                })
+                .collect();
+            let _ = writeln!(o, "  reports       {}", filed.join(" · "));
+        }
+        let r = &f.rules;
+        let _ = writeln!(
+            o,
+            "  rules         {} of {} stored transactions evaluated, cases {} after {} ms · {} cases listed{}",
+            r.facts_evaluated.map_or("?".to_owned(), group),
+            group(r.facts_expected),
+            if r.settled { "settled" } else { "NOT settled" },
+            r.waited_ms,
+            f.cases_listed,
+            if f.cases_truncated {
+                " (the API's maximum: later cases not counted)"
+            } else {
+                ""
+            }
+        );
+        for n in &f.notes {
+            let _ = writeln!(o, "  note          {n}");
+        }
+        if let Some(e) = &f.error {
+            let _ = writeln!(o, "  error         {e}");
         }
     }
 }

@@ -8,8 +8,14 @@
 //! for them ([`Run::set_gateway_cli`]): `bench` has both (its first simulator process
 //! plants), `wenxiao-sim run --gateway-bin` too; the demo, whose gateway runs in-process,
 //! plants nothing and says so in the report.
+//!
+//! A scenario's `[fraud]` table plants fraud into the plan ([`crate::fraud`]); the run
+//! files the residents' reports it plans through the gateway's admin API halfway through
+//! the played hours ([`Run::set_admin`]), and [`crate::fraud::score`] reads the cases
+//! after the day.
 
 use crate::device::{self, DeviceFaults, DeviceReport, DeviceSetup, PRESENT_QUEUE_CARDS};
+use crate::fraud::{self, AdminApi, Planted};
 use crate::hotlist::{self, Planting, Plantings};
 use crate::plan::{self, PlannedEvent};
 use crate::scenario::Scenario;
@@ -32,7 +38,7 @@ use tokio::time::Instant;
 use wenxiao_gateway::pki::DevCa;
 use wenxiao_gateway::registry::Registry;
 use wenxiao_protocol::mac::MasterKeys;
-use wenxiao_protocol::{CardNo, DeviceId, DeviceKind, TxnKind};
+use wenxiao_protocol::{CardNo, DeviceId, DeviceKind};
 
 const HOUR_MS: i64 = 3_600_000;
 /// How often the live progress line is refreshed.
@@ -214,6 +220,14 @@ pub struct DayOutcome {
     pub rss: Option<RssSample>,
     /// The scenario's hot-list plantings.
     pub plants: Vec<PlantOutcome>,
+    /// The wall clock when the play started, ms since the epoch: alerts and reports from
+    /// before are not this run's.
+    pub started_at_ms: i64,
+    /// The gateway's evaluated-facts counter then (`None`: not read — nothing planted, or
+    /// no metrics).
+    pub risk_facts_before: Option<u64>,
+    /// The residents' reports the run filed (`[fraud] reported_cards`).
+    pub resident_reports: Vec<fraud::ReportFiled>,
 }
 
 /// A run in progress.
@@ -237,6 +251,11 @@ pub struct Run {
     peak: Arc<AtomicU64>,
     /// For the `[hotlist]` plantings; `None`: this process plants nothing.
     gateway_cli: Option<GatewayCli>,
+    /// The fraud the scenario's `[fraud]` table planted into the plan.
+    pub planted: Planted,
+    /// The gateway's admin API, for the residents' reports and the cases; `Err`: why
+    /// there is none.
+    admin: Result<AdminApi, String>,
 }
 
 impl std::fmt::Debug for Run {
@@ -343,7 +362,10 @@ impl Run {
     /// the clock starts `run.connect_s` later.
     pub async fn start(target: &Target, scenario: &Scenario, shard: Shard) -> anyhow::Result<Run> {
         let day_start = day_start_ms(scenario.clock.date)?;
-        let plan = plan::plan_day(scenario.seed, &scenario.city, &target.registry);
+        let plan::DayPlan {
+            events: plan,
+            planted,
+        } = plan::plan_scenario_day(scenario, &target.registry);
         let from_ms = i64::from(scenario.clock.from_hour) * HOUR_MS;
         let to_ms = i64::from(scenario.clock.to_hour) * HOUR_MS;
         let mut devices: Vec<_> = target
@@ -371,7 +393,7 @@ impl Run {
         let plan_digest = digest(&ordered, day_start);
 
         let mut online_after: HashMap<CardNo, u16> = HashMap::new();
-        for e in plan.iter().filter(|e| e.kind == TxnKind::TopUp) {
+        for e in plan.iter().filter(|e| plan::moves_online_counter(e.kind)) {
             let v = u16::try_from(e.card_counter.get()).unwrap_or(u16::MAX);
             let slot = online_after.entry(e.card_no).or_insert(v);
             *slot = (*slot).max(v);
@@ -457,7 +479,20 @@ impl Run {
             rss_before_kib,
             peak,
             gateway_cli: None,
+            planted,
+            admin: Err("no admin API was given to the run".to_owned()),
         })
+    }
+
+    /// The gateway's admin API (or why there is none), for the `[fraud]` table's residents'
+    /// reports and the cases read after the day.
+    pub fn set_admin(&mut self, admin: Result<AdminApi, String>) {
+        self.admin = admin;
+    }
+
+    /// The admin API, or why there is none.
+    pub fn admin(&self) -> Result<&AdminApi, &str> {
+        self.admin.as_ref().map_err(String::as_str)
     }
 
     /// Lets this process make the scenario's `[hotlist]` plantings through the gateway's
@@ -521,6 +556,12 @@ impl Run {
     /// Waits for the devices to connect, plays the hours (with the scenario's storms),
     /// then waits for every planned transaction's answer (or the settle timeout).
     pub async fn play_day(&mut self) -> DayOutcome {
+        let started_at_ms = wenxiao_gateway::clock::now_ms();
+        // Before any TXN: the devices send nothing before the clock starts.
+        let risk_facts_before = match (&self.admin, self.planted.is_empty()) {
+            (Ok(api), false) => api.facts_total().await.ok(),
+            _ => None,
+        };
         let origin = self.world.clock.origin;
         let connect_started = Instant::now();
         let devices = i64::try_from(self.devices).unwrap_or(i64::MAX);
@@ -532,6 +573,8 @@ impl Run {
         }
         let mut outcome = DayOutcome {
             connect_ms: u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(0),
+            started_at_ms,
+            risk_facts_before,
             ..DayOutcome::default()
         };
         let sessions = c.sessions_open.load(Relaxed);
@@ -561,6 +604,7 @@ impl Run {
             .instant_of(i64::from(self.scenario.clock.to_hour) * HOUR_MS);
         // Plantings keep their own time: a storm's wait for the sessions does not delay them.
         let planter = self.start_planting(origin);
+        let reporter = self.start_reports(origin);
         let mut storms: Vec<u64> = self.scenario.faults.storm_at_s.clone();
         storms.sort_unstable();
         for at_s in storms {
@@ -586,6 +630,12 @@ impl Run {
             match planter.await {
                 Ok(plants) => outcome.plants = plants,
                 Err(e) => tracing::error!("hot-list planting task failed: {e}"),
+            }
+        }
+        if let Some(reporter) = reporter {
+            match reporter.await {
+                Ok(filed) => outcome.resident_reports = filed,
+                Err(e) => tracing::error!("residents' reports task failed: {e}"),
             }
         }
         if self.scenario.run.hold_s > 0 {
@@ -648,6 +698,35 @@ impl Run {
                 outcomes.push(o);
             }
             outcomes
+        }))
+    }
+
+    /// Files the `[fraud]` table's residents' reports halfway through the played hours:
+    /// the reported cards' purchases are under way, and the cases open before the day
+    /// ends. Without an admin API each is recorded as not filed, and why.
+    fn start_reports(&self, origin: Instant) -> Option<JoinHandle<Vec<fraud::ReportFiled>>> {
+        let reports = self.planted.reports.clone();
+        if reports.is_empty() {
+            return None;
+        }
+        let admin = self.admin.clone();
+        let at = origin + Duration::from_secs(self.scenario.clock.real_seconds / 2);
+        Some(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut filed = Vec::with_capacity(reports.len());
+            for r in &reports {
+                filed.push(match &admin {
+                    Ok(api) => api.file_report(r).await,
+                    Err(e) => fraud::ReportFiled {
+                        card_no: r.card_no,
+                        reporter: r.reporter.clone(),
+                        status: None,
+                        case_id: None,
+                        error: Some(e.clone()),
+                    },
+                });
+            }
+            filed
         }))
     }
 

@@ -1,7 +1,8 @@
 //! A scenario: the city, the stretch of the day to play and how fast, the faults to
-//! inject, the cards to blacklist while it plays, and how long to wait. Read from TOML (`load/scenarios/*.toml`); unknown keys
+//! inject, the cards to blacklist while it plays, the fraud to plant, and how long to wait. Read from TOML (`load/scenarios/*.toml`); unknown keys
 //! are errors that name the key.
 
+use crate::fraud::{FRAUD_CARD_OFFSET, FraudConfig};
 use crate::plan::CityConfig;
 use serde::Deserialize;
 use std::path::Path;
@@ -23,6 +24,9 @@ pub struct Scenario {
     pub faults: FaultsConfig,
     /// Cards blacklisted while the day plays (`[hotlist]`, optional).
     pub hotlist: HotlistConfig,
+    /// Fraud planted into the day and scored at its end (`[fraud]`, optional; see
+    /// [`crate::fraud`]).
+    pub fraud: FraudConfig,
     /// Waits.
     pub run: RunConfig,
 }
@@ -36,6 +40,7 @@ impl Default for Scenario {
             clock: ClockConfig::default(),
             faults: FaultsConfig::default(),
             hotlist: HotlistConfig::default(),
+            fraud: FraudConfig::default(),
             run: RunConfig::default(),
         }
     }
@@ -267,6 +272,23 @@ impl Scenario {
         if !h.add_at_s.is_empty() && !(1..=HOTLIST_CARDS_PER_ADD_MAX).contains(&h.cards_per_add) {
             return bad("hotlist.cards_per_add", "must be 1 to 100,000");
         }
+        if let Some((key, max)) = self.fraud.over_bound() {
+            return bad(key, format!("must be at most {max}").as_str());
+        }
+        if self.fraud.plants_any() {
+            // The resident reports, the cases and the honest transactions are counted by
+            // one process that runs every device.
+            if self.run.processes != 1 {
+                return bad("fraud", "needs run.processes = 1");
+            }
+            // Planted cards are numbered past every city card.
+            if self.city.city_cards > FRAUD_CARD_OFFSET {
+                return bad(
+                    "city.city_cards",
+                    "must be at most 900,000,000,000 with [fraud]",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -325,5 +347,28 @@ mod tests {
                 .to_string()
                 .contains("cards_per_add")
         );
+    }
+
+    #[test]
+    fn the_fraud_table_is_optional_and_checked() {
+        let s: Scenario = toml::from_str("seed = 3\n").unwrap();
+        assert!(!s.fraud.plants_any());
+        let s: Scenario =
+            toml::from_str("[fraud]\ntravel_cards = 3\nspiking_merchants = 1\n").unwrap();
+        assert_eq!((s.fraud.travel_cards, s.fraud.spiking_merchants), (3, 1));
+        assert_eq!(s.fraud.reported_cards, 0);
+        s.validate().unwrap();
+        let err = toml::from_str::<Scenario>("[fraud]\ntravel = 3\n").unwrap_err();
+        assert!(err.to_string().contains("travel"), "{err}");
+        let s: Scenario = toml::from_str("[fraud]\ncolluding_merchants = 11\n").unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("fraud.colluding_merchants")
+        );
+        let s: Scenario =
+            toml::from_str("[fraud]\nreported_cards = 1\n[run]\nprocesses = 2\n").unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("processes"));
     }
 }

@@ -23,12 +23,16 @@ use wenxiao_tests::env::{CINEMA_POS, KIOSK, MORE_POS, POS, POS2, READER, TestEnv
 
 fn quantiles(mut v: Vec<f64>) -> String {
     v.sort_by(f64::total_cmp);
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let q = |permille: usize| {
+        v.get((v.len() - 1) * permille / 1_000)
+            .copied()
+            .unwrap_or(0.0)
+    };
     format!(
         "p50 {:.1} · p99 {:.1} · max {:.1} ms (n = {})",
-        q(0.5),
-        q(0.99),
-        q(1.0),
+        q(500),
+        q(990),
+        q(1_000),
         v.len()
     )
 }

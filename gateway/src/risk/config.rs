@@ -225,6 +225,9 @@ pub struct CollusionConfig {
     pub enabled: bool,
     /// The merchant's subsidy of the day must reach this before the rule judges it.
     pub subsidy_fen_min: i64,
+    /// …and its subsidised purchases of the day this many: a quiet day of a few honest
+    /// customers is always "few cards".
+    pub purchases_min: u64,
     /// How many of the merchant's biggest cards of the day are summed.
     pub top_cards_count: u32,
     /// Those cards' share of the merchant's day subsidy, in thousandths, that fires.
@@ -238,6 +241,10 @@ impl Default for CollusionConfig {
             // ¥500 of subsidy: above what a handful of honest residents earn at one
             // merchant in a day.
             subsidy_fen_min: 50_000,
+            // A theatre's honest day of five ¥600 tickets passes ¥500 of subsidy with
+            // three cards holding most of it; twenty purchases on three cards do not
+            // happen honestly.
+            purchases_min: 20,
             top_cards_count: 3,
             top_share_permille_min: 600,
         }
@@ -345,6 +352,7 @@ impl RiskConfig {
 
         let k = &self.collusion;
         within("collusion.subsidy_fen_min", k.subsidy_fen_min, 1, FEN_MAX)?;
+        within("collusion.purchases_min", k.purchases_min, 1, 1_000_000)?;
         within("collusion.top_cards_count", k.top_cards_count, 1, 100)?;
         within(
             "collusion.top_share_permille_min",

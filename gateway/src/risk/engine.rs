@@ -826,11 +826,13 @@ impl Engine {
             return;
         }
         let md = self.merchant_days.entry((merchant, day)).or_default();
+        // Counted for the refund ratio and for collusion's minimum alike.
+        if subsidised_purchase {
+            md.subsidised_purchases = md.subsidised_purchases.saturating_add(1);
+        }
 
         if ratio {
-            if subsidised_purchase {
-                md.subsidised_purchases = md.subsidised_purchases.saturating_add(1);
-            } else {
+            if !subsidised_purchase {
                 md.subsidised_refunds = md.subsidised_refunds.saturating_add(1);
                 md.recent_refunds.push(txn, self.evidence_max);
             }
@@ -1249,7 +1251,10 @@ fn collusion_hit(
     evidence_max: usize,
     md: &MerchantDay,
 ) -> Option<RuleHit> {
-    if md.subsidy_fen < cfg.subsidy_fen_min || md.subsidy_fen <= 0 {
+    if md.subsidy_fen < cfg.subsidy_fen_min
+        || md.subsidy_fen <= 0
+        || md.subsidised_purchases < cfg.purchases_min
+    {
         return None;
     }
     let top_sum = md.top.iter().map(|t| t.1).fold(0i64, i64::saturating_add);
@@ -1915,9 +1920,27 @@ mod tests {
         }
     }
 
+    /// Collusion judged from the third purchase on, for the tests of its arithmetic.
+    fn collusion_engine() -> Engine {
+        let mut c = only(RuleId::Collusion);
+        c.collusion.purchases_min = 3;
+        Engine::new(c, Places::default())
+    }
+
+    #[test]
+    fn collusion_waits_for_enough_purchases() {
+        // Three cards, ¥500 of subsidy, all of it theirs: a quiet theatre day, not fired
+        // before the twentieth purchase; fired at it.
+        let mut e = engine(RuleId::Collusion);
+        assert!(feed(&mut e, (1..=19).map(|s| sale(s, s % 3 + 1, 3_000))).is_empty());
+        let hits = hits_of(&e.evaluate(&sale(20, 1, 3_000)), RuleId::Collusion);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].figures[0], ("subsidy_fen", 60_000));
+    }
+
     #[test]
     fn collusion_fires_when_few_cards_hold_the_merchants_subsidy() {
-        let mut e = engine(RuleId::Collusion);
+        let mut e = collusion_engine();
         assert!(e.evaluate(&sale(1, 1, 20_000)).is_empty());
         assert!(e.evaluate(&sale(2, 2, 20_000)).is_empty());
         // 50,000 reached, all of it on 3 cards: 1000‰ is 1.67× of 600‰ → MEDIUM.
@@ -1943,16 +1966,16 @@ mod tests {
     #[test]
     fn collusion_does_not_fire_on_spread_or_small_subsidy() {
         // 10 cards × 6,000: the top 3 hold 300‰.
-        let mut e = engine(RuleId::Collusion);
+        let mut e = collusion_engine();
         assert!(feed(&mut e, (1..=10).map(|s| sale(s, s, 6_000))).is_empty());
         // Concentrated, but 45,000 is under the minimum.
-        let mut e = engine(RuleId::Collusion);
+        let mut e = collusion_engine();
         assert!(feed(&mut e, (1..=3).map(|s| sale(s, s, 15_000))).is_empty());
     }
 
     #[test]
     fn collusion_follows_a_card_that_overtakes_the_top() {
-        let mut e = engine(RuleId::Collusion);
+        let mut e = collusion_engine();
         // Cards 1–3 at 5,000, then card 4 climbs past them: top 3 = 4, and two of 1–3.
         let mut seq = 0;
         let mut next = |card, subsidy| {
