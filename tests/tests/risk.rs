@@ -549,3 +549,65 @@ async fn cases_through_the_cli() {
     let (ok, out) = cli(&config, &["cases", "list", "--status", "bogus"]);
     assert!(!ok && out.contains("bogus"), "{out}");
 }
+
+/// The spike rule against a merchant's stored history: four past same weekdays of ten
+/// purchases each (written into the store as a gateway would have stored them), then a
+/// day of 200 — the rules load the history at start, and fire at the 200th purchase, not
+/// before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_spike_against_its_stored_history() {
+    use wenxiao_gateway::clock;
+    let env = risk_env(TestEnv::postgres().await);
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    wenxiao_gateway::store::Store::migrate(&store)
+        .await
+        .unwrap();
+    let (client, conn) =
+        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let today = clock::business_date(clock::now_ms()).unwrap();
+    let mut day = today;
+    for week in 0..4_i64 {
+        for _ in 0..7 {
+            day = clock::previous_day(day).unwrap();
+        }
+        let at = clock::day_end_ms(day) - 12 * 3_600_000;
+        client
+            .execute(
+                "INSERT INTO txns SELECT 310100000002, $1::int8 * 100 + g, 1, 900000 + $1::int8 * 100 + g, 1, \
+                 1, 8800, 0, 1, 0, 0, 0, $2::int8, 0, 1001, 1, 0, 880, 0, $2::int8, $3::int4 \
+                 FROM generate_series(1, 10) AS g",
+                &[&week, &at, &i32::try_from(day.get()).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    let gw = env.start();
+    let admin = gw.admin_addr.unwrap();
+    let mut pos = env.session(&gw, POS).await;
+    for seq in 1..=199_u64 {
+        pos.send(book_purchase(POS, seq, 50_000 + seq, 1, 8_800))
+            .await;
+        assert_eq!(pos.ack().await.status, TxnStatus::Stored);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, body) = http::get(admin, "/v1/cases", Some(RISK)).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["cases"],
+        json!([]),
+        "199 purchases are under the rule's minimum of 200"
+    );
+    pos.send(book_purchase(POS, 200, 50_200, 1, 8_800)).await;
+    pos.ack().await;
+    let cases = cases_about(admin, &json!({ "merchant": 1001 })).await;
+    let detail = case(admin, cases[0]["case_id"].as_i64().unwrap()).await;
+    let alert = &detail["alert_list"][0];
+    assert_eq!(alert["rule"], "spike", "{alert}");
+    assert_eq!(alert["figures"]["purchases_count"], 200, "{alert}");
+    assert_eq!(alert["figures"]["mean_count"], 10, "{alert}");
+    assert_eq!(alert["figures"]["weeks_known_count"], 4, "{alert}");
+    drop(pos);
+    gw.shutdown().unwrap();
+}
