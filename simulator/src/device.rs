@@ -233,8 +233,8 @@ struct Device {
     error_count: u64,
     /// The hot list, kept across reconnects (terminals; an OTA endpoint's stays empty).
     hotlist: HotlistState,
-    /// When this session's WELCOME was read.
-    welcome_at: Instant,
+    /// When the first chunk of the update being received arrived.
+    update_started_at: Instant,
 }
 
 impl Device {
@@ -619,6 +619,9 @@ impl Device {
             ));
             return None;
         }
+        if !self.hotlist.in_update() {
+            self.update_started_at = Instant::now();
+        }
         match self.hotlist.apply(u) {
             Applied::Partial => None,
             Applied::Complete(version) => {
@@ -627,7 +630,7 @@ impl Device {
                     self.report.hotlist.note_full_list(FullList {
                         version,
                         cards: self.hotlist.len(),
-                        after_welcome_us: micros_since(self.welcome_at),
+                        download_us: micros_since(self.update_started_at),
                     });
                 }
                 let applied = AppliedVersion {
@@ -731,7 +734,6 @@ impl Device {
         self.heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_s.max(1)));
         self.drain_after_ms = None;
         self.in_flight = 0;
-        self.welcome_at = Instant::now();
         // An update cut off with the last connection is sent again from the version held.
         self.hotlist.abandon_partial();
         // Everything unanswered goes again, same seq and content; results too.
@@ -1056,7 +1058,7 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         report,
         error_count: 0,
         hotlist: HotlistState::new(),
-        welcome_at: Instant::now(),
+        update_started_at: Instant::now(),
     }
     .run()
     .await

@@ -363,8 +363,8 @@ pub struct FullList {
     pub version: HotlistVersion,
     /// Cards on it.
     pub cards: usize,
-    /// WELCOME read → last chunk applied, µs.
-    pub after_welcome_us: u64,
+    /// First chunk read → last chunk applied, µs: the download itself.
+    pub download_us: u64,
 }
 
 /// What one terminal did with its hot list, for the run report.

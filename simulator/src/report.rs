@@ -196,8 +196,8 @@ pub struct HotlistFigures {
     pub full_lists: u64,
     /// The longest, cards.
     pub full_list_cards_max: u64,
-    /// WELCOME read → a full list's last chunk applied.
-    pub welcome_to_full_list: Quantiles,
+    /// A full list's first chunk read → its last chunk applied.
+    pub full_list_download: Quantiles,
     /// Updates that could not apply (the terminal dropped its list and reconnected).
     pub resyncs: u64,
     /// Those, by reason.
@@ -314,7 +314,7 @@ impl HotlistFigures {
                 f.full_list_cards_max = f
                     .full_list_cards_max
                     .max(u64::try_from(l.cards).unwrap_or(u64::MAX));
-                welcome.push(l.after_welcome_us);
+                welcome.push(l.download_us);
             }
             f.resyncs += h.resync_count();
             for (reason, n) in &h.resyncs {
@@ -332,7 +332,7 @@ impl HotlistFigures {
         }
         f.propagation_from_added =
             (!from_added.is_empty()).then(|| Quantiles::of_values(from_added));
-        f.welcome_to_full_list = Quantiles::of_values(welcome);
+        f.full_list_download = Quantiles::of_values(welcome);
         f
     }
 }
@@ -748,8 +748,8 @@ impl Report {
         if h.full_lists > 0 {
             let _ = writeln!(
                 o,
-                "  full lists  WELCOME → last chunk {}",
-                q(&h.welcome_to_full_list)
+                "  full lists  first chunk → last chunk {}",
+                q(&h.full_list_download)
             );
         }
         let kinds: Vec<String> = h
