@@ -88,6 +88,10 @@ pub struct HotlistConfig {
     /// How often a node looks for a new version. The embedded store has no notifications;
     /// on PostgreSQL a NOTIFY wakes the node at once and this is the safety net.
     pub poll_interval_ms: u64,
+    /// A new version is announced to the node's sessions spread over this long, in
+    /// slices every 10 ms, so that 19,000 updates and their acks do not crowd out the
+    /// TXN acks of the same moment (0: all at once).
+    pub push_spread_ms: u64,
     /// Acknowledgements waiting to be recorded, all sessions together; past it one is
     /// counted in `wenxiao_hotlist_acks_unrecorded_total` and not recorded (the device's
     /// next HELLO still tells its version).
@@ -100,6 +104,7 @@ impl Default for HotlistConfig {
             delta_versions_kept: 1_000,
             chunk_cards_max: wenxiao_protocol::limits::HOTLIST_CARDS_PER_FRAME_MAX,
             poll_interval_ms: 1_000,
+            push_spread_ms: 2_000,
             ack_queue_devices: 65_536,
         }
     }

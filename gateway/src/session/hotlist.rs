@@ -236,14 +236,38 @@ pub async fn follow(shared: Arc<Shared>) {
                 if let Ok(mut slot) = shared.hotlist.write() {
                     *slot = Arc::new(view);
                 }
-                for s in shared.sessions.iter() {
-                    s.value().1.do_send(HotlistChanged);
-                }
+                announce(&shared).await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "hot-list refresh failed"),
         }
         gauges(&shared);
+    }
+}
+
+/// Period of the slices a new version is announced in.
+const ANNOUNCE_SLICE_MS: u64 = 10;
+
+/// Tells every session of a new version, spread over `hotlist.push_spread_ms`: each
+/// session then sends what its terminal lacks from the newest view, whenever its turn
+/// comes.
+async fn announce(shared: &Shared) {
+    let sessions: Vec<Addr<Session>> = shared
+        .sessions
+        .iter()
+        .map(|s| s.value().1.clone())
+        .collect();
+    let slices = (shared.config.hotlist.push_spread_ms / ANNOUNCE_SLICE_MS).max(1);
+    let per_slice = sessions
+        .len()
+        .div_ceil(usize::try_from(slices).unwrap_or(1))
+        .max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(ANNOUNCE_SLICE_MS));
+    for slice in sessions.chunks(per_slice) {
+        tick.tick().await;
+        for s in slice {
+            s.do_send(HotlistChanged);
+        }
     }
 }
 
