@@ -125,6 +125,9 @@ pub struct HotlistView {
     changes: BTreeMap<u32, HotlistVersionChanges>,
     /// Deltas already built, by base version.
     deltas: Mutex<HashMap<u32, Arc<UpdateCards>>>,
+    /// The full list as an update, built once and shared (with its encoded frames) by
+    /// every session that sends it.
+    full_update: std::sync::OnceLock<Arc<UpdateCards>>,
 }
 
 /// Most deltas a view keeps built (one per base version asked for); past it they are
@@ -141,6 +144,7 @@ impl HotlistView {
             cards: Arc::new(cards),
             changes: BTreeMap::new(),
             deltas: Mutex::new(HashMap::new()),
+            full_update: std::sync::OnceLock::new(),
         }
     }
 
@@ -205,6 +209,7 @@ impl HotlistView {
             cards: Arc::new(listed.into_iter().collect()),
             changes,
             deltas: Mutex::new(HashMap::new()),
+            full_update: std::sync::OnceLock::new(),
         })
     }
 
@@ -270,14 +275,16 @@ impl HotlistView {
                 return Some(delta);
             }
         }
-        Some(Arc::new(UpdateCards {
-            version: current,
-            base_version: 0,
-            created_at_ms: self.head.created_at_ms,
-            add: Arc::clone(&self.cards),
-            remove: Arc::new(Vec::new()),
-            frames: std::sync::OnceLock::new(),
-        }))
+        Some(Arc::clone(self.full_update.get_or_init(|| {
+            Arc::new(UpdateCards {
+                version: current,
+                base_version: 0,
+                created_at_ms: self.head.created_at_ms,
+                add: Arc::clone(&self.cards),
+                remove: Arc::new(Vec::new()),
+                frames: std::sync::OnceLock::new(),
+            })
+        })))
     }
 
     fn cached_delta(&self, base: u32) -> Option<Arc<UpdateCards>> {
@@ -547,6 +554,13 @@ mod tests {
         let u = v.update_for(1).unwrap();
         assert_eq!(u.base_version, 0);
         assert_eq!(*u.add, vec![CardNo(10)]);
+    }
+
+    #[test]
+    fn every_terminal_is_sent_the_same_full_list() {
+        let v = HotlistView::full(head(2), vec![CardNo(1), CardNo(2)]);
+        let (a, b) = (v.update_for(0).unwrap(), v.update_for(0).unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "one shared update, frames and all");
     }
 
     #[test]

@@ -660,6 +660,17 @@ impl Engine {
         self.devices.entry(device).or_default().skip_through(seq);
     }
 
+    /// Sets the baseline of a device first seen without one (its earliest facts may still
+    /// have been on their way): every seq below the lowest it has seen counts as seen.
+    pub fn settle_baseline(&mut self, device: DeviceId) {
+        if let Some(seen) = self.devices.get_mut(&device)
+            && seen.watermark == 0
+            && let Some(lowest) = seen.above.first().copied()
+        {
+            seen.skip_through(lowest.saturating_sub(1));
+        }
+    }
+
     /// A past day's purchase count of `merchant` from the store, for the spike rule (the
     /// gateway loads the last four weeks at start). Loading a day the engine also counts
     /// is safe: the larger of the two counts is used, never their sum.
@@ -1446,6 +1457,18 @@ mod tests {
         // The same seq from another device is another fact: the 13th fires.
         let alerts = e.evaluate(&purchase(2, 5, 7));
         assert_eq!(hits_of(&alerts, RuleId::Velocity).len(), 1);
+    }
+
+    #[test]
+    fn a_settled_baseline_takes_the_lowest_seq_seen() {
+        let mut e = engine(RuleId::Velocity);
+        let d = DeviceId(9);
+        e.mark_seen(d, 12);
+        e.mark_seen(d, 10);
+        e.settle_baseline(d);
+        assert!(e.seen(d, 9) && e.seen(d, 10) && !e.seen(d, 11) && e.seen(d, 12));
+        e.mark_seen(d, 11);
+        assert_eq!(e.stats().seen_above_count, 0, "all contiguous now");
     }
 
     #[test]

@@ -64,13 +64,18 @@ impl RiskFeed {
     pub fn offer(&self, fed: Fed, received_at_ms: i64) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(fed) {
             self.dropped_since_ms
-                .fetch_min(received_at_ms, Ordering::Relaxed);
+                .fetch_min(received_at_ms, Ordering::AcqRel);
             metrics::counter!(m::RISK_QUEUE_OVERFLOWS_TOTAL).increment(1);
         }
     }
 
+    /// Whether offers were dropped that no catch-up has read back yet.
+    fn dropping(&self) -> bool {
+        self.dropped_since_ms.load(Ordering::Acquire) != i64::MAX
+    }
+
     fn take_dropped_since(&self) -> Option<i64> {
-        match self.dropped_since_ms.swap(i64::MAX, Ordering::Relaxed) {
+        match self.dropped_since_ms.swap(i64::MAX, Ordering::AcqRel) {
             i64::MAX => None,
             t => Some(t),
         }
@@ -126,6 +131,10 @@ pub struct Rules {
     /// Alerts of evaluated facts not yet recorded (the store failed): their facts count
     /// as seen, so they are kept here and recorded at the next chance.
     pending: Vec<NewAlert>,
+    /// Devices first seen from the queue while offers were being dropped: their earlier
+    /// facts may be among the dropped, so their seq baseline is set only after the
+    /// catch-up has read those back.
+    unsettled: std::collections::HashSet<DeviceId>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -156,6 +165,7 @@ impl Rules {
             store,
             today: None,
             pending: Vec::new(),
+            unsettled: std::collections::HashSet::new(),
         };
         let history_from = days_before(today, 28);
         let yesterday = days_before(today, 1);
@@ -202,8 +212,12 @@ impl Rules {
             after = Some((last.received_at_ms, last.device_id, last.seq));
             read += page.len() as u64;
             for row in &page {
+                if row.rejected {
+                    self.rejected(row.device_id, row.seq, true);
+                    continue;
+                }
                 let fact = engine_fact(row);
-                let alerts = self.evaluate(fact, row.refund_of_seq).await?;
+                let alerts = self.evaluate(fact, row.refund_of_seq, true).await?;
                 self.hold(&alerts);
             }
             self.flush().await?;
@@ -213,17 +227,34 @@ impl Rules {
         }
     }
 
+    /// The first seq of a device this engine sees: with `baseline` (read from the store
+    /// in order, or offered while nothing was dropped) the seqs before it are not this
+    /// engine's; without, the baseline waits for the catch-up.
+    fn first_of_device(&mut self, device: DeviceId, seq: u64, baseline: bool) {
+        if self.engine.knows_device(device) {
+            return;
+        }
+        if baseline {
+            self.engine.skip_through(device, seq.saturating_sub(1));
+        } else {
+            self.unsettled.insert(device);
+        }
+    }
+
+    /// A rejected transaction: only its seq counts as seen.
+    fn rejected(&mut self, device: DeviceId, seq: u64, baseline: bool) {
+        self.first_of_device(device, seq, baseline);
+        self.engine.mark_seen(device, seq);
+    }
+
     /// Evaluates one fact: a refund first gets its purchase from the store.
     async fn evaluate(
         &mut self,
         mut fact: Fact,
         refund_of_seq: u64,
+        baseline: bool,
     ) -> Result<Vec<Alert>, StoreError> {
-        if !self.engine.knows_device(fact.device_id) {
-            // The first of a device since start: seqs before it are not this engine's.
-            self.engine
-                .skip_through(fact.device_id, fact.seq.saturating_sub(1));
-        }
+        self.first_of_device(fact.device_id, fact.seq, baseline);
         if self.engine.seen(fact.device_id, fact.seq) {
             return Ok(Vec::new());
         }
@@ -289,14 +320,17 @@ impl Rules {
                     if n == 0 {
                         return;
                     }
-                    if let Err(e) = self.take(&mut batch).await {
+                    // While offers are being dropped, a device's first offer may not be
+                    // its first fact.
+                    let baseline = !feed.dropping();
+                    if let Err(e) = self.take(&mut batch, baseline).await {
                         tracing::warn!(error = %e, "fraud rules: store failed; catching up later");
                         // What this batch held is in the store: read it again later.
                         let since = batch.iter().filter_map(|f| match f {
                             Fed::Stored(f, _) => Some(f.received_at_ms),
                             Fed::Rejected(..) => None,
                         }).min().unwrap_or(i64::MAX);
-                        feed.dropped_since_ms.fetch_min(since, Ordering::Relaxed);
+                        feed.dropped_since_ms.fetch_min(since, Ordering::AcqRel);
                     }
                     batch.clear();
                 }
@@ -310,12 +344,18 @@ impl Rules {
                         };
                         match self.catch_up(from, Some(since)).await {
                             Ok(n) => {
+                                // Settled once nothing more was dropped meanwhile.
+                                if !feed.dropping() {
+                                    for d in std::mem::take(&mut self.unsettled) {
+                                        self.engine.settle_baseline(d);
+                                    }
+                                }
                                 metrics::counter!(m::RISK_CAUGHT_UP_TOTAL).increment(n);
                                 tracing::info!(facts = n, "fraud rules caught up from the store");
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "fraud rules catch-up failed");
-                                feed.dropped_since_ms.fetch_min(since, Ordering::Relaxed);
+                                feed.dropped_since_ms.fetch_min(since, Ordering::AcqRel);
                             }
                         }
                     }
@@ -328,19 +368,14 @@ impl Rules {
         }
     }
 
-    async fn take(&mut self, batch: &mut [Fed]) -> Result<(), StoreError> {
+    async fn take(&mut self, batch: &mut [Fed], baseline: bool) -> Result<(), StoreError> {
         for f in batch.iter() {
             match *f {
                 Fed::Stored(fact, refund_of_seq) => {
-                    let alerts = self.evaluate(fact, refund_of_seq).await?;
+                    let alerts = self.evaluate(fact, refund_of_seq, baseline).await?;
                     self.hold(&alerts);
                 }
-                Fed::Rejected(device, seq) => {
-                    if !self.engine.knows_device(device) {
-                        self.engine.skip_through(device, seq.saturating_sub(1));
-                    }
-                    self.engine.mark_seen(device, seq);
-                }
+                Fed::Rejected(device, seq) => self.rejected(device, seq, baseline),
             }
         }
         self.flush().await

@@ -31,6 +31,16 @@ pub fn screens_cards(kind: DeviceKind) -> bool {
     )
 }
 
+/// Cards per chunk: `hotlist.chunk_cards_max`, or fewer when a chunk's frame would take
+/// more than half of `session.write_buffer_bytes_max` — a chunk waiting for room must
+/// leave room for the session's other answers.
+pub(super) fn chunk_cards(config: &crate::config::Config) -> usize {
+    // Frame header 8 + HOTLIST_UPDATE's fixed part 13, then 8 bytes a card.
+    const FRAME_FIXED_BYTES: usize = 21;
+    let fit = (config.session.write_buffer_bytes_max / 2).saturating_sub(FRAME_FIXED_BYTES) / 8;
+    config.hotlist.chunk_cards_max.min(fit).max(1)
+}
+
 /// A terminal's hot list as this session knows it.
 #[derive(Debug)]
 pub(super) struct HotlistState {
@@ -85,7 +95,7 @@ impl Session {
         let Some(cards) = self.shared.hotlist_view().update_for(state.version) else {
             return;
         };
-        let per = self.shared.config.hotlist.chunk_cards_max;
+        let per = chunk_cards(&self.shared.config);
         let form = if cards.base_version == 0 {
             "full"
         } else {
@@ -104,7 +114,7 @@ impl Session {
     /// Queues the update's next chunks while the write budget has room; when it has none,
     /// waits for room beside the session's other work (not instead of it).
     fn pump_hotlist(&mut self, ctx: &mut Context<Self>) {
-        let per = self.shared.config.hotlist.chunk_cards_max;
+        let per = chunk_cards(&self.shared.config);
         loop {
             if matches!(self.phase, Phase::Closing) {
                 return;
@@ -212,10 +222,12 @@ pub(super) async fn record_acks(
 ) {
     let mut pass = Vec::with_capacity(HOTLIST_ACKS_PASS_MAX);
     while pending.recv_many(&mut pass, HOTLIST_ACKS_PASS_MAX).await > 0 {
-        // One row per device: its latest ack in the pass.
-        pass.sort_by_key(|(d, v, _)| (*d, *v));
-        pass.dedup_by_key(|(d, _, _)| *d);
-        if let Err(e) = store.record_hotlist_acks(std::mem::take(&mut pass)).await {
+        // One row per device: its last ack in the pass (a full list after a restored
+        // store can lower a version, so the last one, not the highest).
+        let last: std::collections::HashMap<DeviceId, (u32, i64)> =
+            pass.drain(..).map(|(d, v, at)| (d, (v, at))).collect();
+        let acks = last.into_iter().map(|(d, (v, at))| (d, v, at)).collect();
+        if let Err(e) = store.record_hotlist_acks(acks).await {
             tracing::warn!(error = %e, "recording hot-list acks failed");
         }
     }

@@ -317,6 +317,8 @@ pub struct FactRow {
     pub business_date: BusinessDate,
     /// REFUND: the seq of the purchase on this device.
     pub refund_of_seq: u64,
+    /// A REJECTED row: not a fact, only a seq the rules have seen.
+    pub rejected: bool,
 }
 
 /// A purchase a refund refers to.
@@ -369,7 +371,8 @@ pub trait RiskStore: Send + Sync + 'static {
         report: NewReport,
     ) -> impl Future<Output = Result<ReportOutcome, StoreError>> + Send;
 
-    /// Stored transactions (status STORED) of business days from `from`, in the order
+    /// Answered transactions (STORED, and REJECTED ones flagged) of business days from
+    /// `from`, in the order
     /// (received_at_ms, device_id, seq), after the key `after`, at most `limit`: what the
     /// rules rebuild and catch up from.
     fn stored_facts(

@@ -11,6 +11,11 @@ use super::{Ledger, hotlist};
 use crate::registry::MerchantId;
 use wenxiao_protocol::{BusinessDate, CardNo, DeviceId, Fen, TxnKind};
 
+/// Every risk write takes this first (after the hot list's lock, for a case step): one
+/// lock order, so that case openers, alert recorders and case steps queue rather than
+/// deadlock on PostgreSQL. Risk writes are few.
+const LOCK_CASES: Sql = Sql::pg_only("LOCK TABLE risk_cases IN EXCLUSIVE MODE");
+
 /// Which table an id is for.
 #[derive(Debug, Clone, Copy)]
 enum Ids {
@@ -173,6 +178,7 @@ fn fact_row(r: &Row) -> Result<FactRow, StoreError> {
         business_date: BusinessDate::new(date)
             .map_err(|_| StoreError::Corrupt(format!("business date {date}")))?,
         refund_of_seq: from_db_u64(r.int(11)?),
+        rejected: r.int(12)? == 3,
     })
 }
 
@@ -182,6 +188,7 @@ impl<B: Backend> RiskStore for Ledger<B> {
             return Ok(0);
         }
         let mut tx = self.backend.begin(TxMode::Write).await?;
+        tx.execute(&LOCK_CASES, &[]).await?;
         let mut recorded = 0;
         for a in alerts {
             let (kind, id) = a.subject.to_db();
@@ -339,6 +346,7 @@ impl<B: Backend> RiskStore for Ledger<B> {
             &[],
         )
         .await?;
+        tx.execute(&LOCK_CASES, &[]).await?;
         let locked = tx
             .query_opt(
                 &Sql::both("SELECT status FROM risk_cases WHERE case_id = $1 FOR UPDATE"),
@@ -472,6 +480,7 @@ impl<B: Backend> RiskStore for Ledger<B> {
 
     async fn file_report(&self, r: NewReport) -> Result<ReportOutcome, StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
+        tx.execute(&LOCK_CASES, &[]).await?;
         // Reports are numbered under the table lock, which also makes the per-reporter
         // count exact across nodes.
         let report_id = next_id(&mut tx, Ids::Reports).await?;
@@ -524,8 +533,8 @@ impl<B: Backend> RiskStore for Ledger<B> {
             .query(
                 &Sql::both(
                     "SELECT device_id, seq, merchant_id, kind, card_no, card_counter, amount_fen, \
-                     subsidy_fen, occurred_at_ms, received_at_ms, business_date, refund_of_seq \
-                     FROM txns WHERE status = 1 AND business_date >= $1 \
+                     subsidy_fen, occurred_at_ms, received_at_ms, business_date, refund_of_seq, \
+                     status FROM txns WHERE status IN (1, 3) AND business_date >= $1 \
                      AND (received_at_ms > $2 OR (received_at_ms = $2 AND (device_id > $3 \
                      OR (device_id = $3 AND seq > $4)))) \
                      ORDER BY received_at_ms, device_id, seq LIMIT $5",
