@@ -80,18 +80,11 @@ async fn activity(
     body: web::Json<ActivityBody>,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
-    use subtle::ConstantTimeEq;
     let token = &state.shared.config.admin.app_token;
     if token.is_empty() {
         return HttpResponse::NotFound().finish();
     }
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+    if !bearer_is(&request, token) {
         return rejected(StatusCode::UNAUTHORIZED, "BAD_TOKEN");
     }
     let venue = crate::registry::MerchantId(body.venue_id);
@@ -141,6 +134,19 @@ async fn activity(
         Ok(Err(e)) => rejected(StatusCode::SERVICE_UNAVAILABLE, &format!("STORE: {e}")),
         Err(e) => rejected(StatusCode::SERVICE_UNAVAILABLE, &format!("STORE: {e}")),
     }
+}
+
+/// Whether the request's `Authorization: Bearer` token is `token` (compared in constant
+/// time).
+pub(crate) fn bearer_is(request: &actix_web::HttpRequest, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Binds and starts the admin server on the current actix system.

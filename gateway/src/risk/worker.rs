@@ -10,7 +10,7 @@
 use super::config::RiskConfig;
 use super::engine::{Alert, Engine, Fact, Place, Places, RefundOf, Subject};
 use crate::metrics as m;
-use crate::store::risk::{FactRow, NewAlert, RiskStore};
+use crate::store::risk::{NewAlert, RiskStore};
 use crate::store::{AnyStore, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -79,23 +79,6 @@ impl RiskFeed {
             i64::MAX => None,
             t => Some(t),
         }
-    }
-}
-
-fn engine_fact(r: &FactRow) -> Fact {
-    Fact {
-        device_id: r.device_id,
-        seq: r.seq,
-        merchant_id: r.merchant_id,
-        kind: r.kind,
-        card_no: r.card_no,
-        card_counter: r.card_counter,
-        amount_fen: r.amount_fen,
-        subsidy_fen: r.subsidy_fen,
-        occurred_at_ms: r.occurred_at_ms,
-        received_at_ms: r.received_at_ms,
-        business_date: r.business_date,
-        refund_of: None,
     }
 }
 
@@ -209,15 +192,14 @@ impl Rules {
             let Some(last) = page.last() else {
                 return Ok(read);
             };
-            after = Some((last.received_at_ms, last.device_id, last.seq));
+            after = Some((last.fact.received_at_ms, last.fact.device_id, last.fact.seq));
             read += page.len() as u64;
             for row in &page {
                 if row.rejected {
-                    self.rejected(row.device_id, row.seq, true);
+                    self.rejected(row.fact.device_id, row.fact.seq, true);
                     continue;
                 }
-                let fact = engine_fact(row);
-                let alerts = self.evaluate(fact, row.refund_of_seq, true).await?;
+                let alerts = self.evaluate(row.fact, row.refund_of_seq, true).await?;
                 self.hold(&alerts);
             }
             self.flush().await?;

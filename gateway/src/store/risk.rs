@@ -6,7 +6,7 @@ use super::StoreError;
 use crate::registry::MerchantId;
 use serde::Serialize;
 use std::future::Future;
-use wenxiao_protocol::{BusinessDate, CardNo, DeviceId, Fen, TxnKind};
+use wenxiao_protocol::{BusinessDate, CardNo, DeviceId, Fen};
 
 /// What a case, alert or report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -290,31 +290,11 @@ pub enum ReportOutcome {
     RateLimited,
 }
 
-/// A stored transaction as the rules see it.
+/// An answered transaction as the rules read it back from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FactRow {
-    /// The device.
-    pub device_id: DeviceId,
-    /// Its seq.
-    pub seq: u64,
-    /// The merchant.
-    pub merchant_id: Option<MerchantId>,
-    /// The kind.
-    pub kind: TxnKind,
-    /// The card.
-    pub card_no: CardNo,
-    /// The card's counter.
-    pub card_counter: u32,
-    /// The amount.
-    pub amount_fen: Fen,
-    /// The subsidy granted.
-    pub subsidy_fen: Fen,
-    /// When the card was used.
-    pub occurred_at_ms: i64,
-    /// When the gateway received it.
-    pub received_at_ms: i64,
-    /// Its business day.
-    pub business_date: BusinessDate,
+    /// The transaction (its `refund_of` is left for the rules to read).
+    pub fact: crate::risk::engine::Fact,
     /// REFUND: the seq of the purchase on this device.
     pub refund_of_seq: u64,
     /// A REJECTED row: not a fact, only a seq the rules have seen.

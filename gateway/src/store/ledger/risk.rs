@@ -163,7 +163,7 @@ async fn case_in<T: Tx>(tx: &mut T, case_id: i64) -> Result<Option<CaseSummary>,
 fn fact_row(r: &Row) -> Result<FactRow, StoreError> {
     let kind: u8 = r.get(3)?;
     let date: u32 = r.get(10)?;
-    Ok(FactRow {
+    let fact = crate::risk::engine::Fact {
         device_id: DeviceId(from_db_u64(r.int(0)?)),
         seq: from_db_u64(r.int(1)?),
         merchant_id: r.opt_int(2)?.map(MerchantId),
@@ -177,6 +177,10 @@ fn fact_row(r: &Row) -> Result<FactRow, StoreError> {
         received_at_ms: r.int(9)?,
         business_date: BusinessDate::new(date)
             .map_err(|_| StoreError::Corrupt(format!("business date {date}")))?,
+        refund_of: None,
+    };
+    Ok(FactRow {
+        fact,
         refund_of_seq: from_db_u64(r.int(11)?),
         rejected: r.int(12)? == 3,
     })
