@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: AwardsCommand,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Fraud cases: alerts and residents' reports grouped by card or merchant.
     Cases {
         #[command(subcommand)]
@@ -61,6 +66,12 @@ enum Command {
         #[command(subcommand)]
         command: BlacklistCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the log's hash chain; exits 1 naming the first row that does not hold.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +294,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clearing { command } => clearing(&config, command),
         Command::Awards { command } => awards(&config, command),
         Command::Cases { command } => cases(&config, command),
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => with_store(&config, |store| async move {
+            store.migrate().await?;
+            match store.verify_audit().await? {
+                crate::audit::Verdict::Intact { rows } => {
+                    println!("audit log intact: {rows} rows, every hash holds");
+                    Ok(())
+                }
+                crate::audit::Verdict::Broken { seq, reason } => {
+                    anyhow::bail!("audit log broken at row {seq}: {reason}")
+                }
+            }
+        }),
         Command::Blacklist { command } => with_store(&config, |store| async move {
             store.migrate().await?;
             let now = crate::clock::now_ms();

@@ -4,6 +4,7 @@
 //! rules.
 
 pub mod admin;
+pub mod audit;
 pub mod budget;
 pub mod clearing;
 pub mod cli;

@@ -541,6 +541,8 @@ async fn cases_through_the_cli() {
         &["cases", "dismiss", "1", "--by", "ana", "--reason", "no"],
     );
     assert!(!ok && out.contains("CONFIRMED"), "{out}");
+    let (ok, out) = cli(&config, &["audit", "verify"]);
+    assert!(ok && out.contains("intact: 3 rows"), "{out}");
     let (ok, out) = cli(&config, &["blacklist", "status"]);
     assert!(
         ok && out.contains("version 1") && out.contains("1 cards"),

@@ -291,6 +291,11 @@ pub trait Store: Send + Sync + 'static {
         acks: Vec<(DeviceId, u32, i64)>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Walks the audit log, recomputing its hash chain.
+    fn verify_audit(
+        &self,
+    ) -> impl Future<Output = Result<crate::audit::Verdict, StoreError>> + Send;
+
     /// Puts one card on the blacklist (or takes it off), keeping the default number of
     /// versions' deltas: [`Store::change_hotlist`] for a single card.
     fn set_blacklisted(
@@ -537,6 +542,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("migrations/0010_ledger_clock.sql")),
     (11, include_str!("migrations/0011_hotlist.sql")),
     (12, include_str!("migrations/0012_risk.sql")),
+    (13, include_str!("migrations/0013_audit.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ pub(super) async fn change_in<T: Tx>(
             c.now_ms,
             i64::try_from(added).unwrap_or(i64::MAX),
             i64::try_from(removed).unwrap_or(i64::MAX),
-            c.source
+            c.source.as_str()
         ],
     )
     .await?;
@@ -141,6 +141,15 @@ pub(super) async fn change_in<T: Tx>(
         )
         .await?;
     }
+    super::audit::append_in(
+        tx,
+        c.now_ms,
+        &c.source,
+        "hotlist.change",
+        &format!("hot-list version {version}"),
+        &serde_json::json!({ "added": added, "removed": removed }),
+    )
+    .await?;
     // Delivered at commit: every node's listener learns of the version at once.
     tx.execute(
         &Sql::pg_only("SELECT pg_notify('wenxiao_hotlist', $1)"), // HOTLIST_CHANNEL

@@ -8,6 +8,7 @@
 //!    it finds no room, so a failed attempt keeps no lock), or every shard in shard order;
 //! 2. a card's credits, all of them, in credit-id order, before any one is changed.
 
+mod audit;
 mod budget;
 mod clearing;
 mod credits;
@@ -479,6 +480,10 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn record_hotlist_acks(&self, acks: Vec<(DeviceId, u32, i64)>) -> Result<(), StoreError> {
         hotlist::record_acks(&self.backend, &acks).await
+    }
+
+    async fn verify_audit(&self) -> Result<crate::audit::Verdict, StoreError> {
+        audit::verify(&self.backend).await
     }
 
     async fn set_blacklisted(

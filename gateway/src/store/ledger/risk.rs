@@ -468,6 +468,19 @@ impl<B: Backend> RiskStore for Ledger<B> {
                 .await?;
             }
         }
+        super::audit::append_in(
+            &mut tx,
+            step.now_ms,
+            step.actor.trim(),
+            &format!("case.{}", step.action.name()),
+            &format!("case {} ({})", step.case_id, case.subject),
+            &serde_json::json!({
+                "reason": step.reason.trim(),
+                "hotlist_version": done.hotlist_version,
+                "registry_changed": done.registry_changed,
+            }),
+        )
+        .await?;
         event(
             &mut tx,
             step.case_id,
