@@ -35,10 +35,7 @@ async fn main() {
         )
         .await
         .unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = wenxiao_tests::pg_client(&url).await;
     // Purchases: device = one of 1,000 synthetic POS ids, merchant = one of the 100
     // contracted bookstores, cinemas and venues; every 100th row is a refund of the row
     // before it on the same device.

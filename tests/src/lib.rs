@@ -39,6 +39,16 @@ pub async fn fresh_pg_url() -> String {
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
+/// A plain client of `url` (its connection driven in the background), for a test that
+/// reaches behind the gateway: writing history, tampering, taking tables away.
+pub async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
 /// A migrated PostgreSQL store in a fresh schema.
 pub async fn fresh_pg_store() -> PgStore {
     let store = PgStore::connect(&fresh_pg_url().await, 8, 5_000).unwrap();

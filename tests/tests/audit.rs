@@ -97,10 +97,7 @@ async fn a_changed_or_removed_row_breaks_the_chain_postgres() {
         store.verify_audit().await.unwrap(),
         Verdict::Intact { rows: 5 }
     );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = wenxiao_tests::pg_client(&url).await;
     // The last row's actor rewritten, hash left alone.
     client
         .execute("UPDATE audit_log SET actor = 'bob' WHERE seq = 5", &[])

@@ -307,11 +307,7 @@ async fn store_outage_gives_store_unavailable_and_loses_nothing() {
     d.send(book_purchase(POS, 1, 90, 1, 100)).await;
     assert_eq!(d.ack().await.status, TxnStatus::Stored);
     // Take the table away: commits fail until it is back.
-    let (admin, conn) =
-        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let admin = wenxiao_tests::pg_client(&env.config.store.postgres_url).await;
     admin
         .batch_execute("ALTER TABLE txns RENAME TO txns_away")
         .await
@@ -721,11 +717,7 @@ async fn a_hung_store_is_bounded_and_readyz_reports_failing_writers() {
     assert_eq!(d.ack().await.status, TxnStatus::Stored);
     assert_eq!(http_get(admin_http, "/readyz").await.0, 200);
     // Another session holds the table: every ingest statement would wait for it forever.
-    let (admin, conn) =
-        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let admin = wenxiao_tests::pg_client(&env.config.store.postgres_url).await;
     admin
         .batch_execute("BEGIN; LOCK TABLE txns IN ACCESS EXCLUSIVE MODE")
         .await

@@ -564,11 +564,7 @@ async fn a_merchant_spike_against_its_stored_history() {
     wenxiao_gateway::store::Store::migrate(&store)
         .await
         .unwrap();
-    let (client, conn) =
-        tokio_postgres::connect(&env.config.store.postgres_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let client = wenxiao_tests::pg_client(&env.config.store.postgres_url).await;
     let today = clock::business_date(clock::now_ms()).unwrap();
     let mut day = today;
     for week in 0..4_i64 {

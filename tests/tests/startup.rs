@@ -96,10 +96,7 @@ async fn a_corrupt_row_is_an_error_not_a_panic() {
     let pg = wenxiao_gateway::store::PgStore::connect(&url, 2, 5_000).unwrap();
     pg.migrate().await.unwrap();
     pg.ingest(&[row], &ctx).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = wenxiao_tests::pg_client(&url).await;
     client
         .batch_execute("UPDATE txns SET status = 42")
         .await
