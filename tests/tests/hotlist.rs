@@ -341,3 +341,43 @@ async fn bulk_import_sqlite() {
 async fn bulk_import_postgres() {
     bulk_import(TestEnv::postgres().await).await;
 }
+
+/// A terminal that never reads while it is sent a hot list of 1,000,000 cards (8 MB, far
+/// past the socket buffers): the session's chunks wait for room beside its other work,
+/// and once the device has not read for `session.slow_reader_timeout_ms` the session is
+/// closed and counted. Another terminal is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_that_never_reads_its_list_is_closed() {
+    let mut env = TestEnv::postgres().await;
+    env.config.session.slow_reader_timeout_ms = 1_000;
+    let store = store_of(&env).await;
+    let cards: Vec<u64> = (0..1_000_000_u64).map(|c| 5_000_000 + c).collect();
+    store.change_hotlist(change(&cards, &[])).await.unwrap();
+    let gw = env.start();
+    let admin = gw.admin_addr.unwrap();
+    let mut silent = env.connect(&gw, POS2).await;
+    silent.send(hello(POS2, DeviceKind::Pos)).await;
+    // The other terminal, already current, keeps being answered.
+    let mut pos = env.connect(&gw, POS).await;
+    hello_at(&mut pos, DeviceKind::Pos, 1).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut seq = 1;
+    loop {
+        pos.send(book_purchase(POS, seq, 7_000 + seq, 1, 100)).await;
+        assert_eq!(pos.ack().await.status, TxnStatus::Stored);
+        seq += 1;
+        let (_, metrics) = wenxiao_tests::http::get(admin, "/metrics", None).await;
+        if metrics.lines().any(|l| {
+            l.starts_with("wenxiao_sessions_closed_slow_reader_total") && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the terminal that never reads was not closed within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((silent, pos));
+    gw.shutdown().unwrap();
+}
