@@ -70,22 +70,14 @@ impl UpdateCards {
         let (per, frames) = self.frames.get_or_init(|| {
             let frames: Vec<bytes::Bytes> = (0..self.chunk_count(cards_per_chunk))
                 .filter_map(|i| self.chunk(i, cards_per_chunk))
-                .map(|c| {
-                    let mut buf = bytes::BytesMut::new();
-                    wenxiao_protocol::Message::HotlistUpdate(c).encode(&mut buf);
-                    buf.freeze()
-                })
+                .map(encode)
                 .collect();
             (cards_per_chunk, frames.into())
         });
         if *per == cards_per_chunk {
             return frames.get(i).cloned();
         }
-        self.chunk(i, cards_per_chunk).map(|c| {
-            let mut buf = bytes::BytesMut::new();
-            wenxiao_protocol::Message::HotlistUpdate(c).encode(&mut buf);
-            buf.freeze()
-        })
+        self.chunk(i, cards_per_chunk).map(encode)
     }
 
     /// Chunk `i` of [`UpdateCards::chunk_count`]: adds first, then removes, in order;
@@ -113,6 +105,13 @@ impl UpdateCards {
         )
         .ok()
     }
+}
+
+/// A chunk as its frame.
+fn encode(chunk: HotlistUpdate) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::new();
+    wenxiao_protocol::Message::HotlistUpdate(chunk).encode(&mut buf);
+    buf.freeze()
 }
 
 /// One node's copy of the hot list at one version.

@@ -245,12 +245,13 @@ pub struct RuleHit {
     pub evidence: Vec<(DeviceId, u64)>,
 }
 
-/// Whom an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Whom an alert is about: also what a case or a report is about (the store keeps it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Subject {
-    /// A card.
+    /// A card: blacklisted when its case is confirmed.
     Card(CardNo),
-    /// A merchant.
+    /// A merchant: suspended when its case is confirmed.
     Merchant(MerchantId),
 }
 

@@ -8,7 +8,7 @@
 //! start the task rebuilds its state the same way, from the store's last days.
 
 use super::config::RiskConfig;
-use super::engine::{Alert, Engine, Fact, Place, Places, RefundOf, Subject};
+use super::engine::{Alert, Engine, Fact, Place, Places, RefundOf};
 use crate::metrics as m;
 use crate::store::risk::{NewAlert, RiskStore};
 use crate::store::{AnyStore, StoreError};
@@ -86,14 +86,10 @@ impl RiskFeed {
 pub fn store_alerts(alerts: &[Alert]) -> Vec<NewAlert> {
     let mut out = Vec::new();
     for a in alerts {
-        let subject = match a.subject {
-            Subject::Card(c) => crate::store::risk::Subject::Card(c),
-            Subject::Merchant(m) => crate::store::risk::Subject::Merchant(m),
-        };
         for h in &a.hits {
             out.push(NewAlert {
                 rule: h.rule.name(),
-                subject,
+                subject: a.subject,
                 business_date: a.business_date,
                 band: h.band.code(),
                 figures: h.figures.clone(),

@@ -137,28 +137,23 @@ impl Session {
                 crate::outbound::Queue::Closed => return,
                 crate::outbound::Queue::Full(frame) => {
                     s.waiting = true;
-                    let room = self.writer.reserve(frame.len());
-                    let stall =
-                        Duration::from_millis(self.shared.config.session.slow_reader_timeout_ms);
-                    ctx.spawn(
-                        actix::fut::wrap_future(tokio::time::timeout(stall, room)).map(
-                            move |room, act: &mut Session, ctx| match room {
-                                Ok(Ok(permit)) => {
-                                    act.writer.send_reserved(frame, permit);
-                                    metrics::counter!(m::FRAMES_SENT_TOTAL, "type" => "HOTLIST_UPDATE")
-                                        .increment(1);
-                                    if let Some(s) =
-                                        act.hotlist.as_mut().and_then(|h| h.sending.as_mut())
-                                    {
-                                        s.waiting = false;
-                                        s.next_chunk += 1;
-                                    }
-                                    act.pump_hotlist(ctx);
+                    ctx.spawn(actix::fut::wrap_future(self.room_for(frame.len())).map(
+                        move |room, act: &mut Session, ctx| match room {
+                            Some(permit) => {
+                                act.writer.send_reserved(frame, permit);
+                                metrics::counter!(m::FRAMES_SENT_TOTAL, "type" => "HOTLIST_UPDATE")
+                                    .increment(1);
+                                if let Some(s) =
+                                    act.hotlist.as_mut().and_then(|h| h.sending.as_mut())
+                                {
+                                    s.waiting = false;
+                                    s.next_chunk += 1;
                                 }
-                                _ => act.drop_slow_reader(ctx),
-                            },
-                        ),
-                    );
+                                act.pump_hotlist(ctx);
+                            }
+                            None => act.drop_slow_reader(ctx),
+                        },
+                    ));
                     return;
                 }
             }

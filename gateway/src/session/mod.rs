@@ -204,19 +204,26 @@ impl Session {
             }
         };
         self.write_blocked = true;
-        let room = self.writer.reserve(frame.len());
+        ctx.wait(actix::fut::wrap_future(self.room_for(frame.len())).map(
+            move |room, act: &mut Session, ctx| match room {
+                Some(permit) => {
+                    act.write_blocked = false;
+                    act.writer.send_reserved(frame, permit);
+                }
+                None => act.drop_slow_reader(ctx),
+            },
+        ));
+    }
+
+    /// Room for a frame of `len` bytes in the write budget: the permit, or `None` when
+    /// the device has not read for `slow_reader_timeout_ms` (or the writer is gone).
+    fn room_for(
+        &self,
+        len: usize,
+    ) -> impl std::future::Future<Output = Option<OwnedSemaphorePermit>> + use<> {
+        let room = self.writer.reserve(len);
         let stall = Duration::from_millis(self.shared.config.session.slow_reader_timeout_ms);
-        ctx.wait(
-            actix::fut::wrap_future(tokio::time::timeout(stall, room)).map(
-                move |room, act: &mut Session, ctx| match room {
-                    Ok(Ok(permit)) => {
-                        act.write_blocked = false;
-                        act.writer.send_reserved(frame, permit);
-                    }
-                    _ => act.drop_slow_reader(ctx),
-                },
-            ),
-        );
+        async move { tokio::time::timeout(stall, room).await.ok()?.ok() }
     }
 
     /// Closes a session whose device has not read its answers for `slow_reader_timeout_ms`:

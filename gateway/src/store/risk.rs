@@ -8,15 +8,7 @@ use serde::Serialize;
 use std::future::Future;
 use wenxiao_protocol::{BusinessDate, CardNo, DeviceId, Fen};
 
-/// What a case, alert or report is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Subject {
-    /// A card: blacklisted when its case is confirmed.
-    Card(CardNo),
-    /// A merchant: suspended when its case is confirmed.
-    Merchant(MerchantId),
-}
+pub use crate::risk::engine::Subject;
 
 impl Subject {
     /// The stored (kind, id) pair.
