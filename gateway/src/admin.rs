@@ -149,6 +149,12 @@ pub(crate) fn bearer_is(request: &actix_web::HttpRequest, token: &str) -> bool {
     bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
+/// Whether two secrets are equal, compared in constant time.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
+}
+
 /// Binds and starts the admin server on the current actix system.
 pub fn start(
     addr: SocketAddr,

@@ -1,7 +1,9 @@
 //! Settlement files of a cleared business day: CSV, one header row, the rows in key
 //! order, and a control-total line (`TOTAL,…`) the receiving side checks. Money in fen.
-//! Regenerating the files of a day gives the same bytes. [`run_day`] is the clearing step
-//! the CLI and the simulator's demo share.
+//! Regenerating the files of a day gives the same bytes. An approved day is sealed: the
+//! SHA-256 of its fixed figures ([`seal_hash`]) is recorded at approval, and each file
+//! ends with a `SEAL,<hex>` line after its control total. [`run_day`] is the clearing step
+//! the CLI, the console and the simulator's demo share.
 
 use crate::registry::MerchantId;
 use crate::registry::{Category, District};
@@ -27,7 +29,7 @@ pub enum Step {
 /// the report and the files. A day is cleared only once it has ended in Asia/Shanghai and
 /// `grace_ms` more have passed, for the commits still in flight at 24:00 (one that commits
 /// later still is filed with the next day).
-pub async fn run_day<S: Store>(
+pub async fn run_day<S: Store + crate::store::console::ConsoleStore>(
     store: &S,
     step: Step,
     date: BusinessDate,
@@ -61,7 +63,15 @@ pub async fn run_day<S: Store>(
         .clearing_report(date)
         .await?
         .ok_or_else(|| anyhow::anyhow!("{date} is not cleared"))?;
-    let files = write_settlement_files(&report, dir)?;
+    let seal = if report.summary.approved {
+        let seal = seal_hash(&report);
+        store.record_seal(date, seal.clone(), "cli".to_owned(), now).await?;
+        // The first seal recorded stands: a day approved through the console keeps it.
+        store.seal(date).await?
+    } else {
+        None
+    };
+    let files = write_settlement_files(&report, dir, seal.as_deref())?;
     Ok((report, files))
 }
 
@@ -74,11 +84,70 @@ pub struct FileError {
 }
 
 fn district_name(code: i16) -> String {
-    District::from_code(code).map_or_else(|| code.to_string(), |d| format!("{d:?}"))
+    District::from_code(code).map_or_else(|| code.to_string(), |d| d.label().to_owned())
 }
 
 fn category_name(code: i16) -> String {
-    Category::from_code(code).map_or_else(|| code.to_string(), |c| format!("{c:?}"))
+    Category::from_code(code).map_or_else(|| code.to_string(), |c| c.label().to_owned())
+}
+
+/// The seal of an approved day: the SHA-256 (hex) over its fixed figures — the run's
+/// totals, every credit, every merchant settlement, every statistics line and every award
+/// — each field length-prefixed, in key order. The loaded figures, which grow as cards
+/// are loaded, are not in it.
+pub fn seal_hash(report: &ClearingReport) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut field = |v: &str| {
+        h.update(u64::try_from(v.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(v.as_bytes());
+    };
+    let s = &report.summary;
+    field("wenxiao-clearing-seal-v1");
+    for v in [
+        i64::from(s.business_date.get()),
+        s.txn_count,
+        s.subsidy_fen.get(),
+        s.credit_count,
+        s.credit_fen.get(),
+    ] {
+        field(&v.to_string());
+    }
+    for c in &report.credits {
+        field(&format!("C{},{},{}", c.credit_id, c.card_no, c.amount_fen.get()));
+    }
+    for m in &report.merchants {
+        field(&format!(
+            "M{},{},{},{},{},{}",
+            m.merchant_id.0,
+            m.txn_count,
+            m.sales_fen.get(),
+            m.refunds_fen.get(),
+            m.points_fen.get(),
+            m.subsidy_fen.get()
+        ));
+    }
+    for r in &report.statistics {
+        field(&format!(
+            "S{},{},{},{},{}",
+            r.district,
+            r.category,
+            r.txn_count,
+            r.sales_fen.get(),
+            r.subsidy_fen.get()
+        ));
+    }
+    for a in &report.awards {
+        field(&format!(
+            "A{},{},{},{},{}",
+            a.award_id,
+            a.merchant_id.0,
+            a.show_date,
+            a.kind,
+            a.amount_fen.get()
+        ));
+    }
+    hex::encode(h.finalize())
 }
 
 fn write(path: &Path, text: &str) -> Result<PathBuf, FileError> {
@@ -99,10 +168,17 @@ fn write(path: &Path, text: &str) -> Result<PathBuf, FileError> {
 /// The four files of a day, under `dir/yyyymmdd/`: card credits (for the card company),
 /// merchant settlement (card company → merchants), bureau settlement (culture bureau →
 /// card company) and statistics by district and category.
+///
+/// A sealed day's files end with `SEAL,<hex>` after the control total.
 pub fn write_settlement_files(
     report: &ClearingReport,
     dir: &Path,
+    seal: Option<&str>,
 ) -> Result<Vec<PathBuf>, FileError> {
+    let write = |path: &Path, text: &str| match seal {
+        Some(seal) => write(path, &format!("{text}SEAL,{seal}\n")),
+        None => write(path, text),
+    };
     let s = &report.summary;
     let day = dir.join(s.business_date.get().to_string());
     let mut files = Vec::new();

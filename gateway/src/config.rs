@@ -73,6 +73,54 @@ pub struct Config {
     pub hotlist: HotlistConfig,
     /// The fraud rules' file.
     pub risk: RiskFileConfig,
+    /// The operations console and its API.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console and its API.
+    pub enabled: bool,
+    /// Where.
+    pub listen_addr: SocketAddr,
+    /// TLS certificate chain (PEM); with `tls_key_path`, the listener speaks HTTPS.
+    pub tls_cert_path: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key_path: Option<PathBuf>,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Open connections at most.
+    pub connections_max: usize,
+    /// A request's headers must arrive within this.
+    pub request_timeout_ms: u64,
+    /// A browser session lasts this long after login.
+    pub session_ttl_ms: u64,
+    /// Password checks running at once; a login waits `login_wait_ms` at most for one.
+    pub logins_concurrent_max: usize,
+    /// How long a login waits for a password check, then is refused 429.
+    pub login_wait_ms: u64,
+    /// The dashboard's figures are read from the store at most this often.
+    pub dashboard_refresh_ms: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            tls_cert_path: None,
+            tls_key_path: None,
+            workers: 1,
+            connections_max: 256,
+            request_timeout_ms: 5_000,
+            session_ttl_ms: 8 * 3_600_000,
+            logins_concurrent_max: 2,
+            login_wait_ms: 2_000,
+            dashboard_refresh_ms: 5_000,
+        }
+    }
 }
 
 /// `[hotlist]`
@@ -227,6 +275,7 @@ impl Default for Config {
             txn: TxnConfig::default(),
             keys: KeysConfig::default(),
             admin: AdminConfig::default(),
+            console: ConsoleConfig::default(),
             registry: RegistryConfig::default(),
             clearing: ClearingConfig::default(),
             credits: CreditsConfig::default(),
@@ -583,6 +632,19 @@ impl Config {
 
     /// Checks every value's range and the keys' syntax.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.console;
+        in_range("console.workers", c.workers, 1, 64)?;
+        in_range("console.connections_max", c.connections_max, 1, 100_000)?;
+        in_range("console.request_timeout_ms", c.request_timeout_ms, 100, 600_000)?;
+        in_range("console.session_ttl_ms", c.session_ttl_ms, 60_000, 7 * 86_400_000)?;
+        in_range("console.logins_concurrent_max", c.logins_concurrent_max, 1, 64)?;
+        in_range("console.login_wait_ms", c.login_wait_ms, 1, 60_000)?;
+        in_range("console.dashboard_refresh_ms", c.dashboard_refresh_ms, 0, 3_600_000)?;
+        check(
+            c.tls_cert_path.is_some() == c.tls_key_path.is_some(),
+            "console.tls_cert_path",
+            || "console.tls_cert_path and console.tls_key_path go together".to_owned(),
+        )?;
         let s = &self.server;
         in_range("server.connections_max", s.connections_max, 1, 1_000_000)?;
         in_range(

@@ -79,6 +79,38 @@ coded_enum!(
     }
 );
 
+impl Category {
+    /// The name users read: Chinese, then English.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Bookstore => "书店 / bookstore",
+            Self::Cinema => "电影院 / cinema",
+            Self::PerformanceVenue => "演出场所 / performance venue",
+            Self::Organizer => "演出主办方 / performance organizer",
+            Self::PublicVenue => "公共文化场馆 / public venue",
+            Self::ServiceOutlet => "服务网点 / service outlet",
+        }
+    }
+}
+
+impl District {
+    /// The name users read: Chinese, then English.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Zhongyuan => "中原区 / Zhongyuan",
+            Self::Erqi => "二七区 / Erqi",
+            Self::Guancheng => "管城回族区 / Guancheng",
+            Self::Jinshui => "金水区 / Jinshui",
+            Self::Shangjie => "上街区 / Shangjie",
+            Self::Huiji => "惠济区 / Huiji",
+            Self::EconomicDevelopmentZone => "经济开发区 / Economic Development Zone",
+            Self::HighTechZone => "高新区 / High-Tech Zone",
+            Self::ZhengdongNewDistrict => "郑东新区 / Zhengdong New District",
+            Self::AirportEconomyZone => "航空港区 / Airport Economy Zone",
+        }
+    }
+}
+
 coded_enum!(
     /// A mobile operator whose OTA endpoint loads credits onto its SIM cards.
     Operator {

@@ -36,6 +36,8 @@ pub struct GatewayHandle {
     pub device_addr: SocketAddr,
     /// The admin server's address, if enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The console's address, if enabled.
+    pub console_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
@@ -108,9 +110,10 @@ pub fn spawn(config: Config) -> anyhow::Result<GatewayHandle> {
         .name("wx-gateway".to_owned())
         .spawn(move || run(config, ready_tx, stop_rx))?;
     match ready_rx.recv() {
-        Ok((device_addr, admin_addr)) => Ok(GatewayHandle {
+        Ok((device_addr, admin_addr, console_addr)) => Ok(GatewayHandle {
             device_addr,
             admin_addr,
+            console_addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),
@@ -125,7 +128,7 @@ pub fn spawn(config: Config) -> anyhow::Result<GatewayHandle> {
     }
 }
 
-type Ready = std::sync::mpsc::Sender<(SocketAddr, Option<SocketAddr>)>;
+type Ready = std::sync::mpsc::Sender<(SocketAddr, Option<SocketAddr>, Option<SocketAddr>)>;
 
 fn read(path: &std::path::Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| {
@@ -279,6 +282,13 @@ async fn serve(
         )?),
         false => None,
     };
+    let console = match cfg.console.enabled {
+        true => Some(crate::console::start(
+            cfg.console.listen_addr,
+            Arc::clone(&shared),
+        )?),
+        false => None,
+    };
     let workers = match cfg.server.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
@@ -293,8 +303,18 @@ async fn serve(
     shared
         .store_rt
         .spawn(crate::session::follow_hotlist(Arc::clone(&shared)));
-    tracing::info!(%device_addr, admin = ?admin.as_ref().map(|a| a.0), workers, "gateway listening");
-    let _ = ready.send((device_addr, admin.as_ref().map(|a| a.0)));
+    tracing::info!(
+        %device_addr,
+        admin = ?admin.as_ref().map(|a| a.0),
+        console = ?console.as_ref().map(|a| a.0),
+        workers,
+        "gateway listening"
+    );
+    let _ = ready.send((
+        device_addr,
+        admin.as_ref().map(|a| a.0),
+        console.as_ref().map(|a| a.0),
+    ));
 
     let mut next = 0usize;
     loop {
@@ -367,6 +387,9 @@ async fn serve(
         let _ = a.join();
     }
     if let Some((_, server)) = admin {
+        server.stop(true).await;
+    }
+    if let Some((_, server)) = console {
         server.stop(true).await;
     }
     Ok(())

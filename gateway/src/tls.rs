@@ -93,6 +93,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// An HTTPS listener's configuration (the console's): TLS 1.3/1.2, no client
+/// certificates, HTTP/1.1.
+pub fn https_config(cert_pem: &str, key_pem: &str) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(
+            certs("console certificate", cert_pem)?,
+            key("console key", key_pem)?,
+        )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A device's configuration: trusts `server_ca_pem`, presents `cert_pem`/`key_pem`
 /// (or no certificate when `None`, for refusal tests).
 pub fn client_config(

@@ -180,6 +180,7 @@ impl GatewayProcess {
              [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
              [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
              app_token = {app_token:?}\nrisk_token = {risk_token:?}\n\
+             [console]\nlisten_addr = \"127.0.0.1:0\"\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool_size}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n\

@@ -59,6 +59,7 @@ fn demo_config(base: &Config, data_dir: &Path) -> anyhow::Result<Config> {
     config.data_dir = data_dir.to_owned();
     config.server.listen_addr = "127.0.0.1:0".parse()?;
     config.admin.listen_addr = "127.0.0.1:0".parse()?;
+    config.console.listen_addr = "127.0.0.1:0".parse()?;
     config.tls.device_ca_cert_path = pki.join("ca.pem");
     config.tls.server_cert_path = pki.join("server.pem");
     config.tls.server_key_path = pki.join("server.key");

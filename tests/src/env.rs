@@ -95,6 +95,7 @@ impl TestEnv {
         config.server.listen_addr = "127.0.0.1:0".parse().unwrap();
         config.server.workers = 2;
         config.admin.listen_addr = "127.0.0.1:0".parse().unwrap();
+        config.console.listen_addr = "127.0.0.1:0".parse().unwrap();
         config.tls.device_ca_cert_path = pki.join("ca.pem");
         config.tls.server_cert_path = pki.join("server.pem");
         config.tls.server_key_path = pki.join("server.key");
@@ -162,6 +163,7 @@ impl TestEnv {
             "data_dir = {data:?}\npolicy_path = {policy:?}\n\
              [server]\nlisten_addr = \"127.0.0.1:{port}\"\nworkers = 2\n\
              [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
+             [console]\nlisten_addr = \"127.0.0.1:0\"\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n\

@@ -11,7 +11,8 @@ use crate::store::risk::{
 };
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Map, Value, json};
+use crate::httpapi::{ApiError, answer, bad_field, object, positive, store_failed, text};
+use serde_json::{Value, json};
 
 /// Longest reporter reference, in bytes.
 pub const REPORTER_BYTES_MAX: usize = 128;
@@ -33,49 +34,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/reports", web::post().to(report));
 }
 
-/// A refused request: its status, a reason code, and details merged into the JSON body
-/// (`{"status": "REJECTED", "reason": …, …}`).
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    reason: &'static str,
-    detail: Value,
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status, self.reason)
-    }
-}
-
-impl actix_web::ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "status": "REJECTED", "reason": self.reason });
-        if let (Value::Object(b), Value::Object(d)) = (&mut body, &self.detail) {
-            b.extend(d.clone());
-        }
-        HttpResponse::build(self.status).json(body)
-    }
-}
-
-fn answer(status: StatusCode, reason: &'static str, detail: Value) -> ApiError {
-    ApiError {
-        status,
-        reason,
-        detail,
-    }
-}
-
-fn bad_field(field: &str, message: &str) -> ApiError {
-    answer(
-        StatusCode::BAD_REQUEST,
-        "BAD_FIELD",
-        json!({ "field": field, "message": message }),
-    )
+/// Runs a store call on the store runtime.
+async fn on_store<T, F>(state: &AdminState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    crate::httpapi::on_store(&state.shared.store_rt, work).await
 }
 
 /// The request's bearer token matches `token`; an empty `token` means the endpoints are
@@ -88,70 +53,6 @@ fn authorize(request: &HttpRequest, token: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(answer(StatusCode::UNAUTHORIZED, "BAD_TOKEN", Value::Null))
-    }
-}
-
-/// A JSON object with only the `allowed` keys.
-fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| bad_field("body", &format!("not JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(bad_field("body", "a JSON object is expected"));
-    };
-    if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(bad_field(k, "unknown field"));
-    }
-    Ok(map)
-}
-
-/// A required text field: not blank, at most `max` bytes; trimmed.
-fn text(map: &Map<String, Value>, field: &str, max: usize) -> Result<String, ApiError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Err(bad_field(field, "required")),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(bad_field(field, "blank")),
-        Some(Value::String(s)) if s.len() > max => {
-            Err(bad_field(field, &format!("at most {max} bytes")))
-        }
-        Some(Value::String(s)) => Ok(s.trim().to_owned()),
-        Some(_) => Err(bad_field(field, "a string is expected")),
-    }
-}
-
-/// An optional positive integer field.
-fn positive(map: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => Ok(Some(n)),
-            _ => Err(bad_field(field, "a positive integer is expected")),
-        },
-    }
-}
-
-fn store_failed(e: &str) -> ApiError {
-    tracing::warn!(error = e, "risk API: store failed");
-    answer(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "STORE_UNAVAILABLE",
-        Value::Null,
-    )
-}
-
-/// Runs a store call on the store runtime.
-async fn on_store<T, F>(state: &AdminState, work: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
-{
-    match state.shared.store_rt.spawn(work).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(StoreError::Refused(m))) => Err(answer(
-            StatusCode::CONFLICT,
-            "REFUSED",
-            json!({ "message": m }),
-        )),
-        Ok(Err(e)) => Err(store_failed(&e.to_string())),
-        Err(e) => Err(store_failed(&e.to_string())),
     }
 }
 

@@ -10,6 +10,7 @@ mod clearing_sql;
 mod ledger;
 mod lite;
 mod pg;
+pub mod console;
 pub mod risk;
 
 pub use backend::{AnyBackend, AnyTx};
@@ -543,6 +544,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("migrations/0011_hotlist.sql")),
     (12, include_str!("migrations/0012_risk.sql")),
     (13, include_str!("migrations/0013_audit.sql")),
+    (14, include_str!("migrations/0014_console.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

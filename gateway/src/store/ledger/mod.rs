@@ -15,6 +15,7 @@ mod credits;
 mod hotlist;
 mod ingest;
 mod points;
+mod console;
 mod risk;
 
 use super::backend::{AnyBackend, Backend, Sql, Tx, TxMode, params};
