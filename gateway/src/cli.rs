@@ -18,6 +18,9 @@ struct Cli {
     /// (an error if there is none).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Log lines as text, or as JSON objects (the level filter is `RUST_LOG`).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "WENXIAO_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: AwardsCommand,
     },
+    /// Console users: passwords (argon2), roles, bearer tokens.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -66,6 +74,35 @@ enum Command {
         #[command(subcommand)]
         command: BlacklistCommand,
     },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the span's and event's fields.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Add a console user. The password is read from the environment variable named by
+    /// `--password-env`, else from the first line of standard input.
+    Add {
+        /// The login name (letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// Comma-separated roles: viewer, operator, auditor, risk, admin, app.
+        #[arg(long)]
+        roles: String,
+        /// Read the password from this environment variable.
+        #[arg(long)]
+        password_env: Option<String>,
+    },
+    /// Issue (replace) a user's bearer token for machine clients; prints it once.
+    Token { name: String },
+    /// List users and their roles.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +262,7 @@ enum RegistryCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing_as(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -237,12 +274,25 @@ pub fn main() -> ExitCode {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_as(LogFormat::Text);
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters (default `info`), lines go to stderr
+/// as text or JSON.
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// The configuration: `--config`, else `config/gateway.toml` below the working directory.
@@ -294,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clearing { command } => clearing(&config, command),
         Command::Awards { command } => awards(&config, command),
         Command::Cases { command } => cases(&config, command),
+        Command::Users { command } => users(&config, command),
         Command::Audit {
             command: AuditCommand::Verify,
         } => with_store(&config, |store| async move {
@@ -567,6 +618,69 @@ fn cases(config: &Config, command: CasesCommand) -> anyhow::Result<()> {
                 println!("case {case} {action}: the merchant's registry entry changed")
             }
             None => println!("case {case} {action}"),
+        }
+        Ok(())
+    })
+}
+
+fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
+    use crate::console::auth;
+    use crate::store::console::ConsoleStore;
+    with_store(config, |store| async move {
+        store.migrate().await?;
+        match command {
+            UsersCommand::Add {
+                name,
+                roles,
+                password_env,
+            } => {
+                anyhow::ensure!(
+                    !name.is_empty()
+                        && name.len() <= 64
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                        && name != "app",
+                    "a user name is 1-64 letters, digits, '.', '_' or '-' (and not \"app\")"
+                );
+                let roles = auth::parse_roles(&roles).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
+                let password = match password_env {
+                    Some(var) => std::env::var(&var)
+                        .with_context(|| format!("--password-env {var}: not set"))?,
+                    None => {
+                        let mut line = String::new();
+                        std::io::stdin().read_line(&mut line)?;
+                        line.trim_end_matches(['\r', '\n']).to_owned()
+                    }
+                };
+                let hash = auth::hash_password(&password).map_err(|m| anyhow::anyhow!(m))?;
+                let names = roles.iter().map(|r| r.name().to_owned()).collect();
+                anyhow::ensure!(
+                    store
+                        .add_user(name.clone(), hash, names, crate::clock::now_ms())
+                        .await?,
+                    "user {name} exists already"
+                );
+                println!("user {name} added");
+            }
+            UsersCommand::Token { name } => {
+                let token = auth::new_secret();
+                anyhow::ensure!(
+                    store.set_token(name.clone(), auth::secret_sha256(&token)).await?,
+                    "no user {name}"
+                );
+                println!("{token}");
+            }
+            UsersCommand::List => {
+                for u in store.list_users().await? {
+                    println!(
+                        "{}\t{}\t{}",
+                        u.username,
+                        u.roles.join(","),
+                        if u.has_token { "token" } else { "" }
+                    );
+                }
+            }
         }
         Ok(())
     })

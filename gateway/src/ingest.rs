@@ -177,6 +177,19 @@ impl BudgetCaps {
             .store(policy.programme_total().get(), Relaxed);
     }
 
+    /// Takes these caps from the next batch on (the policy's, or an approved override).
+    pub fn set_fen(&self, monthly_fen: i64, programme_fen: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.monthly_fen.store(monthly_fen, Relaxed);
+        self.programme_fen.store(programme_fen, Relaxed);
+    }
+
+    /// The caps in force: (monthly, programme) fen.
+    pub fn fen(&self) -> (i64, i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.monthly_fen.load(Relaxed), self.programme_fen.load(Relaxed))
+    }
+
     /// `ctx` with the current caps.
     fn apply(&self, ctx: IngestCtx) -> IngestCtx {
         use std::sync::atomic::Ordering::Relaxed;

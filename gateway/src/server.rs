@@ -298,6 +298,7 @@ async fn serve(
     let handshakes = Arc::new(Semaphore::new(cfg.server.handshakes_in_progress_max));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let handshake_timeout = Duration::from_millis(cfg.server.tls_handshake_timeout_ms);
+    spawn_gauges(Arc::clone(&shared), Arc::clone(&caps));
     spawn_registry_reload(Arc::clone(&shared), caps);
     spawn_release_watch(Arc::clone(&shared));
     shared
@@ -555,10 +556,83 @@ fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
                 Ok(Err(e)) => tracing::warn!(error = %e, "registry reload failed"),
                 Err(e) => tracing::warn!(error = %e, "registry reload task failed"),
             }
-            match crate::policy::Policy::load(&shared.config.policy_path) {
-                Ok(p) => caps.set(&p),
-                Err(e) => tracing::warn!(error = %e, "policy reload failed: budget caps kept"),
+            let store = shared.store.clone();
+            let overrides = shared
+                .store_rt
+                .spawn(async move {
+                    crate::store::console::ConsoleStore::budget_overrides(&store).await
+                })
+                .await;
+            match (crate::policy::Policy::load(&shared.config.policy_path), overrides) {
+                (Ok(p), Ok(Ok(o))) => {
+                    // A cap an approved command set overrides the file's.
+                    let pick = |name: &str, file: i64| {
+                        o.iter().find(|(n, _)| n == name).map_or(file, |(_, v)| *v)
+                    };
+                    caps.set_fen(
+                        pick("monthly", p.monthly_cap().get()),
+                        pick("programme", p.programme_total().get()),
+                    );
+                }
+                (Err(e), _) => tracing::warn!(error = %e, "policy reload failed: budget caps kept"),
+                (_, Ok(Err(e))) => tracing::warn!(error = %e, "budget overrides not read: caps kept"),
+                (_, Err(e)) => tracing::warn!(error = %e, "budget overrides task failed: caps kept"),
             }
+        }
+    });
+}
+
+/// How often the process, credit and budget gauges are sampled.
+const GAUGES_INTERVAL_MS: u64 = 10_000;
+
+/// Every [`GAUGES_INTERVAL_MS`]: the process's resources, and the store's credits by state
+/// and budgets (granted and left).
+fn spawn_gauges(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
+    use crate::observe;
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(GAUGES_INTERVAL_MS));
+        loop {
+            tick.tick().await;
+            if let Some(p) = observe::sample_process() {
+                observe::record_process(&p);
+            }
+            let store = shared.store.clone();
+            let figures = shared
+                .store_rt
+                .spawn(async move {
+                    crate::store::console::ConsoleStore::dashboard(&store, None).await
+                })
+                .await;
+            let Ok(Ok(f)) = figures else {
+                tracing::debug!("store gauges not sampled this time");
+                continue;
+            };
+            let states: Vec<observe::CreditState> =
+                ["cleared", "released", "bound", "in_doubt", "parked", "loaded"]
+                    .iter()
+                    .map(|state| {
+                        let (count, fen) = f
+                            .credits
+                            .iter()
+                            .find(|c| c.0 == *state)
+                            .map_or((0, 0), |c| (c.1, c.2));
+                        observe::CreditState { state, count, fen }
+                    })
+                    .collect();
+            observe::record_credits(&states);
+            let (monthly, programme) = caps.fen();
+            let budgets: Vec<(String, i64, i64)> = f
+                .budgets
+                .iter()
+                .map(|(key, granted)| {
+                    if *key == crate::store::PROGRAMME_BUDGET_KEY {
+                        ("programme".to_owned(), *granted, programme)
+                    } else {
+                        (key.to_string(), *granted, monthly)
+                    }
+                })
+                .collect();
+            observe::record_budgets(&budgets);
         }
     });
 }

@@ -88,6 +88,7 @@ async fn main() {
     let files = wenxiao_gateway::clearing::write_settlement_files(
         &r,
         &std::env::temp_dir().join("wenxiao-clearing-bench"),
+        None,
     )
     .unwrap();
     println!(

@@ -97,7 +97,7 @@ pub(crate) async fn dashboard_figures(state: &ConsoleState) -> Result<Arc<Dashbo
     let day_start = crate::clock::day_end_ms(date) - 86_400_000;
     let store = state.store();
     let f = state
-        .on_store(async move { store.dashboard(date, day_start).await })
+        .on_store(async move { store.dashboard(Some((date, day_start))).await })
         .await?;
     let (month_cap, programme_cap) = caps(state).await?;
     let month_key = i32::try_from(date.get() / 100).unwrap_or(0);

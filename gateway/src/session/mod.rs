@@ -253,6 +253,7 @@ impl Session {
         }
         tracing::info!(session = %self.session_id, device = ?self.device_id, code = code.name(), text, "closing session");
         metrics::counter!(m::ERRORS_SENT_TOTAL, "code" => code.name()).increment(1);
+        metrics::counter!(m::SESSIONS_CLOSED_TOTAL, "reason" => code.name()).increment(1);
         self.send(
             ctx,
             Message::Error(Error {

@@ -551,12 +551,11 @@ pub trait ConsoleStore: Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<PointsEvent>, StoreError>> + Send;
 
-    /// The dashboard's figures for the business day `today` (its hours start at
-    /// `day_start_ms`).
+    /// The dashboard's figures: with `today` (the business day and the millisecond its
+    /// hours start at), its stored transactions by hour too.
     fn dashboard(
         &self,
-        today: BusinessDate,
-        day_start_ms: i64,
+        today: Option<(BusinessDate, i64)>,
     ) -> impl Future<Output = Result<DashboardFigures, StoreError>> + Send;
 
     /// Cleared days' statistics by district and category, days `from..=to`.

@@ -911,11 +911,13 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
 
     async fn dashboard(
         &self,
-        today: BusinessDate,
-        day_start_ms: i64,
+        today: Option<(BusinessDate, i64)>,
     ) -> Result<DashboardFigures, StoreError> {
         let mut tx = self.backend.begin(TxMode::Snapshot).await?;
         let mut f = DashboardFigures::default();
+        let Some((today, day_start_ms)) = today else {
+            return credits_and_budgets(tx, f).await;
+        };
         for r in tx
             .query(
                 &Sql::both(
@@ -929,6 +931,55 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         {
             f.hours.push((r.int(0)?, r.int(1)?, r.int(2)?));
         }
+        credits_and_budgets(tx, f).await
+    }
+
+    async fn statistics(
+        &self,
+        from: BusinessDate,
+        to: BusinessDate,
+    ) -> Result<Vec<StatRow>, StoreError> {
+        let mut tx = self.backend.begin(TxMode::Autocommit).await?;
+        tx.query(
+            &Sql::both(
+                "SELECT district, category, CAST(SUM(txn_count) AS BIGINT), \
+                 CAST(SUM(sales_fen) AS BIGINT), CAST(SUM(subsidy_fen) AS BIGINT) \
+                 FROM day_statistics WHERE business_date BETWEEN $1 AND $2 \
+                 GROUP BY district, category ORDER BY district, category",
+            ),
+            params![date_param(from), date_param(to)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StatRow {
+                district: r.get(0)?,
+                category: r.get(1)?,
+                txn_count: r.int(2)?,
+                sales_fen: r.int(3)?,
+                subsidy_fen: r.int(4)?,
+            })
+        })
+        .collect()
+    }
+}
+
+impl CardDay {
+    const fn empty(business_date: u32) -> Self {
+        Self {
+            business_date,
+            pending_fen: 0,
+            released_fen: 0,
+            loaded_fen: 0,
+            held_fen: 0,
+        }
+    }
+}
+
+async fn credits_and_budgets<T: Tx>(
+    mut tx: T,
+    mut f: DashboardFigures,
+) -> Result<DashboardFigures, StoreError> {
         for r in tx
             .query(
                 &Sql::both(
@@ -978,46 +1029,4 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         }
         tx.commit().await?;
         Ok(f)
-    }
-
-    async fn statistics(
-        &self,
-        from: BusinessDate,
-        to: BusinessDate,
-    ) -> Result<Vec<StatRow>, StoreError> {
-        let mut tx = self.backend.begin(TxMode::Autocommit).await?;
-        tx.query(
-            &Sql::both(
-                "SELECT district, category, CAST(SUM(txn_count) AS BIGINT), \
-                 CAST(SUM(sales_fen) AS BIGINT), CAST(SUM(subsidy_fen) AS BIGINT) \
-                 FROM day_statistics WHERE business_date BETWEEN $1 AND $2 \
-                 GROUP BY district, category ORDER BY district, category",
-            ),
-            params![date_param(from), date_param(to)],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(StatRow {
-                district: r.get(0)?,
-                category: r.get(1)?,
-                txn_count: r.int(2)?,
-                sales_fen: r.int(3)?,
-                subsidy_fen: r.int(4)?,
-            })
-        })
-        .collect()
-    }
-}
-
-impl CardDay {
-    const fn empty(business_date: u32) -> Self {
-        Self {
-            business_date,
-            pending_fen: 0,
-            released_fen: 0,
-            loaded_fen: 0,
-            held_fen: 0,
-        }
-    }
 }

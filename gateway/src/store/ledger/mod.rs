@@ -139,7 +139,19 @@ macro_rules! retried {
             match $op.await {
                 Err(e) if B::retryable(&e) && attempt < TXN_RETRIES_MAX => {
                     attempt += 1;
-                    tracing::debug!(error = %e, attempt, "transaction retried");
+                    let text = e.to_string();
+                    let cause = if text.contains("deadlock") {
+                        "deadlock"
+                    } else if text.contains("serializ") {
+                        "serialization"
+                    } else if text.contains("locked") || text.contains("busy") {
+                        "busy"
+                    } else {
+                        "other"
+                    };
+                    metrics::counter!(crate::metrics::STORE_RETRIES_TOTAL, "cause" => cause)
+                        .increment(1);
+                    tracing::debug!(error = %e, attempt, cause, "transaction retried");
                 }
                 other => break other,
             }
