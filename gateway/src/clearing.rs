@@ -65,7 +65,9 @@ pub async fn run_day<S: Store + crate::store::console::ConsoleStore>(
         .ok_or_else(|| anyhow::anyhow!("{date} is not cleared"))?;
     let seal = if report.summary.approved {
         let seal = seal_hash(&report);
-        store.record_seal(date, seal.clone(), "cli".to_owned(), now).await?;
+        store
+            .record_seal(date, seal.clone(), "cli".to_owned(), now)
+            .await?;
         // The first seal recorded stands: a day approved through the console keeps it.
         store.seal(date).await?
     } else {
@@ -114,7 +116,12 @@ pub fn seal_hash(report: &ClearingReport) -> String {
         field(&v.to_string());
     }
     for c in &report.credits {
-        field(&format!("C{},{},{}", c.credit_id, c.card_no, c.amount_fen.get()));
+        field(&format!(
+            "C{},{},{}",
+            c.credit_id,
+            c.card_no,
+            c.amount_fen.get()
+        ));
     }
     for m in &report.merchants {
         field(&format!(

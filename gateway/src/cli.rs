@@ -19,7 +19,13 @@ struct Cli {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log lines as text, or as JSON objects (the level filter is `RUST_LOG`).
-    #[arg(long, global = true, value_enum, default_value = "text", env = "WENXIAO_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "WENXIAO_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -643,7 +649,8 @@ fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
                         && name != "app",
                     "a user name is 1-64 letters, digits, '.', '_' or '-' (and not \"app\")"
                 );
-                let roles = auth::parse_roles(&roles).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
+                let roles =
+                    auth::parse_roles(&roles).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
                 let password = match password_env {
                     Some(var) => std::env::var(&var)
                         .with_context(|| format!("--password-env {var}: not set"))?,
@@ -666,7 +673,9 @@ fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
             UsersCommand::Token { name } => {
                 let token = auth::new_secret();
                 anyhow::ensure!(
-                    store.set_token(name.clone(), auth::secret_sha256(&token)).await?,
+                    store
+                        .set_token(name.clone(), auth::secret_sha256(&token))
+                        .await?,
                     "no user {name}"
                 );
                 println!("{token}");

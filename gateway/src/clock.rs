@@ -94,8 +94,8 @@ mod tests {
 
 /// A time as people read it: `yyyy-mm-dd hh:mm:ss` in Asia/Shanghai.
 pub fn format_ms(ms: i64) -> String {
-    Shanghai
-        .timestamp_millis_opt(ms)
-        .single()
-        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    Shanghai.timestamp_millis_opt(ms).single().map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }

@@ -635,11 +635,31 @@ impl Config {
         let c = &self.console;
         in_range("console.workers", c.workers, 1, 64)?;
         in_range("console.connections_max", c.connections_max, 1, 100_000)?;
-        in_range("console.request_timeout_ms", c.request_timeout_ms, 100, 600_000)?;
-        in_range("console.session_ttl_ms", c.session_ttl_ms, 60_000, 7 * 86_400_000)?;
-        in_range("console.logins_concurrent_max", c.logins_concurrent_max, 1, 64)?;
+        in_range(
+            "console.request_timeout_ms",
+            c.request_timeout_ms,
+            100,
+            600_000,
+        )?;
+        in_range(
+            "console.session_ttl_ms",
+            c.session_ttl_ms,
+            60_000,
+            7 * 86_400_000,
+        )?;
+        in_range(
+            "console.logins_concurrent_max",
+            c.logins_concurrent_max,
+            1,
+            64,
+        )?;
         in_range("console.login_wait_ms", c.login_wait_ms, 1, 60_000)?;
-        in_range("console.dashboard_refresh_ms", c.dashboard_refresh_ms, 0, 3_600_000)?;
+        in_range(
+            "console.dashboard_refresh_ms",
+            c.dashboard_refresh_ms,
+            0,
+            3_600_000,
+        )?;
         check(
             c.tls_cert_path.is_some() == c.tls_key_path.is_some(),
             "console.tls_cert_path",

@@ -187,7 +187,10 @@ impl BudgetCaps {
     /// The caps in force: (monthly, programme) fen.
     pub fn fen(&self) -> (i64, i64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.monthly_fen.load(Relaxed), self.programme_fen.load(Relaxed))
+        (
+            self.monthly_fen.load(Relaxed),
+            self.programme_fen.load(Relaxed),
+        )
     }
 
     /// `ctx` with the current caps.

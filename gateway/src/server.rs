@@ -563,7 +563,10 @@ fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
                     crate::store::console::ConsoleStore::budget_overrides(&store).await
                 })
                 .await;
-            match (crate::policy::Policy::load(&shared.config.policy_path), overrides) {
+            match (
+                crate::policy::Policy::load(&shared.config.policy_path),
+                overrides,
+            ) {
                 (Ok(p), Ok(Ok(o))) => {
                     // A cap an approved command set overrides the file's.
                     let pick = |name: &str, file: i64| {
@@ -575,8 +578,12 @@ fn spawn_registry_reload(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
                     );
                 }
                 (Err(e), _) => tracing::warn!(error = %e, "policy reload failed: budget caps kept"),
-                (_, Ok(Err(e))) => tracing::warn!(error = %e, "budget overrides not read: caps kept"),
-                (_, Err(e)) => tracing::warn!(error = %e, "budget overrides task failed: caps kept"),
+                (_, Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "budget overrides not read: caps kept")
+                }
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "budget overrides task failed: caps kept")
+                }
             }
         }
     });
@@ -597,28 +604,30 @@ fn spawn_gauges(shared: Arc<Shared>, caps: Arc<ingest::BudgetCaps>) {
                 observe::record_process(&p);
             }
             let store = shared.store.clone();
-            let figures = shared
-                .store_rt
-                .spawn(async move {
-                    crate::store::console::ConsoleStore::dashboard(&store, None).await
-                })
-                .await;
+            let figures =
+                shared
+                    .store_rt
+                    .spawn(async move {
+                        crate::store::console::ConsoleStore::dashboard(&store, None).await
+                    })
+                    .await;
             let Ok(Ok(f)) = figures else {
                 tracing::debug!("store gauges not sampled this time");
                 continue;
             };
-            let states: Vec<observe::CreditState> =
-                ["cleared", "released", "bound", "in_doubt", "parked", "loaded"]
+            let states: Vec<observe::CreditState> = [
+                "cleared", "released", "bound", "in_doubt", "parked", "loaded",
+            ]
+            .iter()
+            .map(|state| {
+                let (count, fen) = f
+                    .credits
                     .iter()
-                    .map(|state| {
-                        let (count, fen) = f
-                            .credits
-                            .iter()
-                            .find(|c| c.0 == *state)
-                            .map_or((0, 0), |c| (c.1, c.2));
-                        observe::CreditState { state, count, fen }
-                    })
-                    .collect();
+                    .find(|c| c.0 == *state)
+                    .map_or((0, 0), |c| (c.1, c.2));
+                observe::CreditState { state, count, fen }
+            })
+            .collect();
             observe::record_credits(&states);
             let (monthly, programme) = caps.fen();
             let budgets: Vec<(String, i64, i64)> = f

@@ -75,10 +75,9 @@ impl Role {
             | P::CasesDecide
             | P::BlacklistPropose
             | P::BlacklistDecide => matches!(self, Self::RiskAnalyst),
-            P::MerchantsApply
-            | P::MerchantsRecommend
-            | P::MerchantsPropose
-            | P::DevicesWrite => matches!(self, Self::Operator),
+            P::MerchantsApply | P::MerchantsRecommend | P::MerchantsPropose | P::DevicesWrite => {
+                matches!(self, Self::Operator)
+            }
             P::ClearingRun => matches!(self, Self::Operator | Self::Auditor),
             P::ClearingPropose
             | P::ClearingDecide
@@ -241,8 +240,8 @@ pub fn hash_password(password: &str) -> Result<String, String> {
     if password.len() > PASSWORD_BYTES_MAX {
         return Err(format!("a password has at most {PASSWORD_BYTES_MAX} bytes"));
     }
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-        .map_err(|e| format!("salt: {e}"))?;
+    let salt =
+        SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| format!("salt: {e}"))?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())

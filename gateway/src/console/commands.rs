@@ -128,9 +128,15 @@ pub(crate) async fn propose_award(
     let f = Fields::parse(&req, &body, &["reason"])?;
     let reason = reason(&f)?;
     let store = state.store();
-    let awards = state.on_store(async move { store.awards(100_000).await }).await?;
+    let awards = state
+        .on_store(async move { store.awards(100_000).await })
+        .await?;
     match awards.iter().find(|a| a.award_id == id) {
-        None => Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_AWARD", json!({ "award_id": id }))),
+        None => Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_AWARD",
+            json!({ "award_id": id }),
+        )),
         Some(a) if a.approved => Err(answer(
             StatusCode::CONFLICT,
             "ALREADY_APPROVED",
@@ -186,7 +192,13 @@ pub(crate) async fn propose_signing(
     let app = state
         .on_store(async move { store.application(id).await })
         .await?
-        .ok_or_else(|| answer(StatusCode::NOT_FOUND, "UNKNOWN_APPLICATION", json!({ "application_id": id })))?;
+        .ok_or_else(|| {
+            answer(
+                StatusCode::NOT_FOUND,
+                "UNKNOWN_APPLICATION",
+                json!({ "application_id": id }),
+            )
+        })?;
     if app.status != 2 {
         return Err(answer(
             StatusCode::CONFLICT,
@@ -219,14 +231,25 @@ async fn propose_merchant_flag(
         .shared
         .registry
         .read()
-        .map(|r| r.merchant(crate::registry::MerchantId(id)).map(|m| m.active))
+        .map(|r| {
+            r.merchant(crate::registry::MerchantId(id))
+                .map(|m| m.active)
+        })
         .ok()
         .flatten();
     match known {
-        None => Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_MERCHANT", json!({ "merchant_id": id }))),
+        None => Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_MERCHANT",
+            json!({ "merchant_id": id }),
+        )),
         Some(a) if a == active => Err(answer(
             StatusCode::CONFLICT,
-            if active { "NOT_SUSPENDED" } else { "ALREADY_SUSPENDED" },
+            if active {
+                "NOT_SUSPENDED"
+            } else {
+                "ALREADY_SUSPENDED"
+            },
             json!({ "merchant_id": id }),
         )),
         Some(_) => {
@@ -298,8 +321,16 @@ async fn propose_case(
     let f = Fields::parse(&req, &body, &["reason"])?;
     let reason = reason(&f)?;
     let store = state.store();
-    if state.on_store(async move { store.case(id).await }).await?.is_none() {
-        return Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_CASE", json!({ "case_id": id })));
+    if state
+        .on_store(async move { store.case(id).await })
+        .await?
+        .is_none()
+    {
+        return Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_CASE",
+            json!({ "case_id": id }),
+        ));
     }
     propose(
         &state,
@@ -340,13 +371,21 @@ struct Executed {
 }
 
 fn arg_i64(c: &CommandRow, name: &str) -> Result<i64, ApiError> {
-    c.args[name]
-        .as_i64()
-        .ok_or_else(|| answer(StatusCode::INTERNAL_SERVER_ERROR, "BAD_COMMAND", json!({ "arg": name })))
+    c.args[name].as_i64().ok_or_else(|| {
+        answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "BAD_COMMAND",
+            json!({ "arg": name }),
+        )
+    })
 }
 
 /// Carries out an approved command (idempotent: see the module's documentation).
-async fn execute(state: &ConsoleState, c: &CommandRow, approver: &str) -> Result<Executed, ApiError> {
+async fn execute(
+    state: &ConsoleState,
+    c: &CommandRow,
+    approver: &str,
+) -> Result<Executed, ApiError> {
     let store = state.store();
     let now = crate::clock::now_ms();
     let done = |ok: bool, outcome: String| Executed {
@@ -362,7 +401,10 @@ async fn execute(state: &ConsoleState, c: &CommandRow, approver: &str) -> Result
                 .and_then(|d| wenxiao_protocol::BusinessDate::new(d).ok())
                 .ok_or_else(|| bad_field("date", "not a date"))?;
             let s = store.clone();
-            if !state.on_store(async move { s.approve_day(date, now).await }).await? {
+            if !state
+                .on_store(async move { s.approve_day(date, now).await })
+                .await?
+            {
                 return Ok(done(false, format!("{date} is not cleared")));
             }
             let s = store.clone();
@@ -391,9 +433,10 @@ async fn execute(state: &ConsoleState, c: &CommandRow, approver: &str) -> Result
                 .on_store(async move { store.approve_award(id, ctx, today, now).await })
                 .await?;
             Ok(match r {
-                AwardApproval::Approved | AwardApproval::AlreadyApproved => {
-                    done(true, format!("award {id} approved and paid from the budget"))
-                }
+                AwardApproval::Approved | AwardApproval::AlreadyApproved => done(
+                    true,
+                    format!("award {id} approved and paid from the budget"),
+                ),
                 AwardApproval::Unknown => done(false, format!("no award {id}")),
                 AwardApproval::BudgetExhausted => done(
                     false,
@@ -412,7 +455,10 @@ async fn execute(state: &ConsoleState, c: &CommandRow, approver: &str) -> Result
                     Vec::new()
                 },
                 remove: if listed { Vec::new() } else { vec![card_no] },
-                source: format!("command {} ({} and {approver})", c.command_id, c.proposed_by),
+                source: format!(
+                    "command {} ({} and {approver})",
+                    c.command_id, c.proposed_by
+                ),
                 now_ms: now,
                 keep_versions: state.shared.config.hotlist.delta_versions_kept,
             };
@@ -425,7 +471,11 @@ async fn execute(state: &ConsoleState, c: &CommandRow, approver: &str) -> Result
                 match r.version {
                     Some(v) => format!(
                         "card {card} {}; hot-list version {v}",
-                        if listed { "listed" } else { "taken off the list" }
+                        if listed {
+                            "listed"
+                        } else {
+                            "taken off the list"
+                        }
                     ),
                     None => format!("card {card} was already so; nothing changed"),
                 },
@@ -520,14 +570,20 @@ async fn execute(state: &ConsoleState, c: &CommandRow, approver: &str) -> Result
 
 async fn load(state: &ConsoleState, req: &HttpRequest) -> Result<CommandRow, ApiError> {
     let id = path_int(req, "id", 1, i64::MAX)?;
-    let family = super::routes::family_of(req.match_pattern().as_deref().unwrap_or(""))
-        .map(str::to_owned);
+    let family =
+        super::routes::family_of(req.match_pattern().as_deref().unwrap_or("")).map(str::to_owned);
     let store = state.store();
     let c = state
         .on_store(async move { store.command(id).await })
         .await?
         .filter(|c| family.as_deref() == Some(c.kind.as_str()))
-        .ok_or_else(|| answer(StatusCode::NOT_FOUND, "UNKNOWN_COMMAND", json!({ "command_id": id })))?;
+        .ok_or_else(|| {
+            answer(
+                StatusCode::NOT_FOUND,
+                "UNKNOWN_COMMAND",
+                json!({ "command_id": id }),
+            )
+        })?;
     Ok(c)
 }
 
@@ -602,6 +658,8 @@ pub(crate) async fn approve(
         .on_store(async move { store.decide(decision).await })
         .await?;
     decided(d, &c, &by)?;
+    // What it changed shows on this node's dashboard at once.
+    *state.dashboard.lock().await = None;
     if let Some(date) = ex.files_of {
         super::handlers::write_files(&state, date).await?;
     }

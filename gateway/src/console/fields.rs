@@ -113,7 +113,11 @@ impl Fields {
     }
 
     /// One of `choices`.
-    pub(crate) fn choice(&self, field: &str, choices: &[&'static str]) -> Result<&'static str, ApiError> {
+    pub(crate) fn choice(
+        &self,
+        field: &str,
+        choices: &[&'static str],
+    ) -> Result<&'static str, ApiError> {
         let t = self.text(field, 64)?;
         choices
             .iter()

@@ -247,7 +247,10 @@ pub(crate) async fn apply(
             facts.insert((*field).to_owned(), json!(f.text(field, 64)?));
         } else {
             let v = f.int(field, 0, i64::MAX).map_err(|_| {
-                bad_field(field, &format!("{what}: a whole number is required for this category"))
+                bad_field(
+                    field,
+                    &format!("{what}: a whole number is required for this category"),
+                )
             })?;
             if v < *min {
                 return Err(bad_field(
@@ -272,10 +275,10 @@ pub(crate) async fn apply(
         by,
         now_ms: crate::clock::now_ms(),
     };
-    let form = req
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
+    let form = req.headers().get("content-type").is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
     let id = state
         .on_store(async move { store.add_application(a).await })
         .await?;
@@ -306,7 +309,11 @@ pub(crate) async fn recommend(
             json!({ "message": format!("application {id} is not waiting for a recommendation") }),
         ));
     }
-    Ok(respond(&req, f.form, json!({ "application_id": id, "status": "RECOMMENDED" })))
+    Ok(respond(
+        &req,
+        f.form,
+        json!({ "application_id": id, "status": "RECOMMENDED" }),
+    ))
 }
 
 pub(crate) async fn devices(
@@ -341,7 +348,9 @@ pub(crate) async fn device_views(
                     "active": d.active, "online": online, "hotlist_version": d.hotlist_version })
         })
         .collect();
-    Ok(json!({ "devices": rows, "hotlist_version": state.shared.hotlist.read().map(|h| h.version()).unwrap_or(0) }))
+    Ok(
+        json!({ "devices": rows, "hotlist_version": state.shared.hotlist.read().map(|h| h.version()).unwrap_or(0) }),
+    )
 }
 
 /// `POST /v1/devices` `{device_id, kind, merchant_id}`
@@ -364,7 +373,12 @@ pub(crate) async fn register_device(
     let ok = state
         .on_store(async move {
             store
-                .put_device(u64::try_from(id).unwrap_or(0), i16::from(code), Some(merchant), true)
+                .put_device(
+                    u64::try_from(id).unwrap_or(0),
+                    i16::from(code),
+                    Some(merchant),
+                    true,
+                )
                 .await
         })
         .await?;
@@ -372,7 +386,11 @@ pub(crate) async fn register_device(
         return Err(bad_field("merchant_id", "no such merchant"));
     }
     state.shared.registry_wake.notify_one();
-    Ok(respond(&req, f.form, json!({ "device_id": id, "active": true })))
+    Ok(respond(
+        &req,
+        f.form,
+        json!({ "device_id": id, "active": true }),
+    ))
 }
 
 async fn set_device(
@@ -392,16 +410,30 @@ async fn set_device(
         .on_store(async move {
             let ok = store.set_device_active(device, active).await?;
             if ok {
-                let action = if active { "device.enable" } else { "device.disable" };
+                let action = if active {
+                    "device.enable"
+                } else {
+                    "device.disable"
+                };
                 store
-                    .append_audit(by, action.to_owned(), format!("device {device}"), detail, crate::clock::now_ms())
+                    .append_audit(
+                        by,
+                        action.to_owned(),
+                        format!("device {device}"),
+                        detail,
+                        crate::clock::now_ms(),
+                    )
                     .await?;
             }
             Ok(ok)
         })
         .await?;
     if !ok {
-        return Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_DEVICE", json!({ "device_id": id })));
+        return Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_DEVICE",
+            json!({ "device_id": id }),
+        ));
     }
     if !active {
         // This node at once; the others at their registry reload (NOTIFY or poll).
@@ -414,7 +446,11 @@ async fn set_device(
         }
     }
     state.shared.registry_wake.notify_one();
-    Ok(respond(&req, f.form, json!({ "device_id": id, "active": active })))
+    Ok(respond(
+        &req,
+        f.form,
+        json!({ "device_id": id, "active": active }),
+    ))
 }
 
 pub(crate) async fn disable_device(
@@ -433,7 +469,9 @@ pub(crate) async fn enable_device(
     set_device(state, req, body, true).await
 }
 
-pub(crate) async fn clearing_days(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn clearing_days(
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ApiError> {
     let store = state.store();
     let days = state
         .on_store(async move { store.clearing_days(LIST_ROWS_MAX).await })
@@ -467,7 +505,8 @@ pub(crate) async fn day_view(state: &ConsoleState, date: BusinessDate) -> Result
         ));
     };
     let s = &r.summary;
-    let sum = |f: fn(&crate::store::MerchantSettlement) -> i64| r.merchants.iter().map(f).sum::<i64>();
+    let sum =
+        |f: fn(&crate::store::MerchantSettlement) -> i64| r.merchants.iter().map(f).sum::<i64>();
     let credits_fen: i64 = r.credits.iter().map(|c| c.amount_fen.get()).sum();
     let merchant_subsidy = sum(|m| m.subsidy_fen.get());
     let stats_subsidy: i64 = r.statistics.iter().map(|x| x.subsidy_fen.get()).sum();
@@ -475,7 +514,10 @@ pub(crate) async fn day_view(state: &ConsoleState, date: BusinessDate) -> Result
     let pending = state
         .on_store(async move {
             store
-                .list_commands(Some(crate::store::console::CommandStatus::Pending), LIST_ROWS_MAX)
+                .list_commands(
+                    Some(crate::store::console::CommandStatus::Pending),
+                    LIST_ROWS_MAX,
+                )
                 .await
         })
         .await?
@@ -531,7 +573,11 @@ pub(crate) async fn write_files(state: &ConsoleState, date: BusinessDate) -> Res
         .join(&state.shared.config.clearing.settlement_dir);
     crate::clearing::write_settlement_files(&report, &dir, seal.as_deref()).map_err(|e| {
         tracing::warn!(error = %e, "settlement files not written");
-        answer(StatusCode::INTERNAL_SERVER_ERROR, "FILES", json!({ "message": e.to_string() }))
+        answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "FILES",
+            json!({ "message": e.to_string() }),
+        )
     })?;
     Ok(())
 }
@@ -565,7 +611,13 @@ pub(crate) async fn run_clearing(
     state
         .on_store(async move {
             store
-                .append_audit(by, "clearing.run".to_owned(), format!("day {date}"), detail, now)
+                .append_audit(
+                    by,
+                    "clearing.run".to_owned(),
+                    format!("day {date}"),
+                    detail,
+                    now,
+                )
                 .await
         })
         .await?;
@@ -598,7 +650,11 @@ pub(crate) async fn settlement_file(
         .join(date.get().to_string())
         .join(name);
     let text = std::fs::read(&path).map_err(|_| {
-        answer(StatusCode::NOT_FOUND, "NOT_CLEARED", json!({ "message": format!("{date} is not cleared") }))
+        answer(
+            StatusCode::NOT_FOUND,
+            "NOT_CLEARED",
+            json!({ "message": format!("{date} is not cleared") }),
+        )
     })?;
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
@@ -641,7 +697,10 @@ pub(crate) async fn enter_award(
         })
         .unwrap_or(false);
     if !is_organizer {
-        return Err(bad_field("organizer", "not a performance organizer's merchant id"));
+        return Err(bad_field(
+            "organizer",
+            "not a performance organizer's merchant id",
+        ));
     }
     let award = &state.shared.policy.organizer_award;
     let (code, amount) = if kind == "NATIONAL_TROUPE" {
@@ -661,7 +720,11 @@ pub(crate) async fn enter_award(
     let id = state
         .on_store(async move { store.record_award(input).await })
         .await?;
-    Ok(respond(&req, f.form, json!({ "award_id": id, "amount_fen": amount, "status": "RECORDED" })))
+    Ok(respond(
+        &req,
+        f.form,
+        json!({ "award_id": id, "amount_fen": amount, "status": "RECORDED" }),
+    ))
 }
 
 pub(crate) async fn budget(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
@@ -682,7 +745,9 @@ pub(crate) async fn cases(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let status = match query(&req, "status") {
-        Some(s) => Some(CaseStatus::from_name(&s).ok_or_else(|| bad_field("status", "no such status"))?),
+        Some(s) => {
+            Some(CaseStatus::from_name(&s).ok_or_else(|| bad_field("status", "no such status"))?)
+        }
         None => None,
     };
     let store = state.store();
@@ -700,7 +765,11 @@ pub(crate) async fn case(
     let store = state.store();
     match state.on_store(async move { store.case(id).await }).await? {
         Some(c) => Ok(HttpResponse::Ok().json(c)),
-        None => Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_CASE", json!({ "case_id": id }))),
+        None => Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_CASE",
+            json!({ "case_id": id }),
+        )),
     }
 }
 
@@ -734,7 +803,9 @@ async fn step(
         keep_versions: state.shared.config.hotlist.delta_versions_kept,
     };
     let store = state.store();
-    state.on_store(async move { store.step_case(s).await }).await?;
+    state
+        .on_store(async move { store.step_case(s).await })
+        .await?;
     Ok(respond(&req, f.form, json!({ "case_id": id })))
 }
 
@@ -778,9 +849,16 @@ pub(crate) async fn command(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_int(&req, "id", 1, i64::MAX)?;
     let store = state.store();
-    match state.on_store(async move { store.command(id).await }).await? {
+    match state
+        .on_store(async move { store.command(id).await })
+        .await?
+    {
         Some(c) => Ok(HttpResponse::Ok().json(c)),
-        None => Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_COMMAND", json!({ "command_id": id }))),
+        None => Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_COMMAND",
+            json!({ "command_id": id }),
+        )),
     }
 }
 
@@ -853,9 +931,21 @@ pub(crate) async fn statistics_csv(
 ) -> Result<HttpResponse, ApiError> {
     let (from, to, rows) = stat_rows(&state, &req).await?;
     let mut w = csv::Writer::from_writer(Vec::new());
-    let fail = |e: csv::Error| answer(StatusCode::INTERNAL_SERVER_ERROR, "CSV", json!({ "message": e.to_string() }));
-    w.write_record(["district", "category", "txn_count", "sales_fen", "subsidy_fen"])
-        .map_err(fail)?;
+    let fail = |e: csv::Error| {
+        answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CSV",
+            json!({ "message": e.to_string() }),
+        )
+    };
+    w.write_record([
+        "district",
+        "category",
+        "txn_count",
+        "sales_fen",
+        "subsidy_fen",
+    ])
+    .map_err(fail)?;
     let mut t = [0i64; 3];
     for r in &rows {
         w.write_record([
@@ -870,16 +960,30 @@ pub(crate) async fn statistics_csv(
         t[1] += r.sales_fen;
         t[2] += r.subsidy_fen;
     }
-    w.write_record(["TOTAL".to_owned(), String::new(), t[0].to_string(), t[1].to_string(), t[2].to_string()])
-        .map_err(fail)?;
-    let bytes = w
-        .into_inner()
-        .map_err(|e| answer(StatusCode::INTERNAL_SERVER_ERROR, "CSV", json!({ "message": e.to_string() })))?;
+    w.write_record([
+        "TOTAL".to_owned(),
+        String::new(),
+        t[0].to_string(),
+        t[1].to_string(),
+        t[2].to_string(),
+    ])
+    .map_err(fail)?;
+    let bytes = w.into_inner().map_err(|e| {
+        answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CSV",
+            json!({ "message": e.to_string() }),
+        )
+    })?;
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header((
             "content-disposition",
-            format!("attachment; filename=\"statistics-{}-{}.csv\"", from.get(), to.get()),
+            format!(
+                "attachment; filename=\"statistics-{}-{}.csv\"",
+                from.get(),
+                to.get()
+            ),
         ))
         .body(bytes))
 }
@@ -891,14 +995,24 @@ pub(crate) async fn statistics_xlsx(
     use rust_xlsxwriter::Workbook;
     let (from, to, rows) = stat_rows(&state, &req).await?;
     let fail = |e: rust_xlsxwriter::XlsxError| {
-        answer(StatusCode::INTERNAL_SERVER_ERROR, "XLSX", json!({ "message": e.to_string() }))
+        answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "XLSX",
+            json!({ "message": e.to_string() }),
+        )
     };
     let mut book = Workbook::new();
     let sheet = book.add_worksheet();
     sheet.set_name("statistics").map_err(fail)?;
-    for (c, h) in ["district", "category", "txn_count", "sales_fen", "subsidy_fen"]
-        .iter()
-        .enumerate()
+    for (c, h) in [
+        "district",
+        "category",
+        "txn_count",
+        "sales_fen",
+        "subsidy_fen",
+    ]
+    .iter()
+    .enumerate()
     {
         sheet
             .write_string(0, u16::try_from(c).unwrap_or(0), *h)
@@ -906,8 +1020,12 @@ pub(crate) async fn statistics_xlsx(
     }
     for (i, r) in rows.iter().enumerate() {
         let row = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        sheet.write_string(row, 0, district_label(r.district)).map_err(fail)?;
-        sheet.write_string(row, 1, category_label(r.category)).map_err(fail)?;
+        sheet
+            .write_string(row, 0, district_label(r.district))
+            .map_err(fail)?;
+        sheet
+            .write_string(row, 1, category_label(r.category))
+            .map_err(fail)?;
         // Integers (counts and fen) as text-exact numbers: each stays far below 2^53.
         for (c, v) in [(2u16, r.txn_count), (3, r.sales_fen), (4, r.subsidy_fen)] {
             sheet.write_number(row, c, i64_cell(v)).map_err(fail)?;
@@ -918,7 +1036,11 @@ pub(crate) async fn statistics_xlsx(
         .content_type("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
         .insert_header((
             "content-disposition",
-            format!("attachment; filename=\"statistics-{}-{}.xlsx\"", from.get(), to.get()),
+            format!(
+                "attachment; filename=\"statistics-{}-{}.xlsx\"",
+                from.get(),
+                to.get()
+            ),
         ))
         .body(bytes))
 }
@@ -944,7 +1066,10 @@ pub(crate) async fn audit_log(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let before = match query(&req, "before") {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| bad_field("before", "a seq is expected"))?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| bad_field("before", "a seq is expected"))?,
+        ),
         None => None,
     };
     let store = state.store();
@@ -956,7 +1081,9 @@ pub(crate) async fn audit_log(
 
 pub(crate) async fn audit_verify(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
     let store = state.store();
-    let v = state.on_store(async move { store.verify_audit().await }).await?;
+    let v = state
+        .on_store(async move { store.verify_audit().await })
+        .await?;
     Ok(HttpResponse::Ok().json(match v {
         crate::audit::Verdict::Intact { rows } => json!({ "intact": true, "rows": rows }),
         crate::audit::Verdict::Broken { seq, reason } => {
@@ -967,7 +1094,9 @@ pub(crate) async fn audit_verify(state: web::Data<ConsoleState>) -> Result<HttpR
 
 /// `GET /v1/audit/figures`: what an end-of-run invariant check compares with what the
 /// devices were told.
-pub(crate) async fn audit_figures(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn audit_figures(
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ApiError> {
     let store = state.store();
     let f = state.on_store(async move { store.audit().await }).await?;
     let devices: Vec<Value> = f
@@ -988,7 +1117,9 @@ pub(crate) async fn audit_figures(state: web::Data<ConsoleState>) -> Result<Http
 
 pub(crate) async fn users(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
     let store = state.store();
-    let u = state.on_store(async move { store.list_users().await }).await?;
+    let u = state
+        .on_store(async move { store.list_users().await })
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "users": u })))
 }
 
@@ -1016,9 +1147,17 @@ pub(crate) async fn set_roles(
         .on_store(async move { store.set_roles(n, list, by, crate::clock::now_ms()).await })
         .await?
     {
-        return Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_USER", json!({ "username": name })));
+        return Err(answer(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_USER",
+            json!({ "username": name }),
+        ));
     }
-    Ok(respond(&req, f.form, json!({ "username": name, "roles": names })))
+    Ok(respond(
+        &req,
+        f.form,
+        json!({ "username": name, "roles": names }),
+    ))
 }
 
 fn card_of(req: &HttpRequest) -> Result<wenxiao_protocol::CardNo, ApiError> {

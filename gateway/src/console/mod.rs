@@ -115,7 +115,10 @@ fn bearer(req: &ServiceRequest) -> Option<String> {
 }
 
 /// Who sent the request, if anyone did.
-async fn authenticate(state: &ConsoleState, req: &ServiceRequest) -> Result<Option<Caller>, ApiError> {
+async fn authenticate(
+    state: &ConsoleState,
+    req: &ServiceRequest,
+) -> Result<Option<Caller>, ApiError> {
     let now = crate::clock::now_ms();
     if let Some(token) = bearer(req) {
         let app = &state.shared.config.admin.app_token;
@@ -145,14 +148,12 @@ async fn authenticate(state: &ConsoleState, req: &ServiceRequest) -> Result<Opti
         let found = state
             .on_store(async move { store.session(hash, now).await })
             .await?;
-        return Ok(found
-            .filter(|(u, _)| u.active)
-            .map(|(u, csrf)| Caller {
-                roles: roles_of(&u),
-                username: u.username,
-                csrf: Some(csrf),
-                via: Via::Cookie,
-            }));
+        return Ok(found.filter(|(u, _)| u.active).map(|(u, csrf)| Caller {
+            roles: roles_of(&u),
+            username: u.username,
+            csrf: Some(csrf),
+            via: Via::Cookie,
+        }));
     }
     Ok(None)
 }
@@ -160,7 +161,11 @@ async fn authenticate(state: &ConsoleState, req: &ServiceRequest) -> Result<Opti
 /// The CSRF token a cookie-authenticated write carries: the header, else the form
 /// field (the body is read, bounded, and put back for the handler).
 async fn presented_csrf(req: &mut ServiceRequest) -> Option<String> {
-    if let Some(h) = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()) {
+    if let Some(h) = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+    {
         return Some(h.to_owned());
     }
     let is_form = req
@@ -256,7 +261,10 @@ async fn refuse_logged(
         "forbidden: the caller's roles do not grant the route's permission"
     );
     let store = state.store();
-    let (actor, subject) = (caller.username.clone(), format!("{} {}", spec.method, spec.path));
+    let (actor, subject) = (
+        caller.username.clone(),
+        format!("{} {}", spec.method, spec.path),
+    );
     let detail = json!({ "permission": spec.permission.name(), "request": request_id });
     let now = crate::clock::now_ms();
     if let Err(e) = state

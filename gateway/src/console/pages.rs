@@ -15,7 +15,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::{Value, json};
 
-
 const STYLE: &str = "body{font-family:system-ui,'Noto Sans CJK SC',sans-serif;margin:0;color:#222}\
 nav{background:#1d3557;padding:.5em 1em}nav a{color:#fff;margin-right:1em;text-decoration:none}\
 main{padding:1em 2em}table{border-collapse:collapse;margin:.5em 0 1.5em}\
@@ -100,10 +99,14 @@ pub(crate) async fn login_page(req: HttpRequest) -> HttpResponse {
 }
 
 fn login_failed(status: StatusCode, message: &str) -> HttpResponse {
-    let mut r = layout("Log in", None, html! {
-        p.warn id="error" { (message) }
-        p { a href="/console/login" { "Try again" } }
-    });
+    let mut r = layout(
+        "Log in",
+        None,
+        html! {
+            p.warn id="error" { (message) }
+            p { a href="/console/login" { "Try again" } }
+        },
+    );
     *r.status_mut() = status;
     r
 }
@@ -114,11 +117,17 @@ pub(crate) async fn login(
     body: web::Form<std::collections::HashMap<String, String>>,
 ) -> HttpResponse {
     let (Some(username), Some(password)) = (body.get("username"), body.get("password")) else {
-        return login_failed(StatusCode::BAD_REQUEST, "username and password are required");
+        return login_failed(
+            StatusCode::BAD_REQUEST,
+            "username and password are required",
+        );
     };
     let wait = std::time::Duration::from_millis(state.shared.config.console.login_wait_ms);
     let Ok(Ok(_permit)) = tokio::time::timeout(wait, state.logins.acquire()).await else {
-        return login_failed(StatusCode::TOO_MANY_REQUESTS, "too many logins at once: try again");
+        return login_failed(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many logins at once: try again",
+        );
     };
     let store = state.store();
     let name = username.clone();
@@ -148,9 +157,17 @@ pub(crate) async fn login(
     let (sha, name) = (auth::secret_sha256(&secret), user.username.clone());
     let created = state
         .on_store(async move {
-            store.create_session(sha, name.clone(), csrf, now, now + ttl).await?;
             store
-                .append_audit(name, "login".to_owned(), "console".to_owned(), json!({}), now)
+                .create_session(sha, name.clone(), csrf, now, now + ttl)
+                .await?;
+            store
+                .append_audit(
+                    name,
+                    "login".to_owned(),
+                    "console".to_owned(),
+                    json!({}),
+                    now,
+                )
                 .await
         })
         .await;
@@ -191,7 +208,9 @@ pub(crate) async fn logout(state: web::Data<ConsoleState>, req: HttpRequest) -> 
             .on_store(async move { store.end_session(sha, now).await })
             .await;
     }
-    let mut gone = actix_web::cookie::Cookie::build(SESSION_COOKIE, "").path("/").finish();
+    let mut gone = actix_web::cookie::Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .finish();
     gone.make_removal();
     HttpResponse::SeeOther()
         .cookie(gone)
@@ -354,8 +373,15 @@ pub(crate) async fn clearing(
 ) -> Result<HttpResponse, ApiError> {
     let c = caller(&req)?;
     if let Some(day) = query(&req, "day") {
-        let Some(day) = day.parse::<u32>().ok().filter(|d| wenxiao_protocol::BusinessDate::new(*d).is_ok()) else {
-            return Err(crate::httpapi::bad_field("day", "a calendar date yyyymmdd is expected"));
+        let Some(day) = day
+            .parse::<u32>()
+            .ok()
+            .filter(|d| wenxiao_protocol::BusinessDate::new(*d).is_ok())
+        else {
+            return Err(crate::httpapi::bad_field(
+                "day",
+                "a calendar date yyyymmdd is expected",
+            ));
         };
         return Ok(HttpResponse::SeeOther()
             .insert_header(("location", format!("/console/clearing/{day}")))
@@ -627,7 +653,9 @@ pub(crate) async fn users(
 ) -> Result<HttpResponse, ApiError> {
     let c = caller(&req)?;
     let store = state.store();
-    let list = state.on_store(async move { store.list_users().await }).await?;
+    let list = state
+        .on_store(async move { store.list_users().await })
+        .await?;
     let body = html! {
         p { "Users are added on the server: " code { "wenxiao-gateway users add NAME --roles auditor" } "." }
         table {
@@ -648,4 +676,3 @@ pub(crate) async fn users(
     };
     Ok(layout("Users", Some(&c), body))
 }
-

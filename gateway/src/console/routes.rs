@@ -170,10 +170,7 @@ pub fn openapi() -> Value {
             json!({ "description": "A field is bad: `field` names it." }),
         );
         if r.permission != Permission::Public {
-            responses.insert(
-                "401".into(),
-                json!({ "description": "Not signed in." }),
-            );
+            responses.insert("401".into(), json!({ "description": "Not signed in." }));
             responses.insert(
                 "403".into(),
                 json!({ "description": "The caller's roles do not grant `x-permission` (or the CSRF token is missing)." }),
@@ -197,9 +194,7 @@ pub fn openapi() -> Value {
             },
             "responses": responses,
         });
-        let entry = paths
-            .entry(r.path.to_owned())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
         if let Value::Object(m) = entry {
             m.insert(r.method.to_ascii_lowercase(), op);
         }
@@ -227,7 +222,12 @@ mod tests {
     fn each_method_and_path_is_one_route() {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {
-            assert!(seen.insert((r.method, r.path)), "{} {} twice", r.method, r.path);
+            assert!(
+                seen.insert((r.method, r.path)),
+                "{} {} twice",
+                r.method,
+                r.path
+            );
         }
     }
 
@@ -242,7 +242,10 @@ mod tests {
 
     #[test]
     fn decision_routes_name_their_family() {
-        assert_eq!(family_of("/v1/commands/clearing/{id}/approve"), Some("clearing"));
+        assert_eq!(
+            family_of("/v1/commands/clearing/{id}/approve"),
+            Some("clearing")
+        );
         assert_eq!(family_of("/v1/cases"), None);
     }
 }

@@ -5,13 +5,13 @@
 //! nothing is written unless every field is good.
 
 use crate::admin::AdminState;
+use crate::httpapi::{ApiError, answer, bad_field, object, positive, store_failed, text};
 use crate::store::StoreError;
 use crate::store::risk::{
     CaseAction, CaseStatus, CaseStep, NewReport, ReportOutcome, RiskStore, Subject,
 };
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use crate::httpapi::{ApiError, answer, bad_field, object, positive, store_failed, text};
 use serde_json::{Value, json};
 
 /// Longest reporter reference, in bytes.

@@ -416,8 +416,10 @@ pub trait ConsoleStore: Send + Sync + 'static {
 
     /// Records a decision on a pending command, with its audit row (and a clearing
     /// day's seal), in one transaction; refused for the proposer.
-    fn decide(&self, decision: Decision)
-    -> impl Future<Output = Result<Decided, StoreError>> + Send;
+    fn decide(
+        &self,
+        decision: Decision,
+    ) -> impl Future<Output = Result<Decided, StoreError>> + Send;
 
     /// Appends a row to the audit log on its own (a refused attempt, a login).
     fn append_audit(
@@ -452,7 +454,10 @@ pub trait ConsoleStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Organizer awards, newest first.
-    fn awards(&self, limit: i64) -> impl Future<Output = Result<Vec<AwardListRow>, StoreError>> + Send;
+    fn awards(
+        &self,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<AwardListRow>, StoreError>> + Send;
 
     /// Cleared days, newest first.
     fn clearing_days(

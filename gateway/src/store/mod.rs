@@ -7,10 +7,10 @@
 
 pub mod backend;
 mod clearing_sql;
+pub mod console;
 mod ledger;
 mod lite;
 mod pg;
-pub mod console;
 pub mod risk;
 
 pub use backend::{AnyBackend, AnyTx};

@@ -3,9 +3,9 @@
 use super::super::StoreError;
 use super::super::backend::{Backend, Row, Sql, Tx, TxMode, params};
 use super::super::console::{
-    ApplicationRow, AuditRow, AwardListRow, CardDay, CommandRow, CommandStatus, ConsoleStore, DashboardFigures,
-    DayRow, Decided, Decision, DeviceRow, NewApplication, NewCommand, PointsEvent, Proposed,
-    StatRow, UserRow,
+    ApplicationRow, AuditRow, AwardListRow, CardDay, CommandRow, CommandStatus, ConsoleStore,
+    DashboardFigures, DayRow, Decided, Decision, DeviceRow, NewApplication, NewCommand,
+    PointsEvent, Proposed, StatRow, UserRow,
 };
 use super::{Ledger, audit, db_u64, from_db_u64};
 use wenxiao_protocol::{BusinessDate, CardNo};
@@ -472,8 +472,15 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             .await?;
         if n == 1 {
             let detail = serde_json::json!({ "seal": seal });
-            audit::append_in(&mut tx, now_ms, &by, "clearing.seal", &format!("day {date}"), &detail)
-                .await?;
+            audit::append_in(
+                &mut tx,
+                now_ms,
+                &by,
+                "clearing.seal",
+                &format!("day {date}"),
+                &detail,
+            )
+            .await?;
         }
         tx.commit().await
     }
@@ -530,7 +537,11 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         .collect()
     }
 
-    async fn set_merchant_active(&self, merchant_id: i64, active: bool) -> Result<bool, StoreError> {
+    async fn set_merchant_active(
+        &self,
+        merchant_id: i64,
+        active: bool,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
         let n = tx
             .execute(
@@ -980,10 +991,10 @@ async fn credits_and_budgets<T: Tx>(
     mut tx: T,
     mut f: DashboardFigures,
 ) -> Result<DashboardFigures, StoreError> {
-        for r in tx
-            .query(
-                &Sql::both(
-                    "SELECT CASE \
+    for r in tx
+        .query(
+            &Sql::both(
+                "SELECT CASE \
                        WHEN status = 1 THEN 'cleared' \
                        WHEN status = 2 AND attempt_online_seq IS NOT NULL THEN 'in_doubt' \
                        WHEN status = 2 AND bound_device IS NOT NULL THEN 'bound' \
@@ -991,42 +1002,42 @@ async fn credits_and_budgets<T: Tx>(
                        WHEN status = 3 THEN 'loaded' ELSE 'parked' END AS state, \
                      CAST(COUNT(*) AS BIGINT), CAST(SUM(amount_fen) AS BIGINT) FROM credits \
                      GROUP BY state ORDER BY state",
-                ),
-                &[],
-            )
-            .await?
-        {
-            f.credits.push((r.text(0)?, r.int(1)?, r.int(2)?));
-        }
-        f.open_cases = tx
-            .query_one(
-                &Sql::both("SELECT CAST(COUNT(*) AS BIGINT) FROM risk_cases WHERE status IN (1, 2)"),
-                &[],
-            )
-            .await?
-            .int(0)?;
-        f.open_alerts = tx
-            .query_one(
-                &Sql::both(
-                    "SELECT CAST(COUNT(*) AS BIGINT) FROM risk_alerts a \
+            ),
+            &[],
+        )
+        .await?
+    {
+        f.credits.push((r.text(0)?, r.int(1)?, r.int(2)?));
+    }
+    f.open_cases = tx
+        .query_one(
+            &Sql::both("SELECT CAST(COUNT(*) AS BIGINT) FROM risk_cases WHERE status IN (1, 2)"),
+            &[],
+        )
+        .await?
+        .int(0)?;
+    f.open_alerts = tx
+        .query_one(
+            &Sql::both(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM risk_alerts a \
                      JOIN risk_cases c ON c.case_id = a.case_id WHERE c.status IN (1, 2)",
-                ),
-                &[],
-            )
-            .await?
-            .int(0)?;
-        for r in tx
-            .query(
-                &Sql::both(
-                    "SELECT budget_key, CAST(SUM(granted_fen) AS BIGINT) FROM budget_shards \
+            ),
+            &[],
+        )
+        .await?
+        .int(0)?;
+    for r in tx
+        .query(
+            &Sql::both(
+                "SELECT budget_key, CAST(SUM(granted_fen) AS BIGINT) FROM budget_shards \
                      GROUP BY budget_key ORDER BY budget_key",
-                ),
-                &[],
-            )
-            .await?
-        {
-            f.budgets.push((r.get(0)?, r.int(1)?));
-        }
-        tx.commit().await?;
-        Ok(f)
+            ),
+            &[],
+        )
+        .await?
+    {
+        f.budgets.push((r.get(0)?, r.int(1)?));
+    }
+    tx.commit().await?;
+    Ok(f)
 }

@@ -11,11 +11,11 @@
 mod audit;
 mod budget;
 mod clearing;
+mod console;
 mod credits;
 mod hotlist;
 mod ingest;
 mod points;
-mod console;
 mod risk;
 
 use super::backend::{AnyBackend, Backend, Sql, Tx, TxMode, params};
