@@ -72,6 +72,14 @@ pub fn now_ms() -> i64 {
         .saturating_add(OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// A time as people read it: `yyyy-mm-dd hh:mm:ss` in Asia/Shanghai.
+pub fn format_ms(ms: i64) -> String {
+    Shanghai.timestamp_millis_opt(ms).single().map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,12 +98,4 @@ mod tests {
             20270101
         );
     }
-}
-
-/// A time as people read it: `yyyy-mm-dd hh:mm:ss` in Asia/Shanghai.
-pub fn format_ms(ms: i64) -> String {
-    Shanghai.timestamp_millis_opt(ms).single().map_or_else(
-        || ms.to_string(),
-        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-    )
 }

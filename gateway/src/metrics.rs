@@ -85,7 +85,7 @@ pub const CREDITS: &str = "wenxiao_credits";
 /// Gauge: the fen those credits hold, label `state` as in [`CREDITS`].
 pub const CREDITS_FEN: &str = "wenxiao_credits_fen";
 /// Counter: store transactions retried, label `cause` (`deadlock`, `serialization`,
-/// `connection`, `other`).
+/// `busy`, `other`).
 pub const STORE_RETRIES_TOTAL: &str = "wenxiao_store_retries_total";
 /// Counter: device sessions closed, label `reason` (a bounded set named by the session).
 pub const SESSIONS_CLOSED_TOTAL: &str = "wenxiao_sessions_closed_total";
@@ -322,11 +322,11 @@ pub fn describe_all() {
     describe_gauge!(
         CREDITS,
         Unit::Count,
-        "Credits by state (label state: released, bound, in_doubt, parked, loaded); in_doubt or parked that keep growing need a look."
+        "Credits by state (label state: cleared, released, bound, in_doubt, parked, loaded); in_doubt or parked that keep growing need a look."
     );
     describe_gauge!(
         CREDITS_FEN,
-        "Fen held by credits in each state (label state: released, bound, in_doubt, parked, loaded)."
+        "Fen held by credits in each state (label state: cleared, released, bound, in_doubt, parked, loaded)."
     );
 
     // Console.

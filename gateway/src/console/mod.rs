@@ -241,7 +241,18 @@ async fn guard(
     }
     tracing::debug!(request = %request_id, user = %caller.username, route = spec.path, "console request");
     req.extensions_mut().insert(caller);
-    next.call(req).await
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    metrics::counter!(
+        crate::metrics::CONSOLE_REQUESTS_TOTAL,
+        "route" => spec.path,
+        "status" => status.to_string()
+    )
+    .increment(1);
+    res
 }
 
 async fn refuse_logged(

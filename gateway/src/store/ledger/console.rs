@@ -915,7 +915,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             });
         }
         tx.commit().await?;
-        events.sort_by(|a, b| b.day.cmp(&a.day));
+        events.sort_by_key(|e| std::cmp::Reverse(e.day));
         events.truncate(usize::try_from(limit).unwrap_or(0));
         Ok(events)
     }
