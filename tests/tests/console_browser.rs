@@ -234,14 +234,15 @@ async fn an_auditor_approves_a_day_another_proposed_in_chromium() {
     .await;
     assert_eq!(run.status, 200, "{}", run.body);
 
-    // 2. Propose the approval as ada; ada's own approval is refused.
+    // 2. Propose the approval as ada; ada's own approval is refused. (The clock moved
+    // past the session's lifetime: ada logs in again.)
+    b.delete_all_cookies().await.unwrap();
+    login(&b, &base, "ada").await;
     b.goto(&format!("{base}/console/clearing")).await.unwrap();
-    b.find(Locator::Css(&format!("#day-{date}")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    match b.find(Locator::Css(&format!("#day-{date}"))).await {
+        Ok(link) => link.click().await.unwrap(),
+        Err(e) => panic!("no link to {date} ({e}): {}", b.source().await.unwrap()),
+    }
     submit_with_reason(&b, "propose", "figures and control totals checked").await;
     let pending = b
         .find(Locator::Css("#pending"))
@@ -252,8 +253,18 @@ async fn an_auditor_approves_a_day_another_proposed_in_chromium() {
         .unwrap();
     assert!(pending.contains("ada"), "{pending}");
     submit_with_reason(&b, "approve", "my own").await;
-    let src = b.source().await.unwrap();
-    assert!(src.contains("OWN_PROPOSAL"), "{src}");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let src = b.source().await.unwrap();
+        if src.contains("OWN_PROPOSAL") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the proposer's approval was not refused: {src}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // 3. Approve it as abe.
     b.delete_all_cookies().await.unwrap();
