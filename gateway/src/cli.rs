@@ -102,8 +102,12 @@ enum UsersCommand {
         #[arg(long)]
         roles: String,
         /// Read the password from this environment variable.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_password")]
         password_env: Option<String>,
+        /// No password: the user cannot log in to the pages and works with bearer tokens
+        /// (`users token`) only, as machine clients do.
+        #[arg(long)]
+        no_password: bool,
     },
     /// Issue (replace) a user's bearer token for machine clients; prints it once.
     Token { name: String },
@@ -639,6 +643,7 @@ fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
                 name,
                 roles,
                 password_env,
+                no_password,
             } => {
                 anyhow::ensure!(
                     !name.is_empty()
@@ -651,16 +656,20 @@ fn users(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
                 );
                 let roles =
                     auth::parse_roles(&roles).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
-                let password = match password_env {
-                    Some(var) => std::env::var(&var)
-                        .with_context(|| format!("--password-env {var}: not set"))?,
-                    None => {
-                        let mut line = String::new();
-                        std::io::stdin().read_line(&mut line)?;
-                        line.trim_end_matches(['\r', '\n']).to_owned()
-                    }
+                let hash = if no_password {
+                    auth::NO_PASSWORD.to_owned()
+                } else {
+                    let password = match password_env {
+                        Some(var) => std::env::var(&var)
+                            .with_context(|| format!("--password-env {var}: not set"))?,
+                        None => {
+                            let mut line = String::new();
+                            std::io::stdin().read_line(&mut line)?;
+                            line.trim_end_matches(['\r', '\n']).to_owned()
+                        }
+                    };
+                    auth::hash_password(&password).map_err(|m| anyhow::anyhow!(m))?
                 };
-                let hash = auth::hash_password(&password).map_err(|m| anyhow::anyhow!(m))?;
                 let names = roles.iter().map(|r| r.name().to_owned()).collect();
                 anyhow::ensure!(
                     store

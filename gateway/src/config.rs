@@ -250,6 +250,10 @@ pub struct ClearingConfig {
     /// batches in flight at midnight commit into it (one committing later still goes to the
     /// next day: nothing is lost, it is only credited a day later).
     pub grace_ms: u64,
+    /// Load tests only: the console's clearing run may close a day before it has ended
+    /// (`"early": true`), as of its 24:00 plus `grace_ms`. A row committing later for it is
+    /// filed with the next open day, as after any close. Off in production.
+    pub early_close_allowed: bool,
 }
 
 impl Default for ClearingConfig {
@@ -258,6 +262,7 @@ impl Default for ClearingConfig {
             auto_approve: false,
             settlement_dir: PathBuf::from("settlement"),
             grace_ms: 300_000,
+            early_close_allowed: false,
         }
     }
 }

@@ -174,13 +174,14 @@ impl GatewayProcess {
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await?;
         let url = with_schema(database_url, &schema);
-        let (port, admin_port) = (free_port()?, free_port()?);
+        let (port, admin_port, console_port) = (free_port()?, free_port()?, free_port()?);
         let config = format!(
             "data_dir = {d:?}\npolicy_path = {policy_path:?}\n\
              [server]\nlisten_addr = \"127.0.0.1:{port}\"\n\
              [admin]\nlisten_addr = \"127.0.0.1:{admin_port}\"\n\
              app_token = {app_token:?}\nrisk_token = {risk_token:?}\n\
-             [console]\nlisten_addr = \"127.0.0.1:0\"\n\
+             [console]\nlisten_addr = \"127.0.0.1:{console_port}\"\n\
+             [clearing]\nearly_close_allowed = true\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = \"postgres\"\npostgres_url = {url:?}\npostgres_pool_size_max = {pool_size}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {dv:?}\n\
@@ -233,6 +234,37 @@ impl GatewayProcess {
             admin_port,
             child,
         })
+    }
+
+    /// Makes two auditors with the gateway's own CLI (`users add`, `users token`) and
+    /// returns their bearer tokens (proposer, approver), for `run`'s clearing through the
+    /// console. No password is set: they log in with tokens only.
+    pub fn auditor_tokens(&self, bin: &Path) -> anyhow::Result<(String, String)> {
+        let cli = |args: &[&str]| -> anyhow::Result<String> {
+            let out = Command::new(bin)
+                .arg("--config")
+                .arg(&self.config_path)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("run {} {args:?}", bin.display()))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{} {args:?}: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        };
+        let mut tokens = Vec::new();
+        for name in ["bench-proposer", "bench-approver"] {
+            cli(&["users", "add", name, "--roles", "auditor", "--no-password"])?;
+            tokens.push(cli(&["users", "token", name])?);
+        }
+        let approver = tokens.pop().context("the approver's token")?;
+        let proposer = tokens.pop().context("the proposer's token")?;
+        Ok((proposer, approver))
     }
 
     /// Its process id.
@@ -383,6 +415,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         |dir| crate::plan::write_scaled_registry(&shipped, scenario.run.devices, dir).map(drop),
     )
     .await?;
+    let (proposer_token, approver_token) = gateway.auditor_tokens(&o.gateway_bin)?;
     let (pid, admin_port) = (gateway.pid(), gateway.admin_port);
     let rss_before = crate::run::rss_kib(pid);
     println!(
@@ -408,7 +441,9 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
             .arg("--gateway-pid")
             .arg(pid.to_string())
             .arg("--report")
-            .arg(&report);
+            .arg(&report)
+            .env(crate::console::PROPOSER_TOKEN_ENV, &proposer_token)
+            .env(crate::console::APPROVER_TOKEN_ENV, &approver_token);
         // The first process makes the `[hotlist]` plantings (each is a new version; the
         // others know the planted cards from the seed, to count their refusals apart).
         if i == 0 && !scenario.hotlist.add_at_s.is_empty() {

@@ -6,6 +6,7 @@
 //! written to files.
 
 use crate::check::{self, Caps};
+use crate::console::ConsoleApi;
 use crate::fraud::{self, AdminApi};
 use crate::report::{Report, group, yuan};
 use crate::run::{Run, Shard, Target};
@@ -20,7 +21,7 @@ use wenxiao_gateway::config::{Config, StoreKind};
 use wenxiao_gateway::policy::Policy;
 use wenxiao_gateway::registry::{Category, District, Operator};
 use wenxiao_gateway::store::{AnyStore, Store, StoreAudit};
-use wenxiao_protocol::{BusinessDate, CardNo};
+use wenxiao_protocol::{BusinessDate, CardNo, Fen};
 
 /// Delivery has stalled when no credit was loaded for this long.
 pub const DELIVERY_STALL_S: u64 = 30;
@@ -127,17 +128,35 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
     eprintln!();
     eprintln!("simulated midnight: clearing and approving");
 
-    let delivery = midnight(&run, &store, &policy, &config, first_day, &options.out_dir).await?;
+    let delivery = midnight(
+        &run,
+        Clearing::Store {
+            store: &store,
+            policy: &policy,
+        },
+        &config,
+        first_day,
+        &options.out_dir,
+    )
+    .await?;
     let Delivery {
         clearing,
         mut files,
         release_at,
         all_loaded,
+        ..
     } = delivery;
     progress.abort();
     eprintln!();
     let reports = run.finish(Duration::from_secs(FINISH_GRACE_S)).await;
-    let fraud = fraud::score(&run, &day, &reports, &store, first_day).await;
+    let fraud = fraud::score(
+        &run,
+        &day,
+        &reports,
+        fraud::History::Store(&store),
+        first_day,
+    )
+    .await;
     let audit = store.audit().await?;
     let caps = Caps {
         monthly: policy.monthly_cap(),
@@ -233,8 +252,10 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<DemoOutcome> {
 /// What simulated midnight and the next morning produced.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The cleared days.
+    /// The cleared days' reports (clearing on the store; empty through the console).
     pub clearing: Vec<wenxiao_gateway::store::ClearingReport>,
+    /// Every credit of the cleared days: card and amount.
+    pub credits: Vec<(CardNo, Fen)>,
     /// Settlement files written.
     pub files: Vec<PathBuf>,
     /// When the audit step released the credits.
@@ -244,14 +265,27 @@ pub struct Delivery {
     pub all_loaded: bool,
 }
 
+/// How midnight clears and approves.
+#[derive(Debug, Clone, Copy)]
+pub enum Clearing<'a> {
+    /// On the store, in this process (the demo), approving at once.
+    Store {
+        /// The gateway's store.
+        store: &'a AnyStore,
+        /// Its policy (points' worth).
+        policy: &'a Policy,
+    },
+    /// Through the gateway's console API, with four eyes (`run`).
+    Console(&'a ConsoleApi),
+}
+
 /// Simulated midnight and the next morning: clears and approves every business day the
 /// gateway recorded since `first_day` (a run that crosses real midnight in Shanghai has
 /// two), writes the settlement files under `out_dir`, then waits while the OTA endpoints
 /// load what is pushed to them and residents present their city cards at POS and kiosks.
 pub async fn midnight(
     run: &Run,
-    store: &AnyStore,
-    policy: &Policy,
+    how: Clearing<'_>,
     config: &Config,
     first_day: BusinessDate,
     out_dir: &Path,
@@ -263,28 +297,41 @@ pub async fn midnight(
     let mut files = Vec::new();
     let release_at = Instant::now();
     let mut clearing = Vec::new();
-    for date in [first_day, last_day] {
-        if clearing
-            .iter()
-            .any(|r: &wenxiao_gateway::store::ClearingReport| r.summary.business_date == date)
-        {
-            continue;
+    let mut credits = Vec::new();
+    let mut days = vec![first_day];
+    if last_day != first_day {
+        days.push(last_day);
+    }
+    for date in days {
+        match how {
+            Clearing::Store { store, policy } => {
+                // The demo's accelerated clock has passed midnight and the grace: the day
+                // is cleared by the same rule as any other, with that clock.
+                let grace_ms = i64::try_from(config.clearing.grace_ms)?;
+                let simulated_now =
+                    wenxiao_gateway::clock::day_end_ms(date).saturating_add(grace_ms);
+                let (report, written) = wenxiao_gateway::clearing::run_day(
+                    store,
+                    wenxiao_gateway::clearing::Step::Clear { approve: true },
+                    date,
+                    policy.points.fen_per_point,
+                    (simulated_now, grace_ms),
+                    &out_dir.join("settlement"),
+                )
+                .await?;
+                files.extend(written);
+                credits.extend(report.credits.iter().map(|c| (c.card_no, c.amount_fen)));
+                clearing.push(report);
+            }
+            Clearing::Console(console) => {
+                let day = console
+                    .clear_and_approve(date, &out_dir.join("settlement"))
+                    .await
+                    .with_context(|| format!("clearing {date} through the console"))?;
+                files.extend(day.files);
+                credits.extend(day.credits);
+            }
         }
-        // The demo's accelerated clock has passed midnight and the grace: the day is
-        // cleared by the same rule as any other, with that clock.
-        let grace_ms = i64::try_from(config.clearing.grace_ms)?;
-        let simulated_now = wenxiao_gateway::clock::day_end_ms(date).saturating_add(grace_ms);
-        let (report, written) = wenxiao_gateway::clearing::run_day(
-            store,
-            wenxiao_gateway::clearing::Step::Clear { approve: true },
-            date,
-            policy.points.fen_per_point,
-            (simulated_now, grace_ms),
-            &out_dir.join("settlement"),
-        )
-        .await?;
-        files.extend(written);
-        clearing.push(report);
     }
 
     // The next morning: SIM credits are pushed at once; residents present city cards.
@@ -297,10 +344,9 @@ pub async fn midnight(
             .iter()
             .any(|(lo, hi)| (*lo..=*hi).contains(&c.get()))
     };
-    let credits: Vec<_> = clearing.iter().flat_map(|r| r.credits.iter()).collect();
     let mut city_cards: Vec<CardNo> = credits
         .iter()
-        .map(|c| c.card_no)
+        .map(|c| c.0)
         .filter(|c| !is_sim(*c))
         .collect();
     city_cards.sort_unstable();
@@ -308,7 +354,7 @@ pub async fn midnight(
     eprintln!(
         "delivering {} credits: {} to SIM cards by OTA push, {} city cards presented at POS and kiosks",
         credits.len(),
-        credits.iter().filter(|c| is_sim(c.card_no)).count(),
+        credits.iter().filter(|c| is_sim(c.0)).count(),
         city_cards.len()
     );
     run.present(&city_cards, Duration::from_secs(PRESENT_S))
@@ -322,6 +368,7 @@ pub async fn midnight(
         .await;
     Ok(Delivery {
         clearing,
+        credits,
         files,
         release_at,
         all_loaded,

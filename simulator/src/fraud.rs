@@ -32,6 +32,7 @@
 //! so an alert is about something planted (a planted card, or a colluding or spiking
 //! merchant) or it is a false alert. Planted events never use points.
 
+use crate::console::ConsoleApi;
 use crate::device::DeviceReport;
 use crate::plan::{self, CITY_CARD_BASE, Place, PlannedEvent};
 use crate::run::{DayOutcome, Run};
@@ -44,8 +45,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use wenxiao_gateway::config::AdminConfig;
 use wenxiao_gateway::registry::{Category, MerchantId, Registry};
@@ -934,7 +933,7 @@ impl AdminApi {
     async fn exchange(&self, request: String) -> anyhow::Result<(u16, String)> {
         tokio::time::timeout(
             Duration::from_millis(ADMIN_HTTP_TIMEOUT_MS),
-            http_exchange(self.addr, request),
+            crate::http::exchange(self.addr, request, ADMIN_RESPONSE_BYTES_MAX),
         )
         .await
         .map_err(|_| {
@@ -1061,69 +1060,6 @@ impl AdminApi {
             .iter()
             .map(|c| c["alerts"].as_u64().unwrap_or(0) + c["reports"].as_u64().unwrap_or(0))
             .fold(0, u64::saturating_add))
-    }
-}
-
-/// One HTTP/1.1 request on its own connection (`Connection: close`): (status, body).
-async fn http_exchange(addr: SocketAddr, request: String) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect to the admin server at {addr}"))?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream
-        .take(ADMIN_RESPONSE_BYTES_MAX + 1)
-        .read_to_end(&mut raw)
-        .await?;
-    anyhow::ensure!(
-        u64::try_from(raw.len()).unwrap_or(u64::MAX) <= ADMIN_RESPONSE_BYTES_MAX,
-        "the admin server's answer is longer than {ADMIN_RESPONSE_BYTES_MAX} bytes"
-    );
-    parse_response(&raw)
-}
-
-/// An HTTP/1.1 response: (status, body), the body de-chunked if it came chunked.
-pub fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
-    let text = std::str::from_utf8(raw).context("the answer is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("the answer has no end of headers")?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("the answer has no status line")?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-/// A chunked body's content.
-fn dechunk(mut rest: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size_line, after) = rest.split_once("\r\n").context("a chunk has no size")?;
-        let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .with_context(|| format!("chunk size {size_hex:?}"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(after.get(..size).context("a chunk is cut short")?);
-        rest = after
-            .get(size..)
-            .and_then(|r| r.strip_prefix("\r\n"))
-            .context("a chunk does not end its line")?;
     }
 }
 
@@ -1264,10 +1200,20 @@ fn same_weekdays(today: BusinessDate) -> Vec<BusinessDate> {
     out
 }
 
+/// Where [`score`] reads the merchants' purchase history: the store (the in-process demo),
+/// or the console API (`run` against a gateway whose store it cannot reach).
+#[derive(Debug, Clone, Copy)]
+pub enum History<'a> {
+    /// The gateway's store.
+    Store(&'a AnyStore),
+    /// `GET /v1/statistics/merchant-days`.
+    Console(&'a ConsoleApi),
+}
+
 /// How many of the same weekdays of the last four weeks the store holds purchases of, for
 /// each spiking merchant: the history the spike rule needs.
 async fn spike_history(
-    store: &AnyStore,
+    history: History<'_>,
     planted: &Planted,
     today: BusinessDate,
 ) -> Result<HashMap<MerchantId, u32>, String> {
@@ -1288,10 +1234,16 @@ async fn spike_history(
     else {
         return Err(format!("no weekdays before {today}"));
     };
-    let rows = store
-        .merchant_day_purchases(from, to)
-        .await
-        .map_err(|e| format!("the store's purchase history: {e}"))?;
+    let rows = match history {
+        History::Store(store) => store
+            .merchant_day_purchases(from, to)
+            .await
+            .map_err(|e| format!("the store's purchase history: {e}"))?,
+        History::Console(console) => console
+            .merchant_days(from, to)
+            .await
+            .map_err(|e| format!("the purchase history from the console API: {e:#}"))?,
+    };
     Ok(spiking
         .into_iter()
         .map(|m| {
@@ -1436,7 +1388,7 @@ async fn wait_for_rules(api: &AdminApi, before: Option<u64>, expected: u64) -> R
 }
 
 /// Scores the run's planted fraud: waits for the rules, reads the cases from the admin API
-/// and the spike's history from the store, and counts planted against detected per kind
+/// and the spike's history from `history`, and counts planted against detected per kind
 /// and the false alerts per 100,000 honest stored transactions. `None` when the scenario
 /// plants nothing. Every device must be in this process (a `[fraud]` table needs
 /// `run.processes = 1`).
@@ -1444,7 +1396,7 @@ pub async fn score(
     run: &Run,
     day: &DayOutcome,
     reports: &[DeviceReport],
-    store: &AnyStore,
+    history: History<'_>,
     first_day: BusinessDate,
 ) -> Option<FraudFigures> {
     let planted = &run.planted;
@@ -1465,7 +1417,7 @@ pub async fn score(
             }
         }
     }
-    let spike_weeks = match spike_history(store, planted, first_day).await {
+    let spike_weeks = match spike_history(history, planted, first_day).await {
         Ok(w) => w,
         Err(e) => {
             f.notes.push(format!("spike: history unknown: {e}"));
@@ -1503,6 +1455,7 @@ pub async fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::parse_response;
     use crate::plan::{CityConfig, DayPlan, plan_day, plan_scenario_day};
     use crate::scenario::Scenario;
     use std::path::Path;

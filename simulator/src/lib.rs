@@ -7,10 +7,13 @@
 pub mod bench;
 pub mod card;
 pub mod check;
+pub mod console;
 pub mod demo;
 pub mod device;
+pub mod drive;
 pub mod fraud;
 pub mod hotlist;
+pub mod http;
 pub mod plan;
 pub mod report;
 pub mod run;

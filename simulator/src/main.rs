@@ -4,15 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 use wenxiao_gateway::config::Config;
-use wenxiao_gateway::store::{Store, StoreAudit};
-use wenxiao_simulator::check::{self, Caps};
+use wenxiao_simulator::console::ConsoleApi;
 use wenxiao_simulator::demo::{self, DemoOptions};
-use wenxiao_simulator::fraud::{self, AdminApi};
-use wenxiao_simulator::report::Report;
-use wenxiao_simulator::run::{GatewayCli, Run, Shard, Target};
+use wenxiao_simulator::drive;
+use wenxiao_simulator::run::{GatewayCli, Shard};
 use wenxiao_simulator::scenario::Scenario;
 
 #[derive(Parser)]
@@ -51,9 +47,14 @@ enum Command {
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
     },
-    /// Drives a running gateway with a scenario; checks the invariants against its store.
+    /// Drives a running gateway with a scenario, clears and approves through its console
+    /// API, and checks the invariants against the console's audit figures; the gateway's
+    /// database is never opened. Needs two auditors' bearer tokens in
+    /// WENXIAO_CONSOLE_TOKEN (runs, proposes, reads) and WENXIAO_CONSOLE_APPROVER_TOKEN
+    /// (approves), and the gateway's `clearing.early_close_allowed` for a day that has not
+    /// ended.
     Run {
-        /// The gateway's configuration (its listener, PKI, keys, store, policy).
+        /// The gateway's configuration (its listeners, PKI, keys, registry files, policy).
         #[arg(long)]
         config: PathBuf,
         /// The scenario.
@@ -225,15 +226,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             });
             let config = load_config(&config)?;
             let scenario = Scenario::load(&scenario)?;
-            drive(
-                &config,
-                &scenario,
-                shard,
-                gateway_pid,
-                report.as_deref(),
-                cli,
-            )
-            .await
+            let console = ConsoleApi::from_env(&config).context(
+                "`run` clears, approves and reads its invariant figures through the gateway's console",
+            )?;
+            let r = drive::drive(&config, &console, &scenario, shard, gateway_pid, cli).await?;
+            println!("{}", r.table());
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            Ok(r.pass)
         }
         Command::Plan { scenario, registry } => {
             let scenario = Scenario::load(&scenario)?;
@@ -282,78 +284,4 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
-}
-
-/// `run`: a scenario against a running gateway.
-async fn drive(
-    config: &Config,
-    scenario: &Scenario,
-    shard: Shard,
-    gateway_pid: Option<u32>,
-    report_path: Option<&Path>,
-    gateway_cli: Option<GatewayCli>,
-) -> anyhow::Result<bool> {
-    let store = wenxiao_gateway::server::open_store(config)?;
-    let registry = store.load_registry().await?;
-    let pki = config
-        .tls
-        .device_ca_cert_path
-        .parent()
-        .context("the device CA's directory")?;
-    let target = Target {
-        gateway: config.server.listen_addr,
-        registry,
-        ca: Arc::new(wenxiao_gateway::pki::DevCa::load(pki)?),
-        keys: config.master_keys()?,
-        gateway_pid,
-    };
-    let policy = wenxiao_gateway::policy::Policy::load(&config.policy_path)?;
-    let first_day = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
-        .context("today's business date")?;
-    let mut run = Run::start(&target, scenario, shard).await?;
-    if let Some(cli) = gateway_cli {
-        run.set_gateway_cli(cli);
-    }
-    if !run.planted.is_empty() {
-        run.set_admin(AdminApi::new(config.admin.listen_addr, &config.admin));
-    }
-    eprintln!(
-        "shard {}/{}: {} devices, {} transactions planned",
-        shard.index, shard.count, run.devices, run.planned
-    );
-    let progress = run.progress("run");
-    let day = run.play_day().await;
-    let delivery = if scenario.run.deliver {
-        let out = config.data_dir.join("settlement-out");
-        Some(demo::midnight(&run, &store, &policy, config, first_day, &out).await?)
-    } else {
-        None
-    };
-    progress.abort();
-    eprintln!();
-    let reports = run.finish(Duration::from_secs(30)).await;
-    let fraud = fraud::score(&run, &day, &reports, &store, first_day).await;
-    let audit = store.audit().await?;
-    let caps = Caps {
-        monthly: policy.monthly_cap(),
-        programme: policy.programme_total(),
-    };
-    let mut invariants = check::check(&reports, &audit, caps, shard);
-    if let Some(d) = &delivery {
-        invariants.push(check::every_credit_loaded(d.all_loaded, &audit));
-    }
-    let mut report = Report::new(
-        &run,
-        &day,
-        &reports,
-        invariants,
-        delivery.map(|d| d.release_at),
-    );
-    report.fraud = fraud;
-    println!("{}", report.table());
-    if let Some(path) = report_path {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(report.pass)
 }

@@ -158,12 +158,36 @@ impl TestEnv {
 
     /// Writes the configuration as a TOML file for a gateway process listening on `port`.
     pub fn write_config_file(&self, port: u16) -> PathBuf {
+        let text = self.config_text(port, 0);
+        let path = self.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The configuration of the running gateway `gw` as its operators' tools see it (its
+    /// device and console listeners), with `store_toml` replacing the `[store]` table:
+    /// written to `name` in the data directory.
+    pub fn write_client_config(&self, gw: &GatewayHandle, store_toml: &str, name: &str) -> PathBuf {
+        let console_port = gw.console_addr.map_or(0, |a| a.port());
+        let text = self.config_text(gw.device_addr.port(), console_port);
+        let (before, after) = text.split_once("[store]\n").unwrap();
+        let after = after.split_once("[registry]").unwrap().1;
+        let path = self.path().join(name);
+        std::fs::write(
+            &path,
+            format!("{before}[store]\n{store_toml}\n[registry]{after}"),
+        )
+        .unwrap();
+        path
+    }
+
+    fn config_text(&self, port: u16, console_port: u16) -> String {
         let c = &self.config;
         let text = format!(
             "data_dir = {data:?}\npolicy_path = {policy:?}\n\
              [server]\nlisten_addr = \"127.0.0.1:{port}\"\nworkers = 2\n\
              [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
-             [console]\nlisten_addr = \"127.0.0.1:0\"\n\
+             [console]\nlisten_addr = \"127.0.0.1:{console_port}\"\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n\
@@ -183,9 +207,7 @@ impl TestEnv {
             d = c.registry.devices_path,
             rules = c.risk.rules_path,
         );
-        let path = self.path().join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
-        path
+        text
     }
 
     /// The data directory.

@@ -65,6 +65,7 @@ pub async fn fresh_sqlite_store() -> (SqliteStore, tempfile::TempDir) {
 }
 
 pub mod card;
+pub mod cli;
 pub mod device;
 pub mod env;
 pub mod http;

@@ -7,7 +7,6 @@
     clippy::indexing_slicing
 )]
 
-use std::process::Command;
 use wenxiao_protocol::*;
 use wenxiao_tests::device::book_purchase;
 use wenxiao_tests::env::{POS, TestEnv};
@@ -18,19 +17,12 @@ fn gateway(config: &std::path::Path, args: &[&str]) -> String {
 
 /// The gateway CLI with its clock `offset_ms` ahead.
 fn gateway_at(config: &std::path::Path, offset_ms: i64, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
-        .env("WENXIAO_TEST_CLOCK_OFFSET_MS", offset_ms.to_string())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    wenxiao_tests::cli::run(
+        env!("CARGO_BIN_EXE_gateway-under-test"),
+        config,
+        &[("WENXIAO_TEST_CLOCK_OFFSET_MS", &offset_ms.to_string())],
+        args,
+    )
 }
 
 fn control_total(file: &std::path::Path) -> Vec<String> {
@@ -93,12 +85,12 @@ async fn clear_what_a_gateway_stored(env: TestEnv) {
     assert!(out.contains("award 1 recorded: 500000.00 yuan"), "{out}");
     gateway(&config, &["awards", "approve", "--id", "1"]);
     // Today cannot be cleared before it has ended, plus the grace.
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
-        .arg("--config")
-        .arg(&config)
-        .args(["clearing", "run", "--date", &date])
-        .output()
-        .unwrap();
+    let out = wenxiao_tests::cli::output(
+        env!("CARGO_BIN_EXE_gateway-under-test"),
+        &config,
+        &[],
+        &["clearing", "run", "--date", &date],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot be cleared yet"), "{stderr}");

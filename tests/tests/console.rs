@@ -13,7 +13,6 @@
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use wenxiao_protocol::*;
 use wenxiao_tests::device::book_purchase;
@@ -24,19 +23,12 @@ const APP: &str = "app-t0ken-for-tests";
 const PASSWORD: &str = "a long enough password";
 
 fn cli(config: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
-        .env("PW", PASSWORD)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    wenxiao_tests::cli::run(
+        env!("CARGO_BIN_EXE_gateway-under-test"),
+        config,
+        &[("PW", PASSWORD)],
+        args,
+    )
 }
 
 /// The users of the test, with the roles the CLI gives them.
@@ -155,13 +147,12 @@ async fn console_api(mut env: TestEnv) {
             "PW",
         ][..],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
-            .env("PW", PASSWORD)
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = wenxiao_tests::cli::output(
+            env!("CARGO_BIN_EXE_gateway-under-test"),
+            &config,
+            &[("PW", PASSWORD)],
+            args,
+        );
         assert!(!out.status.success(), "{args:?} was accepted");
     }
 

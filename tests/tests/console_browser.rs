@@ -23,20 +23,16 @@ use wenxiao_tests::http;
 
 const PASSWORD: &str = "a long enough password";
 
+/// How long the test waits for a page to show what it expects.
+const PAGE_WAIT: Duration = Duration::from_secs(15);
+
 fn cli(config: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
-        .env("PW", PASSWORD)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    wenxiao_tests::cli::run(
+        env!("CARGO_BIN_EXE_gateway-under-test"),
+        config,
+        &[("PW", PASSWORD)],
+        args,
+    )
 }
 
 struct Driver(Child);
@@ -132,18 +128,43 @@ async fn login(b: &Client, base: &str, user: &str) {
         .click()
         .await
         .unwrap();
-    let src = b.source().await.unwrap();
-    assert!(
-        src.contains(&format!("{user} (auditor)")),
-        "not logged in as {user}: {src}"
-    );
+    let who = format!("{user} (auditor)");
+    wait_until(b, "logged in", |src| src.contains(&who)).await;
+}
+
+/// Polls the page's source (a click's navigation may still be under way when `click`
+/// returns) until `done` holds, for at most `PAGE_WAIT`; the test fails with the page.
+async fn wait_until(b: &Client, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + PAGE_WAIT;
+    loop {
+        let src = b.source().await.unwrap();
+        if done(&src) {
+            return src;
+        }
+        assert!(Instant::now() < until, "not {what}: {src}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The text of the element `css`, once the page shows it.
+async fn text_of(b: &Client, css: &str) -> String {
+    b.wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn submit_with_reason(b: &Client, button: &str, reason: &str) {
     let form = b
-        .find(Locator::XPath(&format!("//button[@id='{button}']/..")))
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::XPath(&format!("//button[@id='{button}']/..")))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("no #{button}: {e}"));
     form.find(Locator::Css("input[name=reason]"))
         .await
         .unwrap()
@@ -244,27 +265,13 @@ async fn an_auditor_approves_a_day_another_proposed_in_chromium() {
         Err(e) => panic!("no link to {date} ({e}): {}", b.source().await.unwrap()),
     }
     submit_with_reason(&b, "propose", "figures and control totals checked").await;
-    let pending = b
-        .find(Locator::Css("#pending"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pending = text_of(&b, "#pending").await;
     assert!(pending.contains("ada"), "{pending}");
     submit_with_reason(&b, "approve", "my own").await;
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let src = b.source().await.unwrap();
-        if src.contains("OWN_PROPOSAL") {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the proposer's approval was not refused: {src}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&b, "refused as the proposer", |src| {
+        src.contains("OWN_PROPOSAL")
+    })
+    .await;
 
     // 3. Approve it as abe.
     b.delete_all_cookies().await.unwrap();
@@ -273,21 +280,9 @@ async fn an_auditor_approves_a_day_another_proposed_in_chromium() {
         .await
         .unwrap();
     submit_with_reason(&b, "approve", "agreed").await;
-    let state = b
-        .find(Locator::Css("#state"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(state, "approved");
-    let seal = b
-        .find(Locator::Css("#seal"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    wait_until(&b, "approved", |src| src.contains("id=\"state\">approved<")).await;
+    assert_eq!(text_of(&b, "#state").await, "approved");
+    let seal = text_of(&b, "#seal").await;
     assert_eq!(seal.len(), 64, "{seal}");
     screenshot(&b, "console-clearing-day.png").await;
 

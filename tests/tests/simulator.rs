@@ -15,7 +15,9 @@ use std::time::Duration;
 use wenxiao_gateway::config::Config;
 use wenxiao_gateway::store::{Store, StoreAudit};
 use wenxiao_simulator::check::{self, Caps};
+use wenxiao_simulator::console::ConsoleApi;
 use wenxiao_simulator::demo::{DemoOptions, demo};
+use wenxiao_simulator::drive::drive;
 use wenxiao_simulator::report::Report;
 use wenxiao_simulator::run::{Run, Shard, Target};
 use wenxiao_simulator::scenario::Scenario;
@@ -186,4 +188,98 @@ async fn the_invariant_check_catches_an_acknowledged_txn_the_store_lacks() {
 
 fn rusqlite_path(env: &TestEnv) -> std::path::PathBuf {
     env.config.sqlite_path()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_clears_through_the_console_with_four_eyes_and_never_opens_the_database() {
+    use wenxiao_gateway::store::console::{CommandStatus, ConsoleStore};
+    let mut env = TestEnv::sqlite();
+    env.config.clearing.early_close_allowed = true;
+    // The shipped city: both operators' OTA endpoints, so every credit can be loaded.
+    env.config.registry.merchants_path = repo("config/registry/merchants.csv");
+    env.config.registry.devices_path = repo("config/registry/devices.csv");
+    let config = env.write_config_file(0);
+    let bin = env!("CARGO_BIN_EXE_gateway-under-test");
+    let mut tokens = Vec::new();
+    for name in ["sim-proposer", "sim-approver"] {
+        wenxiao_tests::cli::run(
+            bin,
+            &config,
+            &[],
+            &["users", "add", name, "--roles", "auditor", "--no-password"],
+        );
+        tokens.push(
+            wenxiao_tests::cli::run(bin, &config, &[], &["users", "token", name])
+                .trim()
+                .to_owned(),
+        );
+    }
+    let gw = env.start();
+    // What the load tool is given: the gateway's listeners, PKI and registry files, and a
+    // store it cannot reach (nothing listens on port 9).
+    let run_config = Config::load(&env.write_client_config(
+        &gw,
+        "kind = \"postgres\"\npostgres_url = \"postgres://nobody@127.0.0.1:9/unreachable\"",
+        "run.toml",
+    ))
+    .unwrap();
+    let console = ConsoleApi::new(
+        gw.console_addr.unwrap(),
+        tokens[0].clone(),
+        tokens[1].clone(),
+    );
+    let mut scenario = Scenario {
+        seed: 11,
+        ..Scenario::default()
+    };
+    scenario.city.events_per_day = 2_000;
+    scenario.clock.real_seconds = 5;
+    scenario.run.connect_s = 1;
+    scenario.run.deliver = true;
+    let report = drive(&run_config, &console, &scenario, Shard::ALL, None, None)
+        .await
+        .unwrap();
+    println!("{}", report.table());
+    assert!(report.pass, "{}", report.table());
+    assert!(report.txns.stored > 1_000, "{:?}", report.txns);
+
+    // The day was cleared early, proposed by one auditor and approved by the other, and
+    // sealed; the files the run downloaded end with that seal.
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    let commands = store
+        .list_commands(Some(CommandStatus::Approved), 10)
+        .await
+        .unwrap();
+    let day = commands
+        .iter()
+        .find(|c| c.kind == "clearing")
+        .expect("an approved clearing command");
+    assert_eq!(day.proposed_by, "sim-proposer");
+    assert_eq!(day.decided_by.as_deref(), Some("sim-approver"));
+    let date = wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms()).unwrap();
+    let seal = store.seal(date).await.unwrap().expect("a seal");
+    let file = run_config
+        .data_dir
+        .join("settlement-out/settlement")
+        .join(date.get().to_string())
+        .join("card_credits.csv");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().last().unwrap(), format!("SEAL,{seal}"));
+
+    // Clearing and approving again changes nothing: the same credits, the same seal.
+    let out = tempfile::tempdir().unwrap();
+    let again = console.clear_and_approve(date, out.path()).await.unwrap();
+    assert_eq!(again.seal.as_deref(), Some(seal.as_str()));
+    assert_eq!(
+        wenxiao_simulator::console::parse_card_credits(&text).unwrap(),
+        again.credits
+    );
+    // The figures the run checked are the store's.
+    assert_eq!(
+        console.figures().await.unwrap(),
+        wenxiao_gateway::store::StoreAudit::audit(&store)
+            .await
+            .unwrap()
+    );
+    gw.shutdown().unwrap();
 }

@@ -248,6 +248,10 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| format!("hashing failed: {e}"))
 }
 
+/// The stored "hash" of a user made with `users add --no-password`: no password matches
+/// it (it is not a PHC string); the user works with bearer tokens only.
+pub const NO_PASSWORD: &str = "!token-only";
+
 /// Whether `password` matches the PHC string `hash` (false for a malformed hash).
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};

@@ -591,8 +591,19 @@ async fn load(state: &ConsoleState, req: &HttpRequest) -> Result<CommandRow, Api
     Ok(c)
 }
 
-fn refuse_decision(c: &CommandRow, by: &str) -> Result<(), ApiError> {
-    if c.status != CommandStatus::Pending {
+/// Which decision is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Approve: a pending command, or one an approver claimed.
+    Approve,
+    /// Reject: a pending command only.
+    Reject,
+}
+
+fn refuse_decision(c: &CommandRow, by: &str, verdict: Verdict) -> Result<(), ApiError> {
+    let open = c.status == CommandStatus::Pending
+        || verdict == Verdict::Approve && c.status == CommandStatus::Approving;
+    if !open {
         return Err(answer(
             StatusCode::CONFLICT,
             "NOT_PENDING",
@@ -609,7 +620,7 @@ fn refuse_decision(c: &CommandRow, by: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn decided(d: Decided, c: &CommandRow, by: &str) -> Result<(), ApiError> {
+fn decided(d: Decided, c: &CommandRow, by: &str, verdict: Verdict) -> Result<(), ApiError> {
     match d {
         Decided::Done => Ok(()),
         Decided::Unknown => Err(answer(StatusCode::NOT_FOUND, "UNKNOWN_COMMAND", json!({}))),
@@ -619,6 +630,7 @@ fn decided(d: Decided, c: &CommandRow, by: &str) -> Result<(), ApiError> {
                 ..c.clone()
             },
             by,
+            verdict,
         ),
         Decided::OwnProposal => refuse_decision(
             &CommandRow {
@@ -626,6 +638,7 @@ fn decided(d: Decided, c: &CommandRow, by: &str) -> Result<(), ApiError> {
                 ..c.clone()
             },
             by,
+            verdict,
         ),
     }
 }
@@ -641,7 +654,15 @@ pub(crate) async fn approve(
     let f = Fields::parse(&req, &body, &["reason"])?;
     let reason = reason(&f)?;
     let c = load(&state, &req).await?;
-    refuse_decision(&c, &by)?;
+    refuse_decision(&c, &by, Verdict::Approve)?;
+    // Claimed first, so that no rejection can be recorded once the action has run; a
+    // command an earlier approval claimed (cut before its record) is carried out again.
+    let store = state.store();
+    let (id, who) = (c.command_id, by.clone());
+    let claimed = state
+        .on_store(async move { store.claim(id, who).await })
+        .await?;
+    decided(claimed, &c, &by, Verdict::Approve)?;
     let ex = execute(&state, &c, &by).await?;
     let status = if ex.ok {
         CommandStatus::Approved
@@ -661,7 +682,7 @@ pub(crate) async fn approve(
     let d = state
         .on_store(async move { store.decide(decision).await })
         .await?;
-    decided(d, &c, &by)?;
+    decided(d, &c, &by, Verdict::Approve)?;
     // What it changed shows on this node's dashboard at once.
     *state.dashboard.lock().await = None;
     if let Some(date) = ex.files_of {
@@ -685,7 +706,7 @@ pub(crate) async fn reject(
     let f = Fields::parse(&req, &body, &["reason"])?;
     let reason = reason(&f)?;
     let c = load(&state, &req).await?;
-    refuse_decision(&c, &by)?;
+    refuse_decision(&c, &by, Verdict::Reject)?;
     let store = state.store();
     let decision = Decision {
         command_id: c.command_id,
@@ -699,7 +720,7 @@ pub(crate) async fn reject(
     let d = state
         .on_store(async move { store.decide(decision).await })
         .await?;
-    decided(d, &c, &by)?;
+    decided(d, &c, &by, Verdict::Reject)?;
     Ok(respond(
         &req,
         f.form,

@@ -112,6 +112,14 @@ impl Fields {
         }
     }
 
+    /// An optional boolean.
+    pub(crate) fn opt_bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.bool(field).map(Some),
+        }
+    }
+
     /// One of `choices`.
     pub(crate) fn choice(
         &self,

@@ -513,12 +513,12 @@ pub(crate) async fn day_view(state: &ConsoleState, date: BusinessDate) -> Result
     let store = state.store();
     let pending = state
         .on_store(async move {
-            store
-                .list_commands(
-                    Some(crate::store::console::CommandStatus::Pending),
-                    LIST_ROWS_MAX,
-                )
-                .await
+            use crate::store::console::CommandStatus as S;
+            let mut open = store
+                .list_commands(Some(S::Approving), LIST_ROWS_MAX)
+                .await?;
+            open.extend(store.list_commands(Some(S::Pending), LIST_ROWS_MAX).await?);
+            Ok(open)
         })
         .await?
         .into_iter()
@@ -589,25 +589,40 @@ pub(crate) async fn run_clearing(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let date = path_date(&req)?;
-    let f = Fields::parse(&req, &body, &[])?;
-    let now = crate::clock::now_ms();
+    let f = Fields::parse(&req, &body, &["early"])?;
+    let early = f.opt_bool("early")?.unwrap_or(false);
     let grace = i64::try_from(state.shared.config.clearing.grace_ms).unwrap_or(i64::MAX);
-    if now < crate::clock::day_end_ms(date).saturating_add(grace) {
-        return Err(answer(
-            StatusCode::CONFLICT,
-            "DAY_NOT_ENDED",
-            json!({ "message": format!("{date} has not ended (plus clearing.grace_ms) in Asia/Shanghai") }),
-        ));
+    let opens_at = crate::clock::day_end_ms(date).saturating_add(grace);
+    let now = crate::clock::now_ms();
+    let mut as_of = now;
+    if now < opens_at {
+        if !early {
+            return Err(answer(
+                StatusCode::CONFLICT,
+                "DAY_NOT_ENDED",
+                json!({ "message": format!("{date} has not ended (plus clearing.grace_ms) in Asia/Shanghai") }),
+            ));
+        }
+        if !state.shared.config.clearing.early_close_allowed {
+            return Err(answer(
+                StatusCode::CONFLICT,
+                "EARLY_CLOSE_OFF",
+                json!({ "message": "clearing.early_close_allowed is false: a day is cleared only once it has ended" }),
+            ));
+        }
+        // Closed as of its nominal close; later rows go to the next open day.
+        as_of = opens_at;
     }
     let store = state.store();
     let fpp = state.shared.policy.points.fen_per_point;
     let s = state
-        .on_store(async move { store.clear_day(date, fpp, now).await })
+        .on_store(async move { store.clear_day(date, fpp, as_of).await })
         .await?;
     write_files(&state, date).await?;
     let by = caller(&req)?.username;
     let store = state.store();
-    let detail = json!({ "txn_count": s.txn_count, "credit_fen": s.credit_fen.get() });
+    let detail =
+        json!({ "txn_count": s.txn_count, "credit_fen": s.credit_fen.get(), "early": early });
     state
         .on_store(async move {
             store
@@ -921,6 +936,34 @@ pub(crate) async fn statistics(
                     "district_code": r.district, "category_code": r.category,
                     "txn_count": r.txn_count, "sales_fen": r.sales_fen, "subsidy_fen": r.subsidy_fen })
         })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "from": from.get(), "to": to.get(), "rows": rows })))
+}
+
+/// Longest range `GET /v1/statistics/merchant-days` answers, in business days.
+const MERCHANT_DAYS_SPAN_MAX: i64 = 62;
+
+/// `GET /v1/statistics/merchant-days?from&to`: purchases per merchant and business day
+/// (the history the spike rule judges), days without purchases left out.
+pub(crate) async fn merchant_days(
+    state: web::Data<ConsoleState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (from, to) = range(&req)?;
+    let span_days = (crate::clock::day_end_ms(to) - crate::clock::day_end_ms(from)) / 86_400_000;
+    if span_days >= MERCHANT_DAYS_SPAN_MAX {
+        return Err(bad_field(
+            "from",
+            &format!("at most {MERCHANT_DAYS_SPAN_MAX} days before `to`"),
+        ));
+    }
+    let store = state.store();
+    let rows = state
+        .on_store(async move { store.merchant_day_purchases(from, to).await })
+        .await?;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(m, d, n)| json!({ "merchant_id": m.0, "business_date": d.get(), "purchases": n }))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "from": from.get(), "to": to.get(), "rows": rows })))
 }

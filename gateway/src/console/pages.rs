@@ -139,9 +139,12 @@ pub(crate) async fn login(
         Ok(u) => u,
         Err(_) => return login_failed(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
     };
-    // A check runs for an unknown name too, so timing does not tell names apart.
+    // A check runs for an unknown name and a token-only user too, so timing does not tell
+    // them apart.
+    let with_password = |u: &&crate::store::console::UserRow| u.password_hash != auth::NO_PASSWORD;
     let hash = user
         .as_ref()
+        .filter(with_password)
         .map_or_else(dummy_hash, |u| u.password_hash.clone());
     let pw = password.clone();
     let ok = state
@@ -150,7 +153,7 @@ pub(crate) async fn login(
         .spawn_blocking(move || auth::verify_password(&pw, &hash))
         .await
         .unwrap_or(false);
-    let Some(user) = user.filter(|u| ok && u.active) else {
+    let Some(user) = user.filter(|u| ok && u.active && with_password(&u)) else {
         tracing::warn!(user = %username, "console login refused");
         return login_failed(StatusCode::UNAUTHORIZED, "wrong user name or password");
     };
@@ -526,8 +529,10 @@ pub(crate) async fn commands(
                     td { (format!("{:?}", k.status).to_uppercase()) }
                     td { (k.decided_by.as_deref().unwrap_or("")) } td { (k.outcome.as_deref().unwrap_or("")) }
                     td {
-                        @if k.status == CommandStatus::Pending {
+                        @if matches!(k.status, CommandStatus::Pending | CommandStatus::Approving) {
                             (action_form(&c, &format!("/v1/commands/{}/{}/approve", k.kind, k.command_id), "Approve", &format!("approve-{}", k.command_id), true))
+                        }
+                        @if k.status == CommandStatus::Pending {
                             (action_form(&c, &format!("/v1/commands/{}/{}/reject", k.kind, k.command_id), "Reject", &format!("reject-{}", k.command_id), true))
                         }
                     }

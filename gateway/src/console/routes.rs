@@ -128,6 +128,7 @@ routes! {
     Get "/v1/statistics" StatisticsRead "Cleared days' figures by district and category (from, to)." => h::statistics;
     Get "/v1/statistics.csv" StatisticsRead "The same, as CSV." => h::statistics_csv;
     Get "/v1/statistics.xlsx" StatisticsRead "The same, as an XLSX workbook." => h::statistics_xlsx;
+    Get "/v1/statistics/merchant-days" StatisticsRead "Purchases per merchant and business day (from, to; at most 62 days), as the spike rule reads them." => h::merchant_days;
     Get "/v1/statistics.svg" StatisticsRead "Subsidy by district and category, as an SVG chart." => h::statistics_svg;
     Get "/console/statistics" StatisticsRead "The statistics page." => p::statistics;
 

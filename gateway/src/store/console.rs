@@ -35,6 +35,9 @@ pub enum CommandStatus {
     Rejected,
     /// Approved, but what it asked could not be done (the outcome says why).
     Failed,
+    /// Claimed by an approver, whose action is under way: no one can reject it now, and
+    /// an approver may carry it out again (an approval cut before its record).
+    Approving,
 }
 
 impl CommandStatus {
@@ -44,6 +47,7 @@ impl CommandStatus {
             Self::Approved => 2,
             Self::Rejected => 3,
             Self::Failed => 4,
+            Self::Approving => 5,
         }
     }
 
@@ -53,6 +57,7 @@ impl CommandStatus {
             2 => Self::Approved,
             3 => Self::Rejected,
             4 => Self::Failed,
+            5 => Self::Approving,
             c => return Err(StoreError::Corrupt(format!("command status {c}"))),
         })
     }
@@ -64,6 +69,7 @@ impl CommandStatus {
             "APPROVED" => Some(Self::Approved),
             "REJECTED" => Some(Self::Rejected),
             "FAILED" => Some(Self::Failed),
+            "APPROVING" => Some(Self::Approving),
             _ => None,
         }
     }
@@ -414,8 +420,19 @@ pub trait ConsoleStore: Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<CommandRow>, StoreError>> + Send;
 
-    /// Records a decision on a pending command, with its audit row (and a clearing
-    /// day's seal), in one transaction; refused for the proposer.
+    /// Claims a pending command for its approval by `by` (it becomes
+    /// [`CommandStatus::Approving`], and can no longer be rejected), before the action is
+    /// carried out; a command already approving may be claimed again. Refused for the
+    /// proposer.
+    fn claim(
+        &self,
+        command_id: i64,
+        by: String,
+    ) -> impl Future<Output = Result<Decided, StoreError>> + Send;
+
+    /// Records a decision, with its audit row (and a clearing day's seal), in one
+    /// transaction: a rejection of a pending command, or the outcome of a claimed (or
+    /// pending) one; refused for the proposer.
     fn decide(
         &self,
         decision: Decision,

@@ -231,7 +231,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             .query_opt(
                 &Sql::both(
                     "SELECT command_id FROM console_commands \
-                     WHERE kind = $1 AND target = $2 AND status = 1",
+                     WHERE kind = $1 AND target = $2 AND status IN (1, 5)",
                 ),
                 params![c.kind, c.target.as_str()],
             )
@@ -330,6 +330,39 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         rows.iter().map(command_row).collect()
     }
 
+    async fn claim(&self, command_id: i64, by: String) -> Result<Decided, StoreError> {
+        let mut tx = self.backend.begin(TxMode::Write).await?;
+        let Some(row) = tx
+            .query_opt(
+                &Sql::both(
+                    "SELECT status, proposed_by FROM console_commands \
+                     WHERE command_id = $1 FOR UPDATE",
+                ),
+                params![command_id],
+            )
+            .await?
+        else {
+            return Ok(Decided::Unknown);
+        };
+        let (status, proposer) = (row.get::<i16>(0)?, row.text(1)?);
+        if status != CommandStatus::Pending.code() && status != CommandStatus::Approving.code() {
+            return Ok(Decided::NotPending);
+        }
+        if proposer == by {
+            return Ok(Decided::OwnProposal);
+        }
+        tx.execute(
+            &Sql::both(
+                "UPDATE console_commands SET status = $2, decided_by = $3 \
+                 WHERE command_id = $1 AND status IN (1, 5)",
+            ),
+            params![command_id, CommandStatus::Approving.code(), by.as_str()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Decided::Done)
+    }
+
     async fn decide(&self, d: Decision) -> Result<Decided, StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
         let Some(row) = tx
@@ -346,7 +379,12 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         };
         let (kind, target, status, proposer) =
             (row.text(0)?, row.text(1)?, row.get::<i16>(2)?, row.text(3)?);
-        if status != CommandStatus::Pending.code() {
+        let open = if d.status == CommandStatus::Rejected {
+            status == CommandStatus::Pending.code()
+        } else {
+            status == CommandStatus::Pending.code() || status == CommandStatus::Approving.code()
+        };
+        if !open {
             return Ok(Decided::NotPending);
         }
         if proposer == d.by {
@@ -355,7 +393,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         tx.execute(
             &Sql::both(
                 "UPDATE console_commands SET status = $2, decided_by = $3, decided_at_ms = $4, \
-                 decision_reason = $5, outcome = $6 WHERE command_id = $1 AND status = 1",
+                 decision_reason = $5, outcome = $6 WHERE command_id = $1 AND status IN (1, 5)",
             ),
             params![
                 d.command_id,
@@ -381,7 +419,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             CommandStatus::Approved => "approve",
             CommandStatus::Rejected => "reject",
             CommandStatus::Failed => "fail",
-            CommandStatus::Pending => "pending",
+            CommandStatus::Pending | CommandStatus::Approving => "pending",
         };
         let detail = serde_json::json!({
             "command": d.command_id, "reason": d.reason, "outcome": d.outcome,

@@ -34,8 +34,8 @@ CREATE TABLE console_commands (
     decision_reason TEXT,
     outcome         TEXT
 );
--- A second pending command for the same thing is refused.
-CREATE UNIQUE INDEX console_commands_one_pending ON console_commands (kind, target) WHERE status = 1;
+-- A second pending (or approving) command for the same thing is refused.
+CREATE UNIQUE INDEX console_commands_one_pending ON console_commands (kind, target) WHERE status IN (1, 5);
 CREATE INDEX console_commands_status ON console_commands (status, command_id);
 
 CREATE TABLE clearing_seals (
