@@ -139,14 +139,18 @@ async fn activity(
 /// Whether the request's `Authorization: Bearer` token is `token` (compared in constant
 /// time).
 pub(crate) fn bearer_is(request: &actix_web::HttpRequest, token: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    let presented = request
-        .headers()
+    constant_time_eq(
+        bearer(request.headers()).unwrap_or("").as_bytes(),
+        token.as_bytes(),
+    )
+}
+
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub(crate) fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Whether two secrets are equal, compared in constant time.

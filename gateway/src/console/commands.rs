@@ -66,11 +66,15 @@ async fn propose(
         .on_store(async move { store.propose(command).await })
         .await?
     {
-        Proposed::Created(id) => Ok(respond(
-            req,
-            form,
-            json!({ "status": "PENDING", "command_id": id, "kind": kind, "target": target }),
-        )),
+        Proposed::Created(id) => {
+            // A day's page shows its open command at once.
+            state.days.clear();
+            Ok(respond(
+                req,
+                form,
+                json!({ "status": "PENDING", "command_id": id, "kind": kind, "target": target }),
+            ))
+        }
         Proposed::DuplicatePending(id) => Err(answer(
             StatusCode::CONFLICT,
             "DUPLICATE_PENDING",
@@ -132,10 +136,8 @@ pub(crate) async fn propose_award(
     let f = Fields::parse(&req, &body, &["reason"])?;
     let reason = reason(&f)?;
     let store = state.store();
-    let awards = state
-        .on_store(async move { store.awards(100_000).await })
-        .await?;
-    match awards.iter().find(|a| a.award_id == id) {
+    let award = state.on_store(async move { store.award(id).await }).await?;
+    match award {
         None => Err(answer(
             StatusCode::NOT_FOUND,
             "UNKNOWN_AWARD",
@@ -684,7 +686,8 @@ pub(crate) async fn approve(
         .await?;
     decided(d, &c, &by, Verdict::Approve)?;
     // What it changed shows on this node's dashboard at once.
-    *state.dashboard.lock().await = None;
+    state.dashboard.expire();
+    state.days.clear();
     if let Some(date) = ex.files_of {
         super::handlers::write_files(&state, date).await?;
     }
@@ -721,6 +724,7 @@ pub(crate) async fn reject(
         .on_store(async move { store.decide(decision).await })
         .await?;
     decided(d, &c, &by, Verdict::Reject)?;
+    state.days.clear();
     Ok(respond(
         &req,
         f.form,

@@ -84,15 +84,20 @@ pub(crate) async fn caps(state: &ConsoleState) -> Result<(i64, i64), ApiError> {
     ))
 }
 
-pub(crate) async fn dashboard_figures(state: &ConsoleState) -> Result<Arc<Dashboard>, ApiError> {
-    let now = crate::clock::now_ms();
+/// The dashboard's figures, held for `console.dashboard_refresh_ms` and refreshed behind
+/// the readers (see [`super::cache::Fresh`]).
+pub(crate) async fn dashboard_figures(
+    state: &web::Data<ConsoleState>,
+) -> Result<Arc<Dashboard>, ApiError> {
     let refresh = i64::try_from(state.shared.config.console.dashboard_refresh_ms).unwrap_or(0);
-    let mut slot = state.dashboard.lock().await;
-    if let Some((at, d)) = slot.as_ref()
-        && now - *at < refresh
-    {
-        return Ok(Arc::clone(d));
-    }
+    let s = web::Data::clone(state);
+    Arc::clone(&state.dashboard)
+        .get(refresh, move || async move { read_dashboard(&s).await })
+        .await
+}
+
+async fn read_dashboard(state: &ConsoleState) -> Result<Dashboard, ApiError> {
+    let now = crate::clock::now_ms();
     let date = today()?;
     let day_start = crate::clock::day_end_ms(date) - 86_400_000;
     let store = state.store();
@@ -120,7 +125,7 @@ pub(crate) async fn dashboard_figures(state: &ConsoleState) -> Result<Arc<Dashbo
             *sessions.entry(kind).or_default() += 1;
         }
     }
-    let d = Arc::new(Dashboard {
+    Ok(Dashboard {
         business_date: date.get(),
         read_at_ms: now,
         hours: f.hours,
@@ -135,9 +140,7 @@ pub(crate) async fn dashboard_figures(state: &ConsoleState) -> Result<Arc<Dashbo
         credits: f.credits,
         open_alerts: f.open_alerts,
         open_cases: f.open_cases,
-    });
-    *slot = Some((now, Arc::clone(&d)));
-    Ok(d)
+    })
 }
 
 pub(crate) async fn dashboard(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
@@ -261,6 +264,7 @@ pub(crate) async fn apply(
             facts.insert((*field).to_owned(), json!(v));
         }
     }
+    let form = f.form;
     for k in f.into_map().keys() {
         if !["name", "category", "district"].contains(&k.as_str()) && !facts.contains_key(k) {
             return Err(bad_field(k, "not a fact of this category"));
@@ -275,10 +279,6 @@ pub(crate) async fn apply(
         by,
         now_ms: crate::clock::now_ms(),
     };
-    let form = req.headers().get("content-type").is_some_and(|v| {
-        v.as_bytes()
-            .starts_with(b"application/x-www-form-urlencoded")
-    });
     let id = state
         .on_store(async move { store.add_application(a).await })
         .await?;
@@ -488,28 +488,52 @@ pub(crate) const FILES: &[&str] = &[
     "statistics.csv",
 ];
 
-pub(crate) async fn day_view(state: &ConsoleState, date: BusinessDate) -> Result<Value, ApiError> {
+/// Most clearing days whose page figures are held (beyond it the cache starts over).
+const DAY_VIEWS_HELD_MAX: usize = 64;
+
+/// A cleared day's page figures (see [`read_day_view`]), held for
+/// `console.dashboard_refresh_ms` and refreshed behind the readers.
+pub(crate) async fn day_view(
+    state: &web::Data<ConsoleState>,
+    date: BusinessDate,
+) -> Result<Arc<Value>, ApiError> {
+    if state.days.len() >= DAY_VIEWS_HELD_MAX && !state.days.contains_key(&date) {
+        state.days.clear();
+    }
+    let slot = Arc::clone(
+        state
+            .days
+            .entry(date)
+            .or_insert_with(|| Arc::new(super::cache::Fresh::new()))
+            .value(),
+    );
+    let refresh = i64::try_from(state.shared.config.console.dashboard_refresh_ms).unwrap_or(0);
+    let s = web::Data::clone(state);
+    slot.get(
+        refresh,
+        move || async move { read_day_view(&s, date).await },
+    )
+    .await
+}
+
+/// A day's figures, control totals, seal and open command, as aggregates in the store.
+async fn read_day_view(state: &ConsoleState, date: BusinessDate) -> Result<Value, ApiError> {
     let store = state.store();
-    let (report, seal) = state
+    let (totals, seal) = state
         .on_store(async move {
-            let r = store.clearing_report(date).await?;
+            let t = store.day_totals(date).await?;
             let s = store.seal(date).await?;
-            Ok((r, s))
+            Ok((t, s))
         })
         .await?;
-    let Some(r) = report else {
+    let Some(t) = totals else {
         return Err(answer(
             StatusCode::NOT_FOUND,
             "NOT_CLEARED",
             json!({ "message": format!("{date} is not cleared") }),
         ));
     };
-    let s = &r.summary;
-    let sum =
-        |f: fn(&crate::store::MerchantSettlement) -> i64| r.merchants.iter().map(f).sum::<i64>();
-    let credits_fen: i64 = r.credits.iter().map(|c| c.amount_fen.get()).sum();
-    let merchant_subsidy = sum(|m| m.subsidy_fen.get());
-    let stats_subsidy: i64 = r.statistics.iter().map(|x| x.subsidy_fen.get()).sum();
+    let s = &t.summary;
     let store = state.store();
     let pending = state
         .on_store(async move {
@@ -530,22 +554,23 @@ pub(crate) async fn day_view(state: &ConsoleState, date: BusinessDate) -> Result
         "subsidy_fen": s.subsidy_fen.get(),
         "credit_count": s.credit_count,
         "credit_fen": s.credit_fen.get(),
-        "loaded_count": r.loaded.0,
-        "loaded_fen": r.loaded.1.get(),
-        "merchants": r.merchants.len(),
+        "loaded_count": t.loaded.0,
+        "loaded_fen": t.loaded.1,
+        "merchants": t.merchants,
         "control_totals": {
-            "card_credits_fen": credits_fen,
-            "card_credits_match_run": credits_fen == s.credit_fen.get()
-                && i64::try_from(r.credits.len()).unwrap_or(-1) == s.credit_count,
-            "merchant_subsidy_fen": merchant_subsidy,
-            "statistics_subsidy_fen": stats_subsidy,
-            "statistics_match_merchants": stats_subsidy == merchant_subsidy,
-            "merchant_sales_fen": sum(|m| m.sales_fen.get()),
-            "merchant_refunds_fen": sum(|m| m.refunds_fen.get()),
+            "card_credits_fen": t.credits.1,
+            "card_credits_match_run": t.credits.1 == s.credit_fen.get()
+                && t.credits.0 == s.credit_count,
+            "merchant_subsidy_fen": t.merchant_subsidy_fen,
+            "statistics_subsidy_fen": t.statistics_subsidy_fen,
+            "statistics_match_merchants": t.statistics_subsidy_fen == t.merchant_subsidy_fen,
+            "merchant_sales_fen": t.merchant_sales_fen,
+            "merchant_refunds_fen": t.merchant_refunds_fen,
         },
         "seal_sha256": seal,
         "pending_command": pending,
         "files": FILES,
+        "read_at_ms": crate::clock::now_ms(),
     }))
 }
 
@@ -554,7 +579,7 @@ pub(crate) async fn clearing_day(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let date = path_date(&req)?;
-    Ok(HttpResponse::Ok().json(day_view(&state, date).await?))
+    Ok(HttpResponse::Ok().json(&*day_view(&state, date).await?))
 }
 
 /// Writes a day's settlement files (sealed once approved).
@@ -619,6 +644,7 @@ pub(crate) async fn run_clearing(
         .on_store(async move { store.clear_day(date, fpp, as_of).await })
         .await?;
     write_files(&state, date).await?;
+    state.days.remove(&date);
     let by = caller(&req)?.username;
     let store = state.store();
     let detail =
@@ -742,16 +768,30 @@ pub(crate) async fn enter_award(
     ))
 }
 
+/// `GET /v1/budget`: read now (a few rows), not from the dashboard's held figures, so an
+/// approved cap change shows at once.
 pub(crate) async fn budget(state: web::Data<ConsoleState>) -> Result<HttpResponse, ApiError> {
-    let d = dashboard_figures(&state).await?;
+    let (monthly_cap, programme_cap) = caps(&state).await?;
+    let month = i32::try_from(today()?.get() / 100).unwrap_or(0);
+    let store = state.store();
+    let (month_granted, programme_granted) = state
+        .on_store(async move {
+            Ok((
+                store.budget_granted(month).await?,
+                store
+                    .budget_granted(crate::store::PROGRAMME_BUDGET_KEY)
+                    .await?,
+            ))
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "policy_monthly_cap_fen": state.shared.policy.monthly_cap().get(),
         "policy_programme_cap_fen": state.shared.policy.programme_total().get(),
-        "monthly_cap_fen": d.month_cap_fen,
-        "programme_cap_fen": d.programme_cap_fen,
-        "month": d.month_key,
-        "month_granted_fen": d.month_granted_fen,
-        "programme_granted_fen": d.programme_granted_fen,
+        "monthly_cap_fen": monthly_cap,
+        "programme_cap_fen": programme_cap,
+        "month": month,
+        "month_granted_fen": month_granted.get(),
+        "programme_granted_fen": programme_granted.get(),
     })))
 }
 

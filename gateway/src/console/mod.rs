@@ -14,6 +14,7 @@
 //! one user, carried out only when another approves it.
 
 pub mod auth;
+mod cache;
 pub mod commands;
 mod fields;
 mod handlers;
@@ -49,7 +50,10 @@ pub(crate) struct ConsoleState {
     pub(crate) tls: bool,
     /// The dashboard's figures, read from the store at most every
     /// `console.dashboard_refresh_ms`.
-    pub(crate) dashboard: tokio::sync::Mutex<Option<(i64, Arc<handlers::Dashboard>)>>,
+    pub(crate) dashboard: Arc<cache::Fresh<handlers::Dashboard>>,
+    /// Cleared days' page figures, likewise (at most `DAY_VIEWS_HELD_MAX` days).
+    pub(crate) days:
+        dashmap::DashMap<wenxiao_protocol::BusinessDate, Arc<cache::Fresh<serde_json::Value>>>,
 }
 
 impl ConsoleState {
@@ -107,11 +111,7 @@ fn cookie_value(req: &ServiceRequest) -> Option<String> {
 }
 
 fn bearer(req: &ServiceRequest) -> Option<String> {
-    req.headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned)
+    crate::admin::bearer(req.headers()).map(str::to_owned)
 }
 
 /// Who sent the request, if anyone did.
@@ -318,7 +318,8 @@ pub fn start(
     let state = web::Data::new(ConsoleState {
         logins: tokio::sync::Semaphore::new(cfg.logins_concurrent_max),
         tls: tls.is_some(),
-        dashboard: tokio::sync::Mutex::new(None),
+        dashboard: Arc::new(cache::Fresh::new()),
+        days: dashmap::DashMap::new(),
         shared,
     });
     let server = HttpServer::new(move || {

@@ -304,6 +304,28 @@ pub struct PointsEvent {
     pub merchant_id: Option<i64>,
 }
 
+/// A cleared day's totals, as its page shows them, read as aggregates (not the whole
+/// report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayTotals {
+    /// The run's summary.
+    pub summary: crate::store::ClearingSummary,
+    /// Its credits: count and amount, from the credits themselves.
+    pub credits: (i64, i64),
+    /// Those loaded onto cards so far: count and amount.
+    pub loaded: (i64, i64),
+    /// Merchants settled.
+    pub merchants: i64,
+    /// Their subsidy, sales and refunds.
+    pub merchant_subsidy_fen: i64,
+    /// Sales.
+    pub merchant_sales_fen: i64,
+    /// Refunds.
+    pub merchant_refunds_fen: i64,
+    /// The statistics' subsidy.
+    pub statistics_subsidy_fen: i64,
+}
+
 /// Today's figures by hour, and the other dashboard counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DashboardFigures {
@@ -413,6 +435,12 @@ pub trait ConsoleStore: Send + Sync + 'static {
         command_id: i64,
     ) -> impl Future<Output = Result<Option<CommandRow>, StoreError>> + Send;
 
+    /// A cleared day's totals; `None` when it is not cleared.
+    fn day_totals(
+        &self,
+        date: BusinessDate,
+    ) -> impl Future<Output = Result<Option<DayTotals>, StoreError>> + Send;
+
     /// Commands, newest first, optionally of one status.
     fn list_commands(
         &self,
@@ -475,6 +503,12 @@ pub trait ConsoleStore: Send + Sync + 'static {
         &self,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<AwardListRow>, StoreError>> + Send;
+
+    /// One award.
+    fn award(
+        &self,
+        award_id: i64,
+    ) -> impl Future<Output = Result<Option<AwardListRow>, StoreError>> + Send;
 
     /// Cleared days, newest first.
     fn clearing_days(

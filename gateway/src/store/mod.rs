@@ -545,6 +545,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_risk.sql")),
     (13, include_str!("migrations/0013_audit.sql")),
     (14, include_str!("migrations/0014_console.sql")),
+    (15, include_str!("migrations/0015_console_indexes.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use super::date_param;
 use crate::registry::MerchantId;
 use wenxiao_protocol::{BusinessDate, CardNo, CreditId, Fen};
 
-const SELECT_RUN: Sql = Sql::both(
+pub(super) const SELECT_RUN: Sql = Sql::both(
     "SELECT status, txn_count, subsidy_fen, credit_count, credit_fen \
      FROM clearing_runs WHERE business_date = $1",
 );
@@ -23,7 +23,7 @@ const LOCK_RUNS: Sql = Sql::pg_only("LOCK TABLE clearing_runs IN SHARE ROW EXCLU
 /// every ingest transaction takes before it reads the closed days.
 const LOCK_DAYS_EXCLUSIVE: Sql = Sql::pg_only("LOCK TABLE closed_days IN EXCLUSIVE MODE");
 
-fn summary(date: BusinessDate, r: &Row) -> Result<ClearingSummary, StoreError> {
+pub(super) fn summary(date: BusinessDate, r: &Row) -> Result<ClearingSummary, StoreError> {
     Ok(ClearingSummary {
         business_date: date,
         approved: r.get::<i16>(0)? == 2,

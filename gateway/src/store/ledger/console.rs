@@ -4,7 +4,7 @@ use super::super::StoreError;
 use super::super::backend::{Backend, Row, Sql, Tx, TxMode, params};
 use super::super::console::{
     ApplicationRow, AuditRow, AwardListRow, CardDay, CommandRow, CommandStatus, ConsoleStore,
-    DashboardFigures, DayRow, Decided, Decision, DeviceRow, NewApplication, NewCommand,
+    DashboardFigures, DayRow, DayTotals, Decided, Decision, DeviceRow, NewApplication, NewCommand,
     PointsEvent, Proposed, StatRow, UserRow,
 };
 use super::{Ledger, audit, db_u64, from_db_u64};
@@ -523,6 +523,61 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         tx.commit().await
     }
 
+    async fn day_totals(&self, date: BusinessDate) -> Result<Option<DayTotals>, StoreError> {
+        let d = date_param(date);
+        let mut tx = self.backend.begin(TxMode::Snapshot).await?;
+        let Some(run) = tx
+            .query_opt(&super::clearing::SELECT_RUN, params![d])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let summary = super::clearing::summary(date, &run)?;
+        // Index-only on credits_day (business_date, status, amount_fen).
+        let c = tx
+            .query_one(
+                &Sql::both(
+                    "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN status = 3 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN status = 3 THEN amount_fen ELSE 0 END), 0) AS BIGINT) \
+                     FROM credits WHERE business_date = $1",
+                ),
+                params![d],
+            )
+            .await?;
+        let m = tx
+            .query_one(
+                &Sql::both(
+                    "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(subsidy_fen), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(sales_fen), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(refunds_fen), 0) AS BIGINT) \
+                     FROM merchant_settlements WHERE business_date = $1",
+                ),
+                params![d],
+            )
+            .await?;
+        let s = tx
+            .query_one(
+                &Sql::both(
+                    "SELECT CAST(COALESCE(SUM(subsidy_fen), 0) AS BIGINT) FROM day_statistics \
+                     WHERE business_date = $1",
+                ),
+                params![d],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some(DayTotals {
+            summary,
+            credits: (c.int(0)?, c.int(1)?),
+            loaded: (c.int(2)?, c.int(3)?),
+            merchants: m.int(0)?,
+            merchant_subsidy_fen: m.int(1)?,
+            merchant_sales_fen: m.int(2)?,
+            merchant_refunds_fen: m.int(3)?,
+            statistics_subsidy_fen: s.int(0)?,
+        }))
+    }
+
     async fn awards(&self, limit: i64) -> Result<Vec<AwardListRow>, StoreError> {
         let mut tx = self.backend.begin(TxMode::Autocommit).await?;
         tx.query(
@@ -534,18 +589,23 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
         )
         .await?
         .iter()
-        .map(|r| {
-            Ok(AwardListRow {
-                award_id: r.int(0)?,
-                merchant_id: r.int(1)?,
-                show_date: r.get(2)?,
-                kind: r.get(3)?,
-                amount_fen: r.int(4)?,
-                evidence: r.text(5)?,
-                approved: r.int(6)? == 2,
-            })
-        })
+        .map(award_row)
         .collect()
+    }
+
+    async fn award(&self, award_id: i64) -> Result<Option<AwardListRow>, StoreError> {
+        let mut tx = self.backend.begin(TxMode::Autocommit).await?;
+        tx.query_opt(
+            &Sql::both(
+                "SELECT award_id, merchant_id, show_date, kind, amount_fen, evidence, status \
+                 FROM organizer_awards WHERE award_id = $1",
+            ),
+            params![award_id],
+        )
+        .await?
+        .as_ref()
+        .map(award_row)
+        .transpose()
     }
 
     async fn clearing_days(&self, limit: i64) -> Result<Vec<DayRow>, StoreError> {
@@ -1078,4 +1138,17 @@ async fn credits_and_budgets<T: Tx>(
     }
     tx.commit().await?;
     Ok(f)
+}
+
+/// An `organizer_awards` row as the console lists it.
+fn award_row(r: &Row) -> Result<AwardListRow, StoreError> {
+    Ok(AwardListRow {
+        award_id: r.int(0)?,
+        merchant_id: r.int(1)?,
+        show_date: r.get(2)?,
+        kind: r.get(3)?,
+        amount_fen: r.int(4)?,
+        evidence: r.text(5)?,
+        approved: r.int(6)? == 2,
+    })
 }
