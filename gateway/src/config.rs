@@ -306,6 +306,17 @@ pub struct ServerConfig {
     /// Most TLS handshakes in progress at once: under a reconnect storm, handshakes beyond
     /// this wait in the kernel's accept backlog instead of starving live sessions of CPU.
     pub handshakes_in_progress_max: usize,
+    /// This node's name in the device leases; empty: host name, process id and a random
+    /// suffix, new at each start.
+    pub node_id: String,
+    /// How often a node reads the outbox even without a notification (and the embedded
+    /// store's only way), in ms.
+    pub events_poll_interval_ms: u64,
+    /// How long a missing event id is waited for (a transaction that took it may still
+    /// be committing), in ms.
+    pub events_gap_grace_ms: u64,
+    /// Events older than this are deleted, in ms.
+    pub events_retention_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -316,6 +327,10 @@ impl Default for ServerConfig {
             tls_handshake_timeout_ms: 10_000,
             workers: 0,
             handshakes_in_progress_max: 256,
+            node_id: String::new(),
+            events_poll_interval_ms: 1_000,
+            events_gap_grace_ms: 10_000,
+            events_retention_ms: 3_600_000,
         }
     }
 }
@@ -364,6 +379,9 @@ pub struct SessionConfig {
     pub drain_reconnect_after_ms: u32,
     /// After DRAIN, sessions get this long to receive their acks and close.
     pub drain_timeout_ms: u64,
+    /// Lame duck: DRAIN goes to the sessions spread over this long, each at a random
+    /// moment of it, so devices move to the other nodes a few at a time (0: all at once).
+    pub drain_spread_ms: u64,
     /// After a fatal ERROR, the session waits this long for the frame to flush.
     pub close_linger_ms: u64,
     /// Answered seqs above the contiguous watermark remembered per session, to advance
@@ -382,6 +400,7 @@ impl Default for SessionConfig {
             slow_reader_timeout_ms: 10_000,
             drain_reconnect_after_ms: 30_000,
             drain_timeout_ms: 10_000,
+            drain_spread_ms: 0,
             close_linger_ms: 1_000,
             seq_window_max: 4_096,
         }
@@ -713,6 +732,7 @@ impl Config {
             600_000,
         )?;
         in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
+        in_range("session.drain_spread_ms", se.drain_spread_ms, 0, 600_000)?;
         in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;
         in_range(
             "store.postgres_statement_timeout_ms",

@@ -33,15 +33,20 @@ pub struct IngestItem {
 pub struct TxnDone {
     /// The TXN's seq.
     pub seq: Seq,
-    /// The committed answer, or `Err` when the store stayed unavailable past its bound.
-    pub answer: Result<TxnAnswer, StoreUnavailable>,
+    /// The committed answer, or why there is none.
+    pub answer: Result<TxnAnswer, Unanswered>,
     /// When the session received it.
     pub received: Instant,
 }
 
-/// The store could not commit within `store_wait_ms`.
+/// Why a TXN gets no answer: it must not be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreUnavailable;
+pub enum Unanswered {
+    /// The store could not commit within `store_wait_ms`.
+    StoreUnavailable,
+    /// Its session's device lease was taken over: the store refused the row.
+    Fenced,
+}
 
 /// The sessions' side of the queue.
 pub type IngestSender = mpsc::Sender<IngestItem>;
@@ -233,8 +238,12 @@ impl Writer {
             let answers = self.commit(&batch).await;
             for (idx, item) in items.drain(..).enumerate() {
                 let answer = match &answers {
-                    Ok(a) => a.get(idx).copied().ok_or(StoreUnavailable),
-                    Err(()) => Err(StoreUnavailable),
+                    Ok(a) => match a.get(idx).copied() {
+                        Some(Some(a)) => Ok(a),
+                        Some(None) => Err(Unanswered::Fenced),
+                        None => Err(Unanswered::StoreUnavailable),
+                    },
+                    Err(()) => Err(Unanswered::StoreUnavailable),
                 };
                 if let (Some(risk), Ok(a)) = (&self.risk, &answer) {
                     offer_to_rules(risk, &item.txn, a);
@@ -275,7 +284,7 @@ impl Writer {
     /// what is left of that wait (a statement that hangs is abandoned: its transaction is
     /// rolled back, and the batch is answered STORE_UNAVAILABLE — never acknowledged), and
     /// a panic inside an attempt is caught and answered the same way.
-    async fn commit(&self, batch: &[IngestTxn]) -> Result<Vec<TxnAnswer>, ()> {
+    async fn commit(&self, batch: &[IngestTxn]) -> Result<Vec<Option<TxnAnswer>>, ()> {
         use futures_util::FutureExt;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.config.store_wait_ms);
@@ -285,7 +294,7 @@ impl Writer {
         let outcome = loop {
             let ctx = self.caps.apply(self.budget);
             let attempt =
-                std::panic::AssertUnwindSafe(self.store.ingest(batch, &ctx)).catch_unwind();
+                std::panic::AssertUnwindSafe(self.store.ingest_leased(batch, &ctx)).catch_unwind();
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, attempt).await {
                 Ok(Ok(Ok(answers))) => {

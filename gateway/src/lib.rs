@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod credits;
+pub mod events;
 pub mod hotlist;
 pub mod httpapi;
 pub mod ingest;

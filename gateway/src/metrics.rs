@@ -14,6 +14,12 @@ pub const FRAMES_RECEIVED_TOTAL: &str = "wenxiao_frames_received_total";
 pub const FRAMES_SENT_TOTAL: &str = "wenxiao_frames_sent_total";
 /// Counter: TXNs answered, labels `status`, `reason`.
 pub const TXNS_TOTAL: &str = "wenxiao_txns_total";
+/// Counter: TXNs the store refused because their session's device lease was taken over.
+pub const TXNS_FENCED_TOTAL: &str = "wenxiao_txns_fenced_total";
+/// Counter: outbox events handled, label `kind`.
+pub const EVENTS_TOTAL: &str = "wenxiao_events_total";
+/// Counter: outbox ids given up on after the gap grace.
+pub const EVENT_GAPS_SKIPPED_TOTAL: &str = "wenxiao_event_gaps_skipped_total";
 /// Histogram: rows per committed batch.
 pub const INGEST_BATCH_ROWS: &str = "wenxiao_ingest_batch_rows";
 /// Histogram: seconds per batch commit, retries included.
@@ -182,6 +188,21 @@ pub fn describe_all() {
     );
 
     // Transactions and ingest.
+    describe_counter!(
+        TXNS_FENCED_TOTAL,
+        Unit::Count,
+        "TXNs refused unanswered because another session took their device's lease."
+    );
+    describe_counter!(
+        EVENTS_TOTAL,
+        Unit::Count,
+        "Outbox events this node handled (label kind)."
+    );
+    describe_counter!(
+        EVENT_GAPS_SKIPPED_TOTAL,
+        Unit::Count,
+        "Outbox ids never committed within the gap grace (a rolled-back transaction's)."
+    );
     describe_counter!(
         TXNS_TOTAL,
         Unit::Count,

@@ -64,10 +64,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
+/// How long the development CA is valid, from a day before it is made.
+pub const CA_VALIDITY_DAYS: i64 = 3_650;
+/// How long a server or device certificate is valid, from an hour before it is issued
+/// (the public web's ceiling, which TLS scanners hold certificates to).
+pub const CERT_VALIDITY_DAYS: i64 = 397;
+
+/// `params` made valid from `back` before now for `days` days.
+fn valid_for(params: &mut CertificateParams, back: time::Duration, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - back;
+    params.not_after = now + time::Duration::days(days);
+}
+
 impl DevCa {
     /// A new CA with a fresh P-256 key.
     pub fn generate(name: &str) -> Result<Self, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        valid_for(&mut params, time::Duration::days(1), CA_VALIDITY_DAYS);
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -136,7 +150,8 @@ impl DevCa {
         self.issue_client(&id.get().to_string())
     }
 
-    fn issue(&self, params: CertificateParams) -> Result<PemPair, PkiError> {
+    fn issue(&self, mut params: CertificateParams) -> Result<PemPair, PkiError> {
+        valid_for(&mut params, time::Duration::hours(1), CERT_VALIDITY_DAYS);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(PemPair {
@@ -177,4 +192,40 @@ pub fn device(dir: &Path, id: DeviceId) -> Result<(PathBuf, PathBuf), PkiError> 
     write(&cert, &pair.cert_pem)?;
     write(&key, &pair.key_pem)?;
     Ok((cert, key))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn validity_days(pem: &str) -> (i64, i64) {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let c = p.parse_x509().unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let v = c.validity();
+        (
+            (now - v.not_before.timestamp()) / 3_600,
+            (v.not_after.timestamp() - now) / 86_400,
+        )
+    }
+
+    #[test]
+    fn certificates_have_bounded_validity() {
+        let ca = DevCa::generate("test CA").unwrap();
+        // Whole hours back and days ahead (the second the test runs in may round either way).
+        let within = |got: i64, want: i64| got == want || got == want - 1;
+        let (back_h, ahead_d) = validity_days(&ca.pem().cert_pem);
+        assert_eq!(back_h, 24);
+        assert!(within(ahead_d, CA_VALIDITY_DAYS), "{ahead_d}");
+        let device = ca.issue_device(DeviceId(310_100_000_001)).unwrap();
+        let (back_h, ahead_d) = validity_days(&device.cert_pem);
+        assert_eq!(back_h, 1);
+        assert!(within(ahead_d, CERT_VALIDITY_DAYS), "{ahead_d}");
+        let server = ca.issue_server(&["localhost"]).unwrap();
+        assert!(within(
+            validity_days(&server.cert_pem).1,
+            CERT_VALIDITY_DAYS
+        ));
+    }
 }

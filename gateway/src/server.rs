@@ -399,9 +399,33 @@ async fn serve(
 async fn drain(shared: &Shared) {
     shared.draining.store(true, Ordering::SeqCst);
     let cfg = &shared.config.session;
-    tracing::info!(sessions = shared.sessions.len(), "draining");
-    for s in shared.sessions.iter() {
-        s.value().1.do_send(StartDrain);
+    tracing::info!(
+        sessions = shared.sessions.len(),
+        spread_ms = cfg.drain_spread_ms,
+        "draining"
+    );
+    // Lame duck: each session is told at a random moment of the spread, so the devices
+    // reconnect to the other nodes a few at a time.
+    let mut told: Vec<(u64, actix::Addr<Session>)> = shared
+        .sessions
+        .iter()
+        .map(|s| {
+            let at = if cfg.drain_spread_ms == 0 {
+                0
+            } else {
+                rand::random::<u64>() % cfg.drain_spread_ms
+            };
+            (at, s.value().1.clone())
+        })
+        .collect();
+    told.sort_unstable_by_key(|(at, _)| *at);
+    let started = Instant::now();
+    for (at, addr) in told {
+        let due = started + Duration::from_millis(at);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        addr.do_send(StartDrain);
     }
     let wait_until = |deadline: Instant| async move {
         while !shared.sessions.is_empty() && Instant::now() < deadline {
@@ -447,69 +471,18 @@ fn tell_ota_sessions(shared: &Shared) {
     }
 }
 
-/// Watches for credit releases so OTA pushes go out at once, and for hot-list versions:
-/// PostgreSQL NOTIFYs both (a dedicated connection LISTENs, reconnecting if it drops); the
-/// embedded store has no notifications, so a gateway on it polls `latest_release_ms` (and
-/// the hot-list follower polls its head).
+/// Reads the outbox (takeovers, credit releases, hot-list versions, registry changes:
+/// see `events`); the embedded store also polls `latest_release_ms`, so OTA pushes go
+/// out within `credits.release_poll_interval_ms` of an approval.
 fn spawn_release_watch(shared: Arc<Shared>) {
-    let rt = shared.store_rt.clone();
-    if shared.store.is_postgres() {
-        rt.spawn(listen_for_releases(shared));
-    } else {
-        rt.spawn(poll_for_releases(shared));
+    crate::events::spawn(Arc::clone(&shared));
+    if !shared.store.is_postgres() {
+        shared.store_rt.clone().spawn(poll_for_releases(shared));
     }
 }
 
-/// Pause before re-opening a dropped LISTEN connection.
+/// Pause before a failed start step is tried again.
 const LISTEN_RETRY_MS: u64 = 1_000;
-/// Notifications buffered between the LISTEN connection and the broadcaster; more than
-/// one pending is the same as one.
-const RELEASE_SIGNALS_MAX: usize = 1;
-
-async fn listen_for_releases(shared: Arc<Shared>) {
-    use futures_util::StreamExt;
-    let url = shared.config.store.postgres_url.clone();
-    while !shared.draining.load(Ordering::Relaxed) {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                let (signal, mut signals) = tokio::sync::mpsc::channel(RELEASE_SIGNALS_MAX);
-                let hotlist = Arc::clone(&shared);
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(m)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                            if n.channel() == crate::store::HOTLIST_CHANNEL {
-                                hotlist.hotlist_wake.notify_one();
-                            } else if n.channel() == crate::store::REGISTRY_CHANNEL {
-                                hotlist.registry_wake.notify_one();
-                            } else {
-                                let _ = signal.try_send(());
-                            }
-                        }
-                    }
-                });
-                let listen = format!(
-                    "LISTEN {}; LISTEN {}; LISTEN {}",
-                    crate::store::RELEASE_CHANNEL,
-                    crate::store::HOTLIST_CHANNEL,
-                    crate::store::REGISTRY_CHANNEL
-                );
-                if client.batch_execute(&listen).await.is_ok() {
-                    // Anything released or listed while nobody listened.
-                    tell_ota_sessions(&shared);
-                    shared.hotlist_wake.notify_one();
-                    while signals.recv().await.is_some() {
-                        tell_ota_sessions(&shared);
-                    }
-                }
-                driver.abort();
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot LISTEN for credit releases"),
-        }
-        tokio::time::sleep(Duration::from_millis(LISTEN_RETRY_MS)).await;
-    }
-}
 
 async fn poll_for_releases(shared: Arc<Shared>) {
     let every = Duration::from_millis(shared.config.credits.release_poll_interval_ms);

@@ -160,6 +160,25 @@ impl TestDevice {
         }
     }
 
+    /// Sends HELLO and waits for WELCOME; `None` when the connection ends first (or a
+    /// fatal ERROR comes), as through a proxy whose node went away.
+    pub async fn try_hello(&mut self) -> Option<Welcome> {
+        let kind = match self.id.get() / 100_000_000 {
+            3101 => DeviceKind::Pos,
+            3102 => DeviceKind::Kiosk,
+            3103 => DeviceKind::OtaEndpoint,
+            _ => DeviceKind::SigninReader,
+        };
+        self.try_send(hello(self.id, kind)).await.ok()?;
+        match self.recv().await {
+            Recv::Frame(Message::Welcome(w)) => {
+                self.welcome = Some(w);
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+
     /// Waits for the TXN_ACK of `seq`, skipping other acks.
     pub async fn ack(&mut self) -> TxnAck {
         match self.frame().await {

@@ -146,6 +146,27 @@ impl TestEnv {
         d
     }
 
+    /// Connects to a gateway at `addr` as `id` (TLS done, nothing sent).
+    pub async fn connect_at(&self, addr: std::net::SocketAddr, id: DeviceId) -> TestDevice {
+        let cert = self.device_cert(id);
+        TestDevice::connect(addr, &self.ca_pem(), Some(&cert), id)
+            .await
+            .unwrap()
+    }
+
+    /// Connects to `addr` as `id` (TLS done, nothing sent); `None` when the connection or
+    /// the handshake fails (a proxy whose node is gone).
+    pub async fn connect_at_checked(
+        &self,
+        addr: std::net::SocketAddr,
+        id: DeviceId,
+    ) -> Option<TestDevice> {
+        let cert = self.device_cert(id);
+        TestDevice::connect(addr, &self.ca_pem(), Some(&cert), id)
+            .await
+            .ok()
+    }
+
     /// Connects to a gateway at `addr` as `id` and completes HELLO/WELCOME.
     pub async fn session_at(&self, addr: std::net::SocketAddr, id: DeviceId) -> TestDevice {
         let cert = self.device_cert(id);

@@ -82,6 +82,7 @@ fn row(
         },
         received_at_ms: 1,
         business_date: BusinessDate::new(DATE).unwrap(),
+        lease_epoch: None,
     }
 }
 

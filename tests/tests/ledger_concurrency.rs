@@ -61,6 +61,7 @@ fn purchase(device: u64, seq: u64, card: u64, subsidy: i64, date: u32) -> Ingest
         },
         received_at_ms: 1,
         business_date: BusinessDate::new(date).unwrap(),
+        lease_epoch: None,
     }
 }
 

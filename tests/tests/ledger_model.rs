@@ -333,6 +333,7 @@ impl Row {
             proposal: self.proposal,
             received_at_ms: now,
             business_date: business_date(self.date),
+            lease_epoch: None,
         }
     }
 

@@ -75,6 +75,7 @@ async fn a_corrupt_row_is_an_error_not_a_panic() {
         },
         received_at_ms: 1,
         business_date: BusinessDate::new(20261120).unwrap(),
+        lease_epoch: None,
     };
     let ctx = IngestCtx {
         monthly_cap: Fen(1_000_000),

@@ -51,6 +51,7 @@ fn ingest(device: DeviceId, t: Txn, proposal: Proposal) -> IngestTxn {
         proposal,
         received_at_ms: 1_795_000_000_500,
         business_date: BusinessDate::new(20261117).unwrap(),
+        lease_epoch: None,
     }
 }
 
@@ -247,6 +248,7 @@ async fn many_concurrent_batches_store_each_txn_once(s: &(impl Store + StoreAudi
 fn want(device: DeviceId, seq: u64, card: u64, subsidy: i64, date: u32) -> IngestTxn {
     IngestTxn {
         business_date: BusinessDate::new(date).unwrap(),
+        lease_epoch: None,
         ..ingest(
             device,
             // The card's counter follows the seq, so one card can buy several times.
@@ -394,6 +396,7 @@ fn refund(seq: u64, card: u64, counter: u32, amount: i64, of: u64, date: u32) ->
     t.refund_of_seq = Seq::new(of);
     IngestTxn {
         business_date: BusinessDate::new(date).unwrap(),
+        lease_epoch: None,
         ..ingest(
             DEVICE,
             t,
@@ -539,6 +542,7 @@ fn sign_in(seq: u64, card: u64, date: u32) -> IngestTxn {
     t.item = Item::None;
     IngestTxn {
         business_date: BusinessDate::new(date).unwrap(),
+        lease_epoch: None,
         merchant_id: Some(MerchantId(1071)),
         ..ingest(
             DeviceId(310_400_000_001),

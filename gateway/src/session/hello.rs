@@ -6,6 +6,7 @@ use crate::clock;
 use crate::metrics as m;
 use crate::registry::{Device, Merchant};
 use crate::store::Store;
+use crate::store::cluster::ClusterStore;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,22 +51,28 @@ impl Session {
         }
         self.phase = Phase::Welcoming;
         self.device_id = Some(device.device_id);
-        self.hello_order = shared.next_hello_order();
         let store = shared.store.clone();
         let floor = shared
             .watermarks
             .get(&device.device_id)
             .and_then(|w| Seq::new(*w));
-        let lookup = shared
-            .store_rt
-            .spawn(async move { store.stored_seq(device.device_id, floor).await });
+        let node = shared.node_id.clone();
+        // The lease first: once it is ours, whatever the previous holder committed is in
+        // the store, and whatever it writes later is refused; then `stored_seq`.
+        let lookup = shared.store_rt.spawn(async move {
+            let lease = store
+                .acquire_lease(device.device_id, node, clock::now_ms())
+                .await?;
+            let stored = store.stored_seq(device.device_id, floor).await?;
+            Ok::<_, crate::store::StoreError>((lease.epoch, stored))
+        });
         // `wait`: no other frame is handled before WELCOME is out.
         ctx.wait(
             actix::fut::wrap_future(lookup).map(move |res, act: &mut Session, ctx| {
                 if matches!(act.phase, Phase::Closing) {
                     return;
                 }
-                let stored = match res {
+                let (epoch, stored) = match res {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "stored_seq lookup failed");
@@ -76,6 +83,7 @@ impl Session {
                         return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
                     }
                 };
+                act.lease_epoch = epoch;
                 act.welcome(device, merchant, stored, ctx);
             }),
         );
@@ -91,12 +99,13 @@ impl Session {
         let w = Seq::wire(stored);
         self.seqs.watermark = w;
         self.seqs.checkpointed = w;
-        let stale = {
+        // Another node (or a later HELLO here) took the device after this one did.
+        let stale = !self.shared.saw_lease(device.device_id, self.lease_epoch) || {
             use dashmap::mapref::entry::Entry;
-            let me = (self.session_id, ctx.address(), self.hello_order);
+            let me = (self.session_id, ctx.address(), self.lease_epoch);
             match self.shared.sessions.entry(device.device_id) {
                 // A later HELLO of this device got its WELCOME first: this one is stale.
-                Entry::Occupied(e) if !newer_hello_wins(Some(e.get().2), self.hello_order) => true,
+                Entry::Occupied(e) if !newer_lease_wins(Some(e.get().2), self.lease_epoch) => true,
                 Entry::Occupied(mut e) => {
                     let (_, old, _) = e.insert(me);
                     old.do_send(Replaced);
@@ -146,23 +155,24 @@ impl Session {
     }
 }
 
-/// Whether a session whose HELLO came `mine`-th may take over from the registered one
-/// (whose HELLO came `registered`-th): only a later HELLO replaces a session.
-fn newer_hello_wins(registered: Option<u64>, mine: u64) -> bool {
+/// Whether a session whose lease epoch is `mine` may take over from the registered one
+/// (whose epoch is `registered`): the store gives each HELLO a higher epoch, so only a
+/// later HELLO replaces a session, however the WELCOME lookups finish.
+fn newer_lease_wins(registered: Option<u64>, mine: u64) -> bool {
     registered.is_none_or(|r| mine > r)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::newer_hello_wins;
+    use super::newer_lease_wins;
 
     /// Defect 9: two HELLOs of one device whose WELCOME lookups finish out of order — the
     /// older one, finishing last, must not replace the newer session.
     #[test]
     pub(super) fn only_a_later_hello_replaces_a_session() {
-        assert!(newer_hello_wins(None, 0));
-        assert!(newer_hello_wins(Some(3), 4));
-        assert!(!newer_hello_wins(Some(4), 3));
-        assert!(!newer_hello_wins(Some(4), 4));
+        assert!(newer_lease_wins(None, 0));
+        assert!(newer_lease_wins(Some(3), 4));
+        assert!(!newer_lease_wins(Some(4), 3));
+        assert!(!newer_lease_wins(Some(4), 4));
     }
 }

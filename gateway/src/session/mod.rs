@@ -113,8 +113,9 @@ pub struct Session {
     welcomed_kind: Option<&'static str>,
     /// Card-screening terminals: their hot list (see `hotlist`).
     hotlist: Option<hotlist::HotlistState>,
-    /// This session's HELLO order (see `Shared::next_hello_order`).
-    hello_order: u64,
+    /// This session's device lease epoch (0 before WELCOME): its TXNs and credit steps
+    /// are refused by the store once another session holds a later one.
+    lease_epoch: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -178,7 +179,7 @@ impl Session {
                 claiming: false,
                 claim_again: false,
                 welcomed_kind: None,
-                hello_order: 0,
+                lease_epoch: 0,
                 hotlist: None,
                 _permit: permit,
             }

@@ -30,9 +30,16 @@ pub struct Shared {
     pub store_rt: tokio::runtime::Handle,
     /// The ingest queue; taken (dropped) at shutdown so writers can finish.
     pub ingest: RwLock<Option<IngestSender>>,
-    /// Live sessions by device, for replacement, with the order of their HELLO
-    /// ([`Shared::next_hello_order`]): the newest HELLO's session is the device's.
+    /// Live sessions by device, for replacement, with their device lease's epoch: the
+    /// highest epoch's session is the device's, on every node.
     pub sessions: DashMap<DeviceId, (SessionId, Addr<Session>, u64)>,
+    /// This node's name in the device leases (`server.node_id`, or host, pid and a random
+    /// suffix).
+    pub node_id: String,
+    /// The highest lease epoch this node has seen for each device (its own HELLOs and the
+    /// other nodes' takeover events): a session below it is stale. One entry per device
+    /// seen, so at most the registry's devices.
+    pub lease_epochs: DashMap<DeviceId, u64>,
     /// Live OTA endpoint sessions, told when credits are released.
     pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
@@ -58,7 +65,6 @@ pub struct Shared {
     pub(super) checkpoints: tokio::sync::mpsc::Sender<(DeviceId, Seq)>,
     session_base: u64,
     session_next: AtomicU64,
-    hello_next: AtomicU64,
     pub(super) decoder: Decoder,
 }
 
@@ -85,6 +91,7 @@ impl Shared {
         // Session ids: start time in ms in the high bits, a counter in the low 20, so ids
         // stay unique across restarts of one node.
         let start = u64::try_from(clock::now_ms()).unwrap_or(0);
+        let node_id = node_id(&config.server.node_id);
         Self {
             config,
             policy,
@@ -94,6 +101,8 @@ impl Shared {
             store_rt,
             ingest: RwLock::new(Some(ingest)),
             sessions: DashMap::new(),
+            node_id,
+            lease_epochs: DashMap::new(),
             ota_sessions: DashMap::new(),
             draining: AtomicBool::new(false),
             writer_health,
@@ -106,15 +115,30 @@ impl Shared {
             checkpoints,
             session_base: start << 20,
             session_next: AtomicU64::new(0),
-            hello_next: AtomicU64::new(0),
             decoder,
         }
     }
 
-    /// The order of a HELLO received now: only grows (per device too), so of two sessions
-    /// of one device the later HELLO's wins, however their WELCOME lookups finish.
-    pub(super) fn next_hello_order(&self) -> u64 {
-        self.hello_next.fetch_add(1, Ordering::Relaxed)
+    /// Records that `device`'s lease reached `epoch` (a HELLO here or a takeover event);
+    /// returns whether it is the highest seen.
+    pub fn saw_lease(&self, device: DeviceId, epoch: u64) -> bool {
+        let mut e = self.lease_epochs.entry(device).or_insert(0);
+        if *e > epoch {
+            return false;
+        }
+        *e = epoch;
+        true
+    }
+
+    /// Another node took `device` over at `epoch`: a session of it here under an older
+    /// epoch is closed with SESSION_REPLACED.
+    pub fn taken_over(&self, device: DeviceId, epoch: u64) {
+        self.saw_lease(device, epoch);
+        if let Some(s) = self.sessions.get(&device)
+            && s.value().2 < epoch
+        {
+            s.value().1.do_send(super::Replaced);
+        }
     }
 
     pub(super) fn next_session_id(&self) -> SessionId {
@@ -172,4 +196,20 @@ async fn write_checkpoints(
             }
         }
     }
+}
+
+/// This node's name: `configured`, or host name, process id and a random suffix (unique
+/// per start, so a restarted node is a new holder).
+fn node_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".to_owned());
+    format!(
+        "{host}:{}:{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }

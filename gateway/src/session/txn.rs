@@ -90,6 +90,7 @@ impl Session {
                 proposal,
                 received_at_ms,
                 business_date,
+                lease_epoch: Some(self.lease_epoch),
             },
             reply: ctx.address().recipient(),
             received,
@@ -172,7 +173,15 @@ impl Handler<TxnDone> for Session {
         self.in_flight = self.in_flight.saturating_sub(1);
         let answer: TxnAnswer = match done.answer {
             Ok(a) => a,
-            Err(_) => {
+            Err(crate::ingest::Unanswered::Fenced) => {
+                metrics::counter!(m::TXNS_FENCED_TOTAL).increment(1);
+                return self.fail(
+                    ctx,
+                    ErrorCode::SessionReplaced,
+                    "another session of this device took over; re-send there",
+                );
+            }
+            Err(crate::ingest::Unanswered::StoreUnavailable) => {
                 return self.fail(
                     ctx,
                     ErrorCode::StoreUnavailable,

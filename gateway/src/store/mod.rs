@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod clearing_sql;
+pub mod cluster;
 pub mod console;
 mod ledger;
 mod lite;
@@ -62,6 +63,16 @@ pub enum StoreError {
     /// The request cannot be carried out as asked (the message says why); nothing changed.
     #[error("refused: {0}")]
     Refused(String),
+    /// A session's device lease was taken over: its write is refused, nothing changed.
+    #[error("device {device}: lease epoch {epoch} is not the current one ({current:?})")]
+    Fenced {
+        /// The device.
+        device: DeviceId,
+        /// The session's epoch.
+        epoch: u64,
+        /// The lease's epoch now.
+        current: Option<u64>,
+    },
 }
 
 /// What the session proposes for a TXN after its own checks; the store decides.
@@ -95,6 +106,9 @@ pub struct IngestTxn {
     pub received_at_ms: i64,
     /// Business day of receipt (Asia/Shanghai).
     pub business_date: BusinessDate,
+    /// The session's device lease epoch: the row is refused unless it is the device's
+    /// lease now (`None`: not fenced, for tools and tests that write without a session).
+    pub lease_epoch: Option<u64>,
 }
 
 /// The answer to one TXN: the fields of its TXN_ACK besides seq.
@@ -147,6 +161,16 @@ pub trait Store: Send + Sync + 'static {
         batch: &[IngestTxn],
         budget: &IngestCtx,
     ) -> impl Future<Output = Result<Vec<TxnAnswer>, StoreError>> + Send;
+
+    /// As [`Store::ingest`], with each row's `lease_epoch` checked in the same
+    /// transaction: a row whose epoch is not its device's lease now is not written and is
+    /// answered `None` (never acknowledged). [`Store::ingest`] fails the batch with
+    /// [`StoreError::Fenced`] instead.
+    fn ingest_leased(
+        &self,
+        batch: &[IngestTxn],
+        budget: &IngestCtx,
+    ) -> impl Future<Output = Result<Vec<Option<TxnAnswer>>, StoreError>> + Send;
 
     /// The highest S such that every seq 1..=S of the device is recorded; `None` for 0.
     /// `floor`, when given, is a seq already known to be covered (this node saw it in the
@@ -487,15 +511,6 @@ pub enum AwardApproval {
     BudgetExhausted,
 }
 
-/// The channel PostgreSQL approvals notify on.
-pub const RELEASE_CHANNEL: &str = "wenxiao_credits_released";
-/// The PostgreSQL NOTIFY channel a new hot-list version is announced on (payload: the
-/// version).
-pub const HOTLIST_CHANNEL: &str = "wenxiao_hotlist";
-/// The PostgreSQL NOTIFY channel a changed merchant (a suspension by a case) is
-/// announced on (payload: the merchant id).
-pub const REGISTRY_CHANNEL: &str = "wenxiao_registry";
-
 // ---------------------------------------------------------------------------------------
 // Row mapping shared by both implementations.
 // ---------------------------------------------------------------------------------------
@@ -546,6 +561,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("migrations/0013_audit.sql")),
     (14, include_str!("migrations/0014_console.sql")),
     (15, include_str!("migrations/0015_console_indexes.sql")),
+    (16, include_str!("migrations/0016_scale_out.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -134,9 +134,14 @@ pub(super) async fn approve_day<B: Backend>(
         params![d],
     )
     .await?;
-    // Every gateway LISTENing hears it when this commits: pushes go out at once.
-    tx.execute(&Sql::pg_only("NOTIFY wenxiao_credits_released"), &[])
-        .await?;
+    // Every node hears of it when this commits (the outbox): pushes go out at once.
+    super::cluster::append_event(
+        &mut tx,
+        crate::store::cluster::EventKind::CreditsReleased,
+        &date.get().to_string(),
+        crate::clock::now_ms(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -647,8 +647,13 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
                 params![merchant_id, active],
             )
             .await?;
-        tx.execute(&Sql::pg_only("NOTIFY wenxiao_registry"), &[])
-            .await?;
+        super::cluster::append_event(
+            &mut tx,
+            crate::store::cluster::EventKind::Registry,
+            "",
+            crate::clock::now_ms(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -682,8 +687,13 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             params![db_u64(device_id), kind, merchant_id, active],
         )
         .await?;
-        tx.execute(&Sql::pg_only("NOTIFY wenxiao_registry"), &[])
-            .await?;
+        super::cluster::append_event(
+            &mut tx,
+            crate::store::cluster::EventKind::Registry,
+            "",
+            crate::clock::now_ms(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -696,8 +706,13 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
                 params![db_u64(device_id), active],
             )
             .await?;
-        tx.execute(&Sql::pg_only("NOTIFY wenxiao_registry"), &[])
-            .await?;
+        super::cluster::append_event(
+            &mut tx,
+            crate::store::cluster::EventKind::Registry,
+            "",
+            crate::clock::now_ms(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -744,8 +759,13 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             params![name, cap_fen, by, now_ms],
         )
         .await?;
-        tx.execute(&Sql::pg_only("NOTIFY wenxiao_registry"), &[])
-            .await?;
+        super::cluster::append_event(
+            &mut tx,
+            crate::store::cluster::EventKind::Registry,
+            "",
+            crate::clock::now_ms(),
+        )
+        .await?;
         tx.commit().await
     }
 
@@ -912,8 +932,13 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             params![id, merchant_id],
         )
         .await?;
-        tx.execute(&Sql::pg_only("NOTIFY wenxiao_registry"), &[])
-            .await?;
+        super::cluster::append_event(
+            &mut tx,
+            crate::store::cluster::EventKind::Registry,
+            "",
+            crate::clock::now_ms(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(merchant_id))
     }

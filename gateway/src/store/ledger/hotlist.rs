@@ -151,9 +151,11 @@ pub(super) async fn change_in<T: Tx>(
     )
     .await?;
     // Delivered at commit: every node's listener learns of the version at once.
-    tx.execute(
-        &Sql::pg_only("SELECT pg_notify('wenxiao_hotlist', $1)"), // HOTLIST_CHANNEL
-        params![version.to_string()],
+    super::cluster::append_event(
+        tx,
+        crate::store::cluster::EventKind::Hotlist,
+        &version.to_string(),
+        crate::clock::now_ms(),
     )
     .await?;
     Ok(HotlistChanged {

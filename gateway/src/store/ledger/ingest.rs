@@ -86,7 +86,7 @@ impl<B: Backend> Ledger<B> {
         &self,
         batch: &[IngestTxn],
         ctx: &IngestCtx,
-    ) -> Result<Vec<TxnAnswer>, StoreError> {
+    ) -> Result<Vec<Option<TxnAnswer>>, StoreError> {
         // The months of the rows' days, and of the days after them (where a row whose day
         // was closed meanwhile is filed).
         let months: BTreeSet<i32> = batch
@@ -109,6 +109,43 @@ impl<B: Backend> Ledger<B> {
             self.ensure_budgets(&months, ctx).await?;
         }
 
+        let mut tx = self.backend.begin(TxMode::Write).await?;
+        let batch = &*open_days(&mut tx, batch).await?;
+        // Rows of sessions whose device another session took over: not written.
+        let fenced = super::cluster::fenced(&mut tx, batch).await?;
+        if fenced.is_empty() {
+            return Ok(self
+                .ingest_in(tx, batch, ctx)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect());
+        }
+        let kept: Vec<IngestTxn> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !fenced.contains(i))
+            .map(|(_, t)| *t)
+            .collect();
+        let mut answers = self.ingest_in(tx, &kept, ctx).await?.into_iter();
+        Ok((0..batch.len())
+            .map(|i| {
+                if fenced.contains(&i) {
+                    None
+                } else {
+                    answers.next()
+                }
+            })
+            .collect())
+    }
+
+    /// The batch's rows written and answered in `tx`, which this commits.
+    async fn ingest_in(
+        &self,
+        mut tx: B::Tx,
+        batch: &[IngestTxn],
+        ctx: &IngestCtx,
+    ) -> Result<Vec<TxnAnswer>, StoreError> {
         // The first copy of each key, and the later copies with their first's index.
         let mut first_of: HashMap<Key, usize> = HashMap::with_capacity(batch.len());
         let (mut firsts, mut copies) = (Vec::with_capacity(batch.len()), Vec::new());
@@ -122,8 +159,6 @@ impl<B: Backend> Ledger<B> {
             }
         }
 
-        let mut tx = self.backend.begin(TxMode::Write).await?;
-        let batch = &*open_days(&mut tx, batch).await?;
         let mut answers: Vec<Option<TxnAnswer>> = vec![None; batch.len()];
         // Rows recorded before this batch, by key.
         let mut before: HashMap<Key, Recorded> = HashMap::new();

@@ -11,6 +11,7 @@
 mod audit;
 mod budget;
 mod clearing;
+mod cluster;
 mod console;
 mod credits;
 mod hotlist;
@@ -222,6 +223,25 @@ impl<B: Backend> Store for Ledger<B> {
         batch: &[super::IngestTxn],
         ctx: &super::IngestCtx,
     ) -> Result<Vec<super::TxnAnswer>, StoreError> {
+        let answers = self.ingest_leased(batch, ctx).await?;
+        answers
+            .into_iter()
+            .zip(batch)
+            .map(|(a, t)| {
+                a.ok_or(StoreError::Fenced {
+                    device: t.device_id,
+                    epoch: t.lease_epoch.unwrap_or(0),
+                    current: None,
+                })
+            })
+            .collect()
+    }
+
+    async fn ingest_leased(
+        &self,
+        batch: &[super::IngestTxn],
+        ctx: &super::IngestCtx,
+    ) -> Result<Vec<Option<super::TxnAnswer>>, StoreError> {
         // Concurrent writers lock conflicting rows in orders PostgreSQL can find circular
         // (card counters, points accounts); it then aborts one transaction, run again.
         retried!(self.ingest_once(batch, ctx))

@@ -444,9 +444,11 @@ impl<B: Backend> RiskStore for Ledger<B> {
                                 return refuse(format!("merchant {} is not registered", m.0));
                             }
                             done.registry_changed = true;
-                            tx.execute(
-                                &Sql::pg_only("SELECT pg_notify('wenxiao_registry', $1)"),
-                                params![m.0.to_string()],
+                            super::cluster::append_event(
+                                &mut tx,
+                                crate::store::cluster::EventKind::Registry,
+                                &m.0.to_string(),
+                                crate::clock::now_ms(),
                             )
                             .await?;
                         }

@@ -1,0 +1,246 @@
+//! Several gateway nodes on one PostgreSQL, over real mTLS: a HELLO on node B takes the
+//! device over from node A (A's session gets SESSION_REPLACED); a write under the old
+//! lease epoch is refused by the store and never acknowledged; a device bouncing between
+//! the nodes settles on its last HELLO with nothing lost or doubled; a takeover made while
+//! a node's event listener was cut off still reaches it; the outbox on both stores.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_precision_loss
+)]
+
+use std::time::{Duration, Instant};
+use wenxiao_gateway::store::cluster::{ClusterStore, EventKind};
+use wenxiao_gateway::store::{IngestCtx, IngestTxn, Proposal, Store, StoreAudit};
+use wenxiao_protocol::*;
+use wenxiao_tests::device::book_purchase;
+use wenxiao_tests::env::{POS, TestEnv};
+
+fn purchase(device: DeviceId, seq: u64, epoch: Option<u64>) -> IngestTxn {
+    let txn = book_purchase(device, seq, 8_000 + seq, 1, 5_000);
+    IngestTxn {
+        device_id: device,
+        merchant_id: Some(wenxiao_gateway::registry::MerchantId(1001)),
+        txn,
+        proposal: Proposal::Store {
+            reason: Reason::None,
+            subsidy_fen: Fen(500),
+            points_awarded: Points(0),
+        },
+        received_at_ms: wenxiao_gateway::clock::now_ms(),
+        business_date: wenxiao_gateway::clock::business_date(wenxiao_gateway::clock::now_ms())
+            .unwrap(),
+        lease_epoch: epoch,
+    }
+}
+
+async fn fencing<S: Store + ClusterStore + StoreAudit>(store: &S) {
+    let policy = wenxiao_gateway::policy::Policy::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml"),
+    )
+    .unwrap();
+    let ctx = IngestCtx::new(&policy, 0);
+    let d = DeviceId(310_100_000_001);
+    let a = store.acquire_lease(d, "node-a".into(), 1).await.unwrap();
+    assert_eq!(a.epoch, 1);
+    let b = store.acquire_lease(d, "node-b".into(), 2).await.unwrap();
+    assert_eq!((b.epoch, b.node_id.as_str()), (2, "node-b"));
+    // In one batch: a row of the old holder, one of the new, one without a lease.
+    let other = DeviceId(310_100_000_002);
+    let answers = store
+        .ingest_leased(
+            &[
+                purchase(d, 1, Some(1)),
+                purchase(d, 2, Some(2)),
+                purchase(other, 1, None),
+                purchase(d, 3, Some(3)),
+            ],
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert!(answers[0].is_none(), "the old epoch's row was written");
+    assert_eq!(answers[1].unwrap().status, TxnStatus::Stored);
+    assert_eq!(answers[2].unwrap().status, TxnStatus::Stored);
+    assert!(
+        answers[3].is_none(),
+        "an epoch ahead of the lease was written"
+    );
+    let audit = store.audit().await.unwrap();
+    let rows = audit.devices.iter().find(|x| x.device_id == d).unwrap();
+    assert_eq!((rows.rows, rows.min_seq, rows.max_seq), (1, 2, 2));
+    // The plain ingest refuses the whole batch instead.
+    let e = store
+        .ingest(&[purchase(d, 4, Some(1))], &ctx)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("epoch"), "{e}");
+    // Events: two takeovers, in order, after the start.
+    let events = store.events_after(0, 100).await.unwrap();
+    let takeovers: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == Some(EventKind::Takeover))
+        .map(|e| e.body.as_str())
+        .collect();
+    assert_eq!(
+        takeovers,
+        vec!["310100000001 1 node-a", "310100000001 2 node-b"]
+    );
+    assert_eq!(
+        store.last_event_id().await.unwrap(),
+        events.last().unwrap().event_id
+    );
+    assert_eq!(
+        store.prune_events(i64::MAX).await.unwrap(),
+        events.len() as u64
+    );
+    assert!(store.events_after(0, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_fences_an_old_lease_on_sqlite() {
+    let (store, _dir) = wenxiao_tests::fresh_sqlite_store().await;
+    fencing(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_fences_an_old_lease_on_postgres() {
+    let store = wenxiao_tests::fresh_pg_store().await;
+    fencing(&store).await;
+}
+
+/// Two nodes on one PostgreSQL, reading the outbox every `poll_ms` besides its NOTIFYs;
+/// named `a-<tag>` and `b-<tag>` (the tests of this file run at once on one server).
+async fn two_nodes(
+    poll_ms: u64,
+    tag: &str,
+) -> (
+    TestEnv,
+    wenxiao_gateway::server::GatewayHandle,
+    wenxiao_gateway::server::GatewayHandle,
+) {
+    let mut env = TestEnv::postgres().await;
+    env.config.server.events_poll_interval_ms = poll_ms;
+    let mut a = env.config.clone();
+    a.server.node_id = format!("a-{tag}");
+    let mut b = env.config.clone();
+    b.server.node_id = format!("b-{tag}");
+    let ga = wenxiao_gateway::server::spawn(a).unwrap();
+    let gb = wenxiao_gateway::server::spawn(b).unwrap();
+    env.config.server.node_id = "tests".into();
+    (env, ga, gb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_on_another_node_takes_the_device_over_and_nothing_is_lost_or_doubled() {
+    let (env, ga, gb) = two_nodes(1_000, "takeover").await;
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+
+    // On A: three TXNs acknowledged.
+    let mut on_a = env.session_at(ga.device_addr, POS).await;
+    for seq in 1..=3 {
+        on_a.send(book_purchase(POS, seq, 9_000 + seq, 1, 5_000))
+            .await;
+        assert_eq!(on_a.ack().await.status, TxnStatus::Stored);
+    }
+    // On B: WELCOME covers them, and A's session is closed.
+    let started = Instant::now();
+    let mut on_b = env.connect_at(gb.device_addr, POS).await;
+    let welcome = on_b.hello().await;
+    assert_eq!(welcome.stored_seq, Seq::new(3));
+    on_a.expect_fatal(ErrorCode::SessionReplaced).await;
+    println!(
+        "takeover across nodes: {} ms",
+        started.elapsed().as_millis()
+    );
+    let lease = store.lease(POS).await.unwrap().unwrap();
+    assert_eq!((lease.node_id.as_str(), lease.epoch), ("b-takeover", 2));
+    for seq in 4..=5 {
+        on_b.send(book_purchase(POS, seq, 9_000 + seq, 1, 5_000))
+            .await;
+        assert_eq!(on_b.ack().await.status, TxnStatus::Stored);
+    }
+
+    // A device that bounces between the nodes settles on its last HELLO: every earlier
+    // session is replaced, each seq is stored once, and the epoch counts the HELLOs.
+    let mut last = on_b;
+    let mut seq = 5;
+    let mut takeovers_ms = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for round in 0..40u64 {
+        let node = if round % 2 == 0 { &ga } else { &gb };
+        let t = Instant::now();
+        let mut next = env.connect_at(node.device_addr, POS).await;
+        let w = next.hello().await;
+        assert_eq!(w.stored_seq, Seq::new(seq), "round {round}");
+        last.expect_fatal(ErrorCode::SessionReplaced).await;
+        takeovers_ms
+            .record(u64::try_from(t.elapsed().as_millis()).unwrap())
+            .unwrap();
+        seq += 1;
+        next.send(book_purchase(POS, seq, 9_000 + seq, 1, 5_000))
+            .await;
+        assert_eq!(next.ack().await.status, TxnStatus::Stored);
+        last = next;
+    }
+    println!(
+        "40 alternating takeovers: p50 {} ms, p99 {} ms, max {} ms",
+        takeovers_ms.value_at_quantile(0.5),
+        takeovers_ms.value_at_quantile(0.99),
+        takeovers_ms.max()
+    );
+    assert_eq!(store.lease(POS).await.unwrap().unwrap().epoch, 2 + 40);
+    let audit = store.audit().await.unwrap();
+    let d = audit.devices.iter().find(|d| d.device_id == POS).unwrap();
+    assert_eq!((d.rows, d.min_seq, d.max_seq, d.stored), (45, 1, 45, 45));
+    // The last session is alive and answers.
+    seq += 1;
+    last.send(book_purchase(POS, seq, 9_000 + seq, 1, 5_000))
+        .await;
+    assert_eq!(last.ack().await.status, TxnStatus::Stored);
+    ga.shutdown().unwrap();
+    gb.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_made_while_a_listener_was_cut_off_still_closes_the_old_session() {
+    // No poll to mask the cut: only the reconnected listener's catch-up can tell node A.
+    let (env, ga, gb) = two_nodes(600_000, "cut").await;
+    let mut on_a = env.session_at(ga.device_addr, POS).await;
+    on_a.send(book_purchase(POS, 1, 9_001, 1, 5_000)).await;
+    assert_eq!(on_a.ack().await.status, TxnStatus::Stored);
+    // Node A's event listener loses its connection.
+    let pg = wenxiao_tests::pg_client(&env.config.store.postgres_url).await;
+    let killed = pg
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'wenxiao-events a-cut'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "node A's listener connection");
+    // The takeover on B commits while A listens to nobody.
+    let mut on_b = env.connect_at(gb.device_addr, POS).await;
+    assert_eq!(on_b.hello().await.stored_seq, Seq::new(1));
+    // A's session, not told yet, writes seq 2: the store refuses it under the old epoch,
+    // and it is never acknowledged; A closes the session (fenced, or told by its
+    // listener once it has reconnected and read what it missed).
+    on_a.send(book_purchase(POS, 2, 7_777, 1, 5_000)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    tokio::select! {
+        () = on_a.expect_fatal(ErrorCode::SessionReplaced) => {}
+        () = tokio::time::sleep_until(until.into()) => panic!("node A never learnt of the takeover"),
+    }
+    // Seq 2 is free: B's own seq 2 is stored, not a duplicate of A's.
+    on_b.send(book_purchase(POS, 2, 9_002, 1, 5_000)).await;
+    let ack = on_b.ack().await;
+    assert_eq!((ack.status, ack.reason), (TxnStatus::Stored, Reason::None));
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    let audit = store.audit().await.unwrap();
+    let d = audit.devices.iter().find(|d| d.device_id == POS).unwrap();
+    assert_eq!((d.rows, d.max_seq), (2, 2));
+    ga.shutdown().unwrap();
+    gb.shutdown().unwrap();
+}
