@@ -107,6 +107,16 @@ impl TestDevice {
         }
     }
 
+    /// The next frame or the end of the connection, however long it takes (bound it
+    /// with a timeout of the caller's).
+    pub async fn recv_any(&mut self) -> Recv {
+        match self.framed.next().await {
+            None => Recv::Closed("eof".to_owned()),
+            Some(Err(e)) => Recv::Closed(e.to_string()),
+            Some(Ok(m)) => Recv::Frame(m),
+        }
+    }
+
     /// The next frame; panics on close.
     pub async fn frame(&mut self) -> Message {
         match self.recv().await {

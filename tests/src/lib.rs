@@ -68,4 +68,7 @@ pub mod card;
 pub mod cli;
 pub mod device;
 pub mod env;
+pub mod faultproxy;
 pub mod http;
+pub mod journal;
+pub mod process;

@@ -8,9 +8,8 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 use wenxiao_gateway::store::StoreAudit;
 use wenxiao_protocol::*;
 use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello};
@@ -21,46 +20,8 @@ const WINDOW_TXNS: u64 = 32;
 /// How long the first gateway runs under load before it is killed.
 const LOAD_BEFORE_KILL_MS: u64 = 700;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_process(config: &std::path::Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-under-test"))
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(config.with_file_name("gateway.log"))
-                .unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("listening for devices") => break,
-            Some(_) => {}
-            None => panic!(
-                "gateway exited at start: {}",
-                std::fs::read_to_string(config.with_file_name("gateway.log")).unwrap_or_default()
-            ),
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
+    wenxiao_tests::process::start(env!("CARGO_BIN_EXE_gateway-under-test"), config, &[])
 }
 
 /// A device's journal: everything it ever sent, and what was acknowledged.
@@ -138,7 +99,7 @@ async fn resend_all(env: &TestEnv, addr: std::net::SocketAddr, id: DeviceId, j: 
 }
 
 async fn kill_under_load_and_restart(env: TestEnv) {
-    let config = env.write_config_file(free_port());
+    let config = env.write_config_file(wenxiao_tests::process::free_port());
     let mut gateway = start_process(&config);
     let addr: std::net::SocketAddr = {
         let text = std::fs::read_to_string(&config).unwrap();
