@@ -79,6 +79,11 @@ impl TestEnv {
         Self::new(StoreKind::Postgres, crate::fresh_pg_url().await)
     }
 
+    /// A fresh environment on the PostgreSQL at `url` (a server of the test's own).
+    pub fn postgres_at(url: String) -> Self {
+        Self::new(StoreKind::Postgres, url)
+    }
+
     fn new(kind: StoreKind, postgres_url: String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");

@@ -71,4 +71,5 @@ pub mod env;
 pub mod faultproxy;
 pub mod http;
 pub mod journal;
+pub mod pgcluster;
 pub mod process;

@@ -7,7 +7,10 @@
 //! - SIGKILL of one node of three under load, 20 times in a row;
 //! - the network between the gateway and PostgreSQL cut, then slowed;
 //! - the network between the devices and the gateway cut, then slowed;
-//! - clock skew between two nodes (one runs ten minutes ahead).
+//! - clock skew between two nodes (one runs ten minutes ahead);
+//! - PostgreSQL (a server of the test's own) stopped with `-m immediate` and restarted;
+//! - the primary killed and its synchronous standby promoted, the gateway following it
+//!   through a multi-host URL with `target_session_attrs=read-write`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -272,4 +275,95 @@ async fn clock_skew_between_nodes_loses_and_doubles_nothing() {
         "two nodes 14 minutes apart, one restarted 4 times",
     )
     .await;
+}
+
+/// A server of the test's own, or `None` (the test says why) where PostgreSQL's binaries
+/// are not installed, outside CI.
+fn own_server(conf: &str) -> Option<wenxiao_tests::pgcluster::PgCluster> {
+    if wenxiao_tests::pgcluster::bin_dir().is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL's server binaries are required in CI"
+        );
+        eprintln!("not run: PostgreSQL's server binaries (initdb) are not installed");
+        return None;
+    }
+    Some(wenxiao_tests::pgcluster::PgCluster::init(conf))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_immediately_and_restarted_loses_and_doubles_nothing() {
+    let Some(pg) = own_server("") else {
+        return;
+    };
+    let mut env = TestEnv::postgres_at(pg.url());
+    env.config.ingest.store_wait_ms = 2_000;
+    let gw = env.start();
+    let mut js = journals();
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // A crash: no checkpoint, what was committed comes back from the WAL.
+        pg.stop("immediate");
+        // Longer than the writers' store wait: batches are answered STORE_UNAVAILABLE
+        // (never acknowledged) and re-sent.
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        pg.start();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    };
+    drive_during(&env, &[gw.device_addr], &mut js, faults).await;
+    gw.shutdown().unwrap();
+    check(&env, &js, "PostgreSQL stopped -m immediate and restarted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_killed_and_its_synchronous_standby_promoted_loses_nothing() {
+    // Synchronous: a commit returns once the standby has the WAL, so nothing
+    // acknowledged is only on the primary when it dies.
+    let Some(primary) = own_server("synchronous_standby_names = '*'\nsynchronous_commit = on\n")
+    else {
+        return;
+    };
+    // The standby's copy of the configuration must not wait for a standby of its own
+    // once promoted (it would hang every commit).
+    let standby =
+        wenxiao_tests::pgcluster::PgCluster::standby_of(&primary, "synchronous_standby_names = ''");
+    // Wait until the standby streams synchronously.
+    let (c, conn) = tokio_postgres::connect(&primary.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while c
+        .query(
+            "SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the standby is not synchronous"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(c);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let mut env = TestEnv::postgres_at(url);
+    env.config.ingest.store_wait_ms = 2_000;
+    let gw = env.start();
+    let mut js = journals();
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        primary.stop("immediate");
+        standby.promote().await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    };
+    drive_during(&env, &[gw.device_addr], &mut js, faults).await;
+    gw.shutdown().unwrap();
+    check(&env, &js, "primary killed, synchronous standby promoted").await;
 }
