@@ -474,6 +474,9 @@ pub struct StoreConfig {
     /// TCP keepalive idle time on store connections, so a dead server or a cut link is
     /// noticed instead of waited on.
     pub postgres_keepalive_idle_s: u64,
+    /// The CA (PEM) the PostgreSQL server's certificate must chain to, when the URL asks
+    /// for TLS (`sslmode=require`); the certificate must also name the URL's host.
+    pub postgres_ca_cert_path: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -487,6 +490,7 @@ impl Default for StoreConfig {
             postgres_statement_timeout_ms: 10_000,
             postgres_lock_timeout_ms: 5_000,
             postgres_keepalive_idle_s: 10,
+            postgres_ca_cert_path: None,
         }
     }
 }

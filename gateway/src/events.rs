@@ -107,55 +107,84 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// PostgreSQL: a connection of its own LISTENs; a notification, or the poll interval,
-/// has the outbox read. When the connection drops it is opened again, and the first read
-/// catches up.
+/// PostgreSQL: a connection of its own LISTENs (over TLS when the URL asks for it); a
+/// notification, or the poll interval, has the outbox read. When the connection drops it
+/// is opened again, and the first read catches up.
 async fn listen(shared: &Arc<Shared>, cursor: &mut Cursor) {
-    use futures_util::StreamExt;
     let url = shared.config.store.postgres_url.clone();
-    let every = Duration::from_millis(shared.config.server.events_poll_interval_ms);
     while !shared.draining.load(Ordering::Relaxed) {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                // One pending signal is as good as many.
-                let (signal, mut signals) = tokio::sync::mpsc::channel::<()>(1);
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(msg)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(_) = msg {
-                            let _ = signal.try_send(());
+        let config: Result<tokio_postgres::Config, _> = url.parse();
+        match config {
+            Ok(config) => {
+                let ca = shared.config.store.postgres_ca_cert_path.as_deref();
+                match crate::store::tls_connector(&config, ca) {
+                    Ok(Some(tls)) => match config.connect(tls).await {
+                        Ok((client, connection)) => {
+                            listen_on(shared, cursor, &client, connection).await;
                         }
-                    }
-                });
-                let listen = format!(
-                    "SET application_name = 'wenxiao-events {}'; LISTEN {}",
-                    shared.node_id.replace('\'', ""),
-                    crate::store::cluster::EVENTS_CHANNEL
-                );
-                if client.batch_execute(&listen).await.is_ok() {
-                    // What was written while nobody listened here.
-                    read(shared, cursor).await;
-                    // Anything released or listed meanwhile (state the others re-read).
-                    shared.hotlist_wake.notify_one();
-                    shared.registry_wake.notify_one();
-                    loop {
-                        match tokio::time::timeout(every, signals.recv()).await {
-                            Ok(None) => break,
-                            Ok(Some(())) | Err(_) => read(shared, cursor).await,
+                        Err(e) => tracing::warn!(error = %e, "outbox: cannot LISTEN"),
+                    },
+                    Ok(None) => match config.connect(tokio_postgres::NoTls).await {
+                        Ok((client, connection)) => {
+                            listen_on(shared, cursor, &client, connection).await;
                         }
-                        if shared.draining.load(Ordering::Relaxed) {
-                            break;
-                        }
-                    }
+                        Err(e) => tracing::warn!(error = %e, "outbox: cannot LISTEN"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "outbox: cannot LISTEN"),
                 }
-                driver.abort();
-                tracing::warn!("outbox listener disconnected: opening it again");
             }
-            Err(e) => tracing::warn!(error = %e, "outbox: cannot LISTEN"),
+            Err(e) => tracing::error!(error = %e, "outbox: postgres_url"),
         }
         tokio::time::sleep(Duration::from_millis(LISTEN_RETRY_MS)).await;
     }
+}
+
+/// One LISTEN connection's life: read at each notification and every poll interval,
+/// until it drops.
+async fn listen_on<S, T>(
+    shared: &Arc<Shared>,
+    cursor: &mut Cursor,
+    client: &tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let every = Duration::from_millis(shared.config.server.events_poll_interval_ms);
+    // One pending signal is as good as many.
+    let (signal, mut signals) = tokio::sync::mpsc::channel::<()>(1);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(msg)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = msg {
+                let _ = signal.try_send(());
+            }
+        }
+    });
+    let listen = format!(
+        "SET application_name = 'wenxiao-events {}'; LISTEN {}",
+        shared.node_id.replace('\'', ""),
+        crate::store::cluster::EVENTS_CHANNEL
+    );
+    if client.batch_execute(&listen).await.is_ok() {
+        // What was written while nobody listened here.
+        read(shared, cursor).await;
+        // Anything released or listed meanwhile (state the others re-read).
+        shared.hotlist_wake.notify_one();
+        shared.registry_wake.notify_one();
+        loop {
+            match tokio::time::timeout(every, signals.recv()).await {
+                Ok(None) => break,
+                Ok(Some(())) | Err(_) => read(shared, cursor).await,
+            }
+            if shared.draining.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+    driver.abort();
+    tracing::warn!("outbox listener disconnected: opening it again");
 }
 
 /// Reads what is new and what the gaps may now hold, and handles it.

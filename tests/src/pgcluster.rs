@@ -157,6 +157,13 @@ impl PgCluster {
         self.append("pg_hba.conf", text);
     }
 
+    /// Puts `text` first in `pg_hba.conf` (the first line that matches decides).
+    pub fn prepend_hba(&self, text: &str) {
+        let path = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{old}")).unwrap();
+    }
+
     fn append(&self, file: &str, text: &str) {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -238,6 +245,11 @@ impl PgCluster {
             assert!(Instant::now() < until, "the standby was not promoted");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Its Unix socket directory.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// A URL for its `postgres` database.

@@ -17,7 +17,7 @@ pub mod risk;
 pub use backend::{AnyBackend, AnyTx};
 pub use ledger::{AnyStore, Ledger, PgStore, SqliteStore};
 pub use lite::{Lite, LiteTx};
-pub use pg::{Pg, PgLimits, PgTx};
+pub use pg::{Pg, PgLimits, PgTx, tls_connector};
 pub use risk::RiskStore;
 
 // The vocabulary of the operations, defined beside the rules they belong to.

@@ -15,7 +15,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 /// Bounds on every PostgreSQL store connection (see `StoreConfig`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgLimits {
     /// `statement_timeout`.
     pub statement_timeout_ms: u64,
@@ -23,6 +23,8 @@ pub struct PgLimits {
     pub lock_timeout_ms: u64,
     /// TCP keepalive idle time.
     pub keepalive_idle_s: u64,
+    /// The server's CA for TLS (see `store.postgres_ca_cert_path`).
+    pub ca_cert_path: Option<std::path::PathBuf>,
 }
 
 impl PgLimits {
@@ -32,6 +34,7 @@ impl PgLimits {
             statement_timeout_ms: c.postgres_statement_timeout_ms,
             lock_timeout_ms: c.postgres_lock_timeout_ms,
             keepalive_idle_s: c.postgres_keepalive_idle_s,
+            ca_cert_path: c.postgres_ca_cert_path.clone(),
         }
     }
 }
@@ -40,6 +43,47 @@ impl Default for PgLimits {
     fn default() -> Self {
         Self::of(&crate::config::StoreConfig::default())
     }
+}
+
+/// The TLS connector for `config`: rustls, trusting only `ca_cert_path`, when the URL
+/// says `sslmode=require`; `None` (plain connections) otherwise. A URL that asks for TLS
+/// without a CA configured is an error, never an unverified connection.
+pub fn tls_connector(
+    config: &tokio_postgres::Config,
+    ca_cert_path: Option<&std::path::Path>,
+) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StoreError> {
+    if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        return Ok(None);
+    }
+    let path = ca_cert_path.ok_or_else(|| {
+        StoreError::Pool(
+            "postgres_url asks for TLS (sslmode=require) but store.postgres_ca_cert_path is not set"
+                .to_owned(),
+        )
+    })?;
+    let pem =
+        std::fs::read(path).map_err(|e| StoreError::Pool(format!("{}: {e}", path.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| StoreError::Pool(format!("{}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| StoreError::Pool(format!("{}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(StoreError::Pool(format!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Pool(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(client)))
 }
 
 /// The PostgreSQL backend. Cheap to clone (the pool is shared).
@@ -79,13 +123,13 @@ impl Pg {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(limits.keepalive_idle_s))
             .connect_timeout(Duration::from_millis(pool_wait_ms));
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls_connector(&config, limits.ca_cert_path.as_deref())? {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let wait = Some(Duration::from_millis(pool_wait_ms));
         let pool = Pool::builder(manager)
             .max_size(pool_size_max)
