@@ -345,6 +345,11 @@ pub struct TlsConfig {
     pub server_cert_path: PathBuf,
     /// The gateway's private key (PEM).
     pub server_key_path: PathBuf,
+    /// The device CA's revocation list (PEM or DER): a revoked certificate's handshake is
+    /// refused, and its open session closed when the list is reloaded.
+    pub device_crl_path: Option<PathBuf>,
+    /// How often the CRL file is looked at for a change, in ms.
+    pub crl_reload_interval_ms: u64,
 }
 
 impl Default for TlsConfig {
@@ -353,6 +358,8 @@ impl Default for TlsConfig {
             device_ca_cert_path: PathBuf::from("data/pki/ca.pem"),
             server_cert_path: PathBuf::from("data/pki/server.pem"),
             server_key_path: PathBuf::from("data/pki/server.key"),
+            device_crl_path: None,
+            crl_reload_interval_ms: 10_000,
         }
     }
 }

@@ -16,6 +16,8 @@ pub const FRAMES_SENT_TOTAL: &str = "wenxiao_frames_sent_total";
 pub const TXNS_TOTAL: &str = "wenxiao_txns_total";
 /// Counter: TXNs the store refused because their session's device lease was taken over.
 pub const TXNS_FENCED_TOTAL: &str = "wenxiao_txns_fenced_total";
+/// Counter: device CRL reloads, label `outcome` (loaded, refused).
+pub const CRL_RELOADS_TOTAL: &str = "wenxiao_crl_reloads_total";
 /// Counter: outbox events handled, label `kind`.
 pub const EVENTS_TOTAL: &str = "wenxiao_events_total";
 /// Counter: outbox ids given up on after the gap grace.
@@ -192,6 +194,11 @@ pub fn describe_all() {
         TXNS_FENCED_TOTAL,
         Unit::Count,
         "TXNs refused unanswered because another session took their device's lease."
+    );
+    describe_counter!(
+        CRL_RELOADS_TOTAL,
+        Unit::Count,
+        "Device CRL reloads (label outcome: loaded, refused = the previous list stays)."
     );
     describe_counter!(
         EVENTS_TOTAL,

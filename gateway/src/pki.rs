@@ -28,6 +28,9 @@ pub enum PkiError {
     /// `pki init` would overwrite an existing CA.
     #[error("{0} already holds a CA; remove it first to start over")]
     Exists(PathBuf),
+    /// A certificate to revoke could not be read.
+    #[error("crl: {0}")]
+    Crl(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -66,6 +69,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// How long the development CA is valid, from a day before it is made.
 pub const CA_VALIDITY_DAYS: i64 = 3_650;
+/// How long a CRL made by [`DevCa::crl`] says it is current.
+pub const CRL_VALIDITY_DAYS: i64 = 7;
 /// How long a server or device certificate is valid, from an hour before it is issued
 /// (the public web's ceiling, which TLS scanners hold certificates to).
 pub const CERT_VALIDITY_DAYS: i64 = 397;
@@ -148,6 +153,33 @@ impl DevCa {
     /// A device certificate: CN = the id in decimal.
     pub fn issue_device(&self, id: DeviceId) -> Result<PemPair, PkiError> {
         self.issue_client(&id.get().to_string())
+    }
+
+    /// A CRL (PEM), number `crl_number`, valid for `CRL_VALIDITY_DAYS`, revoking the
+    /// certificates `revoked` (PEM).
+    pub fn crl(&self, revoked: &[&str], crl_number: u64) -> Result<String, PkiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut certs = Vec::new();
+        for pem in revoked {
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .map_err(|e| PkiError::Crl(e.to_string()))?;
+            let c = p.parse_x509().map_err(|e| PkiError::Crl(e.to_string()))?;
+            certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(c.raw_serial()),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(CRL_VALIDITY_DAYS),
+            crl_number: rcgen::SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     fn issue(&self, mut params: CertificateParams) -> Result<PemPair, PkiError> {

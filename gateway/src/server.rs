@@ -186,10 +186,18 @@ fn run(config: Config, ready: Ready, stop: oneshot::Receiver<()>) -> anyhow::Res
     let registry = store_rt.block_on(load_or_import_registry(&store, &config))?;
     let keys = config.master_keys()?;
     let policy = crate::policy::Policy::load(&config.policy_path).context("load the policy")?;
+    let crl = match &config.tls.device_crl_path {
+        Some(path) => {
+            tls::read_crl(&std::fs::read(path).with_context(|| format!("read {}", path.display()))?)
+                .with_context(|| format!("read {}", path.display()))?
+        }
+        None => tls::Crl::default(),
+    };
     let tls_config = tls::server_config(
         &read(&config.tls.device_ca_cert_path)?,
         &read(&config.tls.server_cert_path)?,
         &read(&config.tls.server_key_path)?,
+        &crl,
     )?;
     let rules = crate::risk::config::RiskConfig::load(&config.risk.rules_path)
         .map_err(anyhow::Error::msg)
@@ -296,7 +304,13 @@ async fn serve(
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
     let connections = Arc::new(Semaphore::new(cfg.server.connections_max));
     let handshakes = Arc::new(Semaphore::new(cfg.server.handshakes_in_progress_max));
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    // New handshakes take the acceptor of the latest CRL.
+    let acceptor = Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
+        tls_config,
+    )));
+    if let Some(path) = cfg.tls.device_crl_path.clone() {
+        actix_rt::spawn(reload_crl(Arc::clone(&shared), Arc::clone(&acceptor), path));
+    }
     let handshake_timeout = Duration::from_millis(cfg.server.tls_handshake_timeout_ms);
     spawn_gauges(Arc::clone(&shared), Arc::clone(&caps));
     spawn_registry_reload(Arc::clone(&shared), caps);
@@ -341,11 +355,11 @@ async fn serve(
             continue;
         };
         next = next.wrapping_add(1);
-        let (acceptor, shared, handshakes) = (
-            acceptor.clone(),
-            Arc::clone(&shared),
-            Arc::clone(&handshakes),
-        );
+        let Ok(current) = acceptor.read().map(|a| a.clone()) else {
+            continue;
+        };
+        let (acceptor, shared, handshakes) =
+            (current, Arc::clone(&shared), Arc::clone(&handshakes));
         arbiter.spawn(async move {
             let Ok(slot) = handshakes.acquire_owned().await else {
                 return;
@@ -361,7 +375,13 @@ async fn serve(
                             .and_then(|c| c.first()),
                     )
                     .map_err(|e| e.to_string());
-                    Session::start(stream, id, shared, permit);
+                    let serial = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(tls::serial_of);
+                    Session::start(stream, (id, serial), shared, permit);
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake refused");
@@ -468,6 +488,63 @@ async fn run_rules(
 fn tell_ota_sessions(shared: &Shared) {
     for s in shared.ota_sessions.iter() {
         s.value().do_send(crate::session::PushNow);
+    }
+}
+
+/// Every `tls.crl_reload_interval_ms`: when the CRL file changed, it is read again; new
+/// handshakes are checked against it, and the open sessions of the certificates it
+/// revokes are closed. A file that cannot be read or parsed leaves the previous list in
+/// force (and says so).
+async fn reload_crl(
+    shared: Arc<Shared>,
+    acceptor: Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
+    path: std::path::PathBuf,
+) {
+    let every = Duration::from_millis(shared.config.tls.crl_reload_interval_ms);
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    while !shared.draining.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let cfg = &shared.config.tls;
+        let built = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| tls::read_crl(&b).map_err(|e| e.to_string()))
+            .and_then(|crl| {
+                let text =
+                    |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
+                let config = tls::server_config(
+                    &text(&cfg.device_ca_cert_path)?,
+                    &text(&cfg.server_cert_path)?,
+                    &text(&cfg.server_key_path)?,
+                    &crl,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((crl, config))
+            });
+        match built {
+            Ok((crl, config)) => {
+                if let Ok(mut a) = acceptor.write() {
+                    *a = tokio_rustls::TlsAcceptor::from(config);
+                }
+                metrics::counter!(m::CRL_RELOADS_TOTAL, "outcome" => "loaded").increment(1);
+                tracing::info!(revoked = crl.revoked.len(), path = %path.display(), "device CRL loaded");
+                let revoked = Arc::new(crl.revoked);
+                for s in shared.sessions.iter() {
+                    s.value()
+                        .1
+                        .do_send(crate::session::Revoked(Arc::clone(&revoked)));
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::CRL_RELOADS_TOTAL, "outcome" => "refused").increment(1);
+                tracing::error!(error = %e, path = %path.display(), "device CRL not reloaded: the previous one stays in force");
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::sync::Arc;
 use wenxiao_protocol::DeviceId;
+use x509_parser::prelude::FromDer;
 
 /// Resumable TLS sessions the server remembers (stateful resumption); tickets are on as
 /// well, so a reconnect storm costs resumed handshakes, not full ones.
@@ -71,16 +72,76 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A device CA's revocation list, read: for the verifier, and the revoked serial numbers
+/// (big-endian bytes, without leading zeros) for the sessions already open.
+#[derive(Debug, Clone, Default)]
+pub struct Crl {
+    /// The lists as the verifier takes them.
+    pub lists: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    /// Every serial they revoke.
+    pub revoked: std::collections::HashSet<Vec<u8>>,
+}
+
+/// Reads CRLs in PEM (one or more `X509 CRL` blocks) or a single DER one.
+pub fn read_crl(bytes: &[u8]) -> Result<Crl, TlsError> {
+    let bad = |message: String| TlsError::Pem {
+        what: "device CRL",
+        message,
+    };
+    let lists: Vec<rustls::pki_types::CertificateRevocationListDer<'static>> =
+        if bytes.starts_with(b"-----") {
+            rustls_pemfile::crls(&mut &bytes[..])
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?
+        } else {
+            vec![rustls::pki_types::CertificateRevocationListDer::from(
+                bytes.to_vec(),
+            )]
+        };
+    if lists.is_empty() {
+        return Err(bad("no CRL found".to_owned()));
+    }
+    let mut revoked = std::collections::HashSet::new();
+    for l in &lists {
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(l)
+            .map_err(|e| bad(e.to_string()))?;
+        for r in crl.iter_revoked_certificates() {
+            revoked.insert(serial_bytes(r.raw_serial()));
+        }
+    }
+    Ok(Crl { lists, revoked })
+}
+
+/// A serial number as compared here: big-endian, without leading zero bytes.
+pub fn serial_bytes(raw: &[u8]) -> Vec<u8> {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    raw.get(start..).unwrap_or_default().to_vec()
+}
+
+/// The serial number of a peer's certificate (see [`serial_bytes`]).
+pub fn serial_of(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(serial_bytes(c.raw_serial()))
+}
+
 /// The gateway's TLS 1.3/1.2 configuration: clients must present a certificate that
-/// chains to `device_ca_pem`.
+/// chains to `device_ca_pem` and that `crl` does not revoke.
 pub fn server_config(
     device_ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    crl: &Crl,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(device_ca_pem)?), provider())
-            .build()?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(device_ca_pem)?), provider());
+    if !crl.lists.is_empty() {
+        // The device CA's list covers the devices' certificates; the CA itself is trusted
+        // as configured.
+        builder = builder
+            .with_crls(crl.lists.clone())
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder.build()?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)

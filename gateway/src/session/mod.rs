@@ -51,6 +51,11 @@ type Tls = TlsStream<TcpStream>;
 #[rtype(result = "()")]
 pub struct Replaced;
 
+/// A reloaded CRL revokes these certificate serials: a session of one of them closes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Revoked(pub Arc<std::collections::HashSet<Vec<u8>>>);
+
 /// The registry no longer has the session's device active.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -91,6 +96,8 @@ enum Phase {
 pub struct Session {
     shared: Arc<Shared>,
     cert_device: Result<DeviceId, String>,
+    /// The client certificate's serial (see `tls::serial_bytes`), for a reloaded CRL.
+    cert_serial: Option<Vec<u8>>,
     phase: Phase,
     writer: crate::outbound::Outbound,
     /// A frame waits for room in the outbound budget: later ones wait behind it.
@@ -133,7 +140,7 @@ impl Session {
     /// Starts the actor for a handshaken connection on the current arbiter.
     pub fn start(
         stream: Tls,
-        cert_device: Result<DeviceId, String>,
+        (cert_device, cert_serial): (Result<DeviceId, String>, Option<Vec<u8>>),
         shared: Arc<Shared>,
         permit: OwnedSemaphorePermit,
     ) -> Addr<Session> {
@@ -159,6 +166,7 @@ impl Session {
                 ingest: shared.ingest_sender(),
                 shared,
                 cert_device,
+                cert_serial,
                 phase: Phase::AwaitingHello,
                 writer,
                 write_blocked: false,
@@ -486,6 +494,23 @@ impl Handler<Replaced> for Session {
             ErrorCode::SessionReplaced,
             "a newer session of this device took over",
         );
+    }
+}
+
+impl Handler<Revoked> for Session {
+    type Result = ();
+    fn handle(&mut self, revoked: Revoked, ctx: &mut Context<Self>) {
+        if self
+            .cert_serial
+            .as_ref()
+            .is_some_and(|s| revoked.0.contains(s))
+        {
+            self.fail(
+                ctx,
+                ErrorCode::AuthFailed,
+                "the device's certificate was revoked",
+            );
+        }
     }
 }
 
