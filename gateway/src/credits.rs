@@ -201,6 +201,9 @@ pub struct CardSeen {
     pub received_order: i64,
     /// A binding with no attempt lapses after this long.
     pub binding_timeout_ms: i64,
+    /// The session's device lease epoch: the store refuses the step unless it is the
+    /// device's lease now (`None`: not fenced, for tools and tests).
+    pub lease_epoch: Option<u64>,
 }
 
 /// What an OTA endpoint session asks for.
@@ -220,6 +223,9 @@ pub struct PushClaim {
     pub now_ms: i64,
     /// Bindings older than this without an attempt have lapsed.
     pub binding_timeout_ms: i64,
+    /// The session's device lease epoch: the store refuses the step unless it is the
+    /// device's lease now (`None`: not fenced, for tools and tests).
+    pub lease_epoch: Option<u64>,
 }
 
 /// A LOAD_INIT whose fields parsed.
@@ -237,6 +243,9 @@ pub struct LoadInitRequest {
     pub host_time_ms: i64,
     /// The ledger clock the session had seen when it received the LOAD_INIT.
     pub received_order: i64,
+    /// The session's device lease epoch: the store refuses the step unless it is the
+    /// device's lease now (`None`: not fenced, for tools and tests).
+    pub lease_epoch: Option<u64>,
 }
 
 /// The answer to a LOAD_INIT.
@@ -278,4 +287,7 @@ pub struct ResultReport {
     pub device_id: DeviceId,
     /// Now.
     pub now_ms: i64,
+    /// The session's device lease epoch: the store refuses the step unless it is the
+    /// device's lease now (`None`: not fenced, for tools and tests).
+    pub lease_epoch: Option<u64>,
 }

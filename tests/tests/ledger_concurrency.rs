@@ -324,6 +324,7 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
                         now_ms: now,
                         received_order: store.observed_order(),
                         binding_timeout_ms: 0,
+                        lease_epoch: None,
                     })
                     .await
                     .unwrap();
@@ -337,6 +338,7 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
                                 device_id: device,
                                 host_time_ms: now,
                                 received_order: store.observed_order(),
+                                lease_epoch: None,
                             },
                             |_| true,
                         )
@@ -351,6 +353,7 @@ async fn the_load_exchange_on_two_nodes_locks_a_cards_credits_in_one_order() {
                                     outcome: CreditOutcome::NotLoadedFinal,
                                     device_id: device,
                                     now_ms: now,
+                                    lease_epoch: None,
                                 },
                                 |_| true,
                             )
@@ -400,6 +403,7 @@ async fn a_presentation_is_ordered_against_an_attempt_by_the_store_not_by_clocks
         now_ms,
         received_order: store.observed_order(),
         binding_timeout_ms: 300_000,
+        lease_epoch: None,
     };
     let offered = a.card_presented(seen(&a, pos_a, 7, 1_000)).await.unwrap();
     let credit = offered[0].credit_id;
@@ -411,6 +415,7 @@ async fn a_presentation_is_ordered_against_an_attempt_by_the_store_not_by_clocks
         device_id: pos_a,
         host_time_ms: 1_000,
         received_order: a.observed_order(),
+        lease_epoch: None,
     };
     assert!(matches!(
         a.begin_load(load, |_| true).await.unwrap(),

@@ -71,6 +71,31 @@ async fn fencing<S: Store + ClusterStore + StoreAudit>(store: &S) {
     let audit = store.audit().await.unwrap();
     let rows = audit.devices.iter().find(|x| x.device_id == d).unwrap();
     assert_eq!((rows.rows, rows.min_seq, rows.max_seq), (1, 2, 2));
+    // The credit steps are fenced the same way: an OTA claim under the old epoch.
+    let claim = |epoch| wenxiao_gateway::store::PushClaim {
+        device_id: d,
+        cards_from: CardNo(1),
+        cards_to: CardNo(u64::MAX / 2),
+        include_bound: false,
+        limit: 10,
+        now_ms: 3,
+        binding_timeout_ms: 60_000,
+        lease_epoch: epoch,
+    };
+    let e = store.claim_pushes(claim(Some(1))).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            wenxiao_gateway::store::StoreError::Fenced {
+                epoch: 1,
+                current: Some(2),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(store.claim_pushes(claim(Some(2))).await.unwrap().is_empty());
+    assert!(store.claim_pushes(claim(None)).await.is_ok());
     // The plain ingest refuses the whole batch instead.
     let e = store
         .ingest(&[purchase(d, 4, Some(1))], &ctx)

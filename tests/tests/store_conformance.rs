@@ -732,6 +732,7 @@ fn seen(card: u64, online_seq: u16, device: DeviceId, now: i64) -> CardSeen {
         // Received after everything recorded so far (see `stale` for one that was not).
         received_order: i64::MAX,
         binding_timeout_ms: 300_000,
+        lease_epoch: None,
     }
 }
 
@@ -749,6 +750,7 @@ fn init(
         device_id: device,
         host_time_ms: host_time,
         received_order: i64::MAX,
+        lease_epoch: None,
     }
 }
 
@@ -759,6 +761,7 @@ fn result(credit: CreditId, card: u64, outcome: CreditOutcome, device: DeviceId)
         outcome,
         device_id: device,
         now_ms: 9,
+        lease_epoch: None,
     }
 }
 

@@ -43,6 +43,7 @@ impl Session {
             limit: i64::try_from(free).unwrap_or(i64::MAX),
             now_ms: clock::now_ms(),
             binding_timeout_ms: self.shared.config.credits.binding_timeout_ms,
+            lease_epoch: Some(self.lease_epoch),
         };
         let store = self.shared.store.clone();
         let task = self
@@ -65,6 +66,13 @@ impl Session {
                         if std::mem::take(&mut act.claim_again) {
                             act.claim(ctx, false);
                         }
+                    }
+                    Ok(Err(crate::store::StoreError::Fenced { .. })) => {
+                        act.fail(
+                            ctx,
+                            ErrorCode::SessionReplaced,
+                            "another session of this device took over",
+                        );
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "claiming pushes failed");
@@ -106,6 +114,7 @@ impl Session {
             now_ms: clock::now_ms(),
             received_order: self.shared.store.observed_order(),
             binding_timeout_ms: self.shared.config.credits.binding_timeout_ms,
+            lease_epoch: Some(self.lease_epoch),
         };
         let store = self.shared.store.clone();
         self.store_request(ctx, async move { store.card_presented(seen).await }, offer);
@@ -142,6 +151,7 @@ impl Session {
             device_id,
             host_time_ms: now,
             received_order: self.shared.store.observed_order(),
+            lease_epoch: Some(self.lease_epoch),
         };
         let store = self.shared.store.clone();
         let reply = move |decision| {
@@ -213,6 +223,7 @@ impl Session {
             outcome: r.outcome,
             device_id,
             now_ms: clock::now_ms(),
+            lease_epoch: Some(self.lease_epoch),
         };
         let store = self.shared.store.clone();
         self.store_request(

@@ -339,6 +339,13 @@ impl Session {
                         act.claim(ctx, false);
                     }
                     Ok(Ok(_)) => {}
+                    Ok(Err(crate::store::StoreError::Fenced { .. })) => {
+                        act.fail(
+                            ctx,
+                            ErrorCode::SessionReplaced,
+                            "another session of this device took over",
+                        );
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "store request failed");
                         act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");

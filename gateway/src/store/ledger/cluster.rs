@@ -72,6 +72,36 @@ pub(super) async fn fenced<T: Tx>(
         .collect())
 }
 
+/// Refuses a credit step of `device` under `epoch` unless it is the device's lease now
+/// (`None`: unfenced), with [`StoreError::Fenced`]. Holds the lease `FOR SHARE` to the
+/// commit, so a takeover waits for the step or refuses it.
+pub(super) async fn check_epoch<T: Tx>(
+    tx: &mut T,
+    device: DeviceId,
+    epoch: Option<u64>,
+) -> Result<(), StoreError> {
+    let Some(epoch) = epoch else {
+        return Ok(());
+    };
+    let current = tx
+        .query_opt(
+            &Sql::both("SELECT epoch FROM device_leases WHERE device_id = $1 FOR SHARE"),
+            params![db_u64(device.get())],
+        )
+        .await?
+        .map(|r| r.int(0).map(from_db_u64))
+        .transpose()?;
+    if current == Some(epoch) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            device,
+            epoch,
+            current,
+        })
+    }
+}
+
 fn lease_of(r: &super::super::backend::Row) -> Result<Lease, StoreError> {
     Ok(Lease {
         device_id: DeviceId(from_db_u64(r.int(0)?)),

@@ -198,6 +198,7 @@ pub(super) async fn card_presented<B: Backend>(
 ) -> Result<Vec<OfferedCredit>, StoreError> {
     let device = db_u64(seen.device_id.get());
     let mut tx = backend.begin(TxMode::Write).await?;
+    super::cluster::check_epoch(&mut tx, seen.device_id, seen.lease_epoch).await?;
     let mut rows = lock_card(&mut tx, seen.card_no).await?;
     let order = read_clock(&mut tx).await?;
     let in_doubt = settle_card(
@@ -252,6 +253,7 @@ where
     F: FnOnce(Fen) -> bool + Send + 'static,
 {
     let mut tx = backend.begin(TxMode::Write).await?;
+    super::cluster::check_epoch(&mut tx, r.device_id, r.lease_epoch).await?;
     let id = db_u64(r.credit_id.get());
     let mut rows = lock_card(&mut tx, r.card_no).await?;
     // The card's counter settles its loads in doubt first, as a presentation would; this
@@ -308,6 +310,7 @@ where
 {
     let id = db_u64(r.credit_id.get());
     let mut tx = backend.begin(TxMode::Write).await?;
+    super::cluster::check_epoch(&mut tx, r.device_id, r.lease_epoch).await?;
     let rows = lock_card(&mut tx, r.card_no).await?;
     let recorded = (ResultStatus::Recorded, Reason::None);
     let answer = match finish_step(view_of(&mut tx, &rows, r.credit_id).await?, &r) {
@@ -346,6 +349,7 @@ pub(super) async fn claim_pushes<B: Backend>(
 ) -> Result<Vec<CreditPush>, StoreError> {
     let device = db_u64(c.device_id.get());
     let mut tx = backend.begin(TxMode::Write).await?;
+    super::cluster::check_epoch(&mut tx, c.device_id, c.lease_epoch).await?;
     let rows = tx
         .query(
             &Sql::both(
