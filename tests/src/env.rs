@@ -79,6 +79,14 @@ impl TestEnv {
         Self::new(StoreKind::Postgres, crate::fresh_pg_url().await)
     }
 
+    /// Keeps this environment's gateways to 4 pooled connections and 2 writers each, for
+    /// the tests that run several nodes on the shared server (100 connections at most).
+    pub fn small_pool(mut self) -> Self {
+        self.config.ingest.writers = 2;
+        self.config.store.postgres_pool_size_max = 4;
+        self
+    }
+
     /// A fresh environment on the PostgreSQL at `url` (a server of the test's own).
     pub fn postgres_at(url: String) -> Self {
         Self::new(StoreKind::Postgres, url)
@@ -215,7 +223,8 @@ impl TestEnv {
              [admin]\nlisten_addr = \"127.0.0.1:0\"\n\
              [console]\nlisten_addr = \"127.0.0.1:{console_port}\"\n\
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
-             [store]\nkind = {kind:?}\npostgres_url = {url:?}\n\
+             [store]\nkind = {kind:?}\npostgres_url = {url:?}\npostgres_pool_size_max = {pool}\n\
+             [ingest]\nwriters = {writers}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n\
              [keys]\nallow_development_keys = true\n\
              [risk]\nrules_path = {rules:?}\n",
@@ -229,6 +238,8 @@ impl TestEnv {
                 wenxiao_gateway::config::StoreKind::Postgres => "postgres",
             },
             url = c.store.postgres_url,
+            pool = c.store.postgres_pool_size_max,
+            writers = c.ingest.writers,
             m = c.registry.merchants_path,
             d = c.registry.devices_path,
             rules = c.risk.rules_path,

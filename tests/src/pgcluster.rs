@@ -31,6 +31,22 @@ pub fn bin_dir() -> Option<PathBuf> {
     dirs.pop()
 }
 
+/// Ports the servers are given: below the kernel's ephemeral range (a port inside it may
+/// be held by a client socket in TIME_WAIT, which bind refuses), one apart per server.
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A port for a new server that nothing listens on now.
+fn server_port() -> u16 {
+    let base = 21_000 + u16::try_from(std::process::id() % 200).unwrap_or(0) * 20;
+    loop {
+        let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = base + n % 1_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
@@ -85,7 +101,7 @@ impl PgCluster {
         let bin = bin_dir().expect("PostgreSQL's binaries (initdb) are not installed");
         let dir = Self::new_dir();
         let c = Self {
-            port: crate::process::free_port(),
+            port: server_port(),
             dir,
             bin,
         };
@@ -117,7 +133,7 @@ impl PgCluster {
     pub fn standby_of(primary: &Self, conf: &str) -> Self {
         let dir = Self::new_dir();
         let c = Self {
-            port: crate::process::free_port(),
+            port: server_port(),
             dir,
             bin: primary.bin.clone(),
         };

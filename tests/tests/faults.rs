@@ -110,7 +110,7 @@ fn start(config: &std::path::Path, envs: &[(&str, &str)]) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_one_node_of_three_twenty_times_loses_and_doubles_nothing() {
-    let env = TestEnv::postgres().await;
+    let env = TestEnv::postgres().await.small_pool();
     let ports: Vec<u16> = (0..3)
         .map(|_| wenxiao_tests::process::free_port())
         .collect();
@@ -155,7 +155,7 @@ fn through(url: &str, proxy: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_to_postgres_cut_then_slow_loses_and_doubles_nothing() {
-    let mut env = TestEnv::postgres().await;
+    let mut env = TestEnv::postgres().await.small_pool();
     let target: SocketAddr = {
         let cfg: tokio_postgres::Config = env.config.store.postgres_url.parse().unwrap();
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
@@ -192,7 +192,7 @@ async fn the_network_to_postgres_cut_then_slow_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_to_the_devices_cut_then_slow_loses_and_doubles_nothing() {
-    let env = TestEnv::postgres().await;
+    let env = TestEnv::postgres().await.small_pool();
     let (ga, gb) = {
         let mut a = env.config.clone();
         a.server.node_id = "net-a".into();
@@ -233,7 +233,7 @@ async fn the_network_to_the_devices_cut_then_slow_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_skew_between_nodes_loses_and_doubles_nothing() {
-    let env = TestEnv::postgres().await;
+    let env = TestEnv::postgres().await.small_pool();
     let ports: Vec<u16> = (0..2)
         .map(|_| wenxiao_tests::process::free_port())
         .collect();

@@ -74,7 +74,7 @@ async fn a_rolling_restart_behind_haproxy_moves_the_device_once_and_loses_nothin
         eprintln!("haproxy test not run: install haproxy");
         return;
     }
-    let mut env = TestEnv::postgres().await;
+    let mut env = TestEnv::postgres().await.small_pool();
     env.config.session.drain_reconnect_after_ms = 100;
     env.config.session.drain_spread_ms = 200;
     let mut configs = Vec::new();

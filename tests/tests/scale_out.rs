@@ -146,7 +146,7 @@ async fn two_nodes(
     wenxiao_gateway::server::GatewayHandle,
     wenxiao_gateway::server::GatewayHandle,
 ) {
-    let mut env = TestEnv::postgres().await;
+    let mut env = TestEnv::postgres().await.small_pool();
     env.config.server.events_poll_interval_ms = poll_ms;
     let mut a = env.config.clone();
     a.server.node_id = format!("a-{tag}");
