@@ -55,3 +55,14 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A child process killed and reaped when this is dropped (a helper the test started).
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

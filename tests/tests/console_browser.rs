@@ -35,22 +35,7 @@ fn cli(config: &std::path::Path, args: &[&str]) -> String {
     )
 }
 
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use wenxiao_tests::process::{KillOnDrop as Driver, free_port};
 
 /// chromedriver and a headless Chromium session; `None` (the test says why) where neither
 /// is installed, outside CI.

@@ -11,7 +11,7 @@
     clippy::indexing_slicing
 )]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wenxiao_gateway::store::StoreAudit;
 use wenxiao_gateway::store::cluster::ClusterStore;
@@ -19,22 +19,7 @@ use wenxiao_protocol::*;
 use wenxiao_tests::device::{Recv, book_purchase};
 use wenxiao_tests::env::{POS, TestEnv};
 
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use wenxiao_tests::process::{KillOnDrop as Proxy, free_port};
 
 /// The shipped configuration with this test's listener and nodes.
 fn config(port: u16, nodes: &[(std::net::SocketAddr, std::net::SocketAddr)]) -> String {
