@@ -13,7 +13,7 @@
 )]
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wenxiao_gateway::store::StoreAudit;
 use wenxiao_protocol::*;
