@@ -386,6 +386,79 @@ fn print_fraud(reports: &[Value]) {
 }
 
 /// Runs the bench; true when every shard passed.
+/// Another gateway node on the same store, data directory and PKI as a [`GatewayProcess`]
+/// (its own listeners), for scenarios with `run.gateways` > 1.
+#[derive(Debug)]
+pub struct GatewayPeer {
+    /// Its configuration file.
+    pub config_path: PathBuf,
+    child: Child,
+}
+
+impl GatewayPeer {
+    /// Starts node `k` beside `first`: its configuration with fresh ports for every
+    /// listener and its own `server.node_id`.
+    pub fn start(first: &GatewayProcess, bin: &Path, k: usize) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&first.config_path)?;
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("\"127.0.0.1:") {
+            let (head, tail) = rest.split_at(i);
+            out.push_str(head);
+            let after = tail
+                .get("\"127.0.0.1:".len()..)
+                .context("a listen address")?;
+            let digits = after.find('"').context("a listen address")?;
+            out.push_str(&format!("\"127.0.0.1:{}\"", free_port()?));
+            rest = after.get(digits + 1..).unwrap_or_default();
+        }
+        out.push_str(rest);
+        let out = out.replacen(
+            "[server]\n",
+            &format!("[server]\nnode_id = \"bench-{k}\"\n"),
+            1,
+        );
+        let config_path = first.dir.path().join(format!("gateway-{k}.toml"));
+        std::fs::write(&config_path, out)?;
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("gateway stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("listening for devices on ") => break,
+                Some(Ok(_)) => {}
+                _ => {
+                    let _ = child.wait();
+                    anyhow::bail!("gateway {k} exited before listening");
+                }
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self { config_path, child })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let scenario = Scenario::load(&o.scenario_path)?;
     let mut extra = String::new();
@@ -416,6 +489,17 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     )
     .await?;
     let (proposer_token, approver_token) = gateway.auditor_tokens(&o.gateway_bin)?;
+    let mut peers = Vec::new();
+    for k in 1..usize::try_from(scenario.run.gateways)? {
+        peers.push(GatewayPeer::start(&gateway, &o.gateway_bin, k)?);
+    }
+    // Node i of the run: its configuration and process id.
+    let node = |i: usize| -> (PathBuf, u32) {
+        match i.checked_sub(1).and_then(|p| peers.get(p)) {
+            Some(p) => (p.config_path.clone(), p.pid()),
+            None => (gateway.config_path.clone(), gateway.pid()),
+        }
+    };
     let (pid, admin_port) = (gateway.pid(), gateway.admin_port);
     let rss_before = crate::run::rss_kib(pid);
     println!(
@@ -427,19 +511,26 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let exe = std::env::current_exe()?;
     let n = scenario.run.processes;
     let mut shards = Vec::new();
+    let gateways = usize::try_from(scenario.run.gateways)?;
+    if gateways > 1 {
+        println!(
+            "{gateways} gateway processes on one PostgreSQL; simulator process i drives gateway i mod {gateways}"
+        );
+    }
     for i in 0..n {
         let report = gateway.dir.path().join(format!("report-{i}.json"));
+        let (config_path, node_pid) = node(usize::try_from(i)? % gateways);
         let mut command = Command::new(&exe);
         command
             .arg("run")
             .arg("--config")
-            .arg(&gateway.config_path)
+            .arg(&config_path)
             .arg("--scenario")
             .arg(&o.scenario_path)
             .arg("--shard")
             .arg(format!("{i}/{n}"))
             .arg("--gateway-pid")
-            .arg(pid.to_string())
+            .arg(node_pid.to_string())
             .arg("--report")
             .arg(&report)
             .env(crate::console::PROPOSER_TOKEN_ENV, &proposer_token)
@@ -459,6 +550,9 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         let text = std::fs::read_to_string(&report)
             .with_context(|| format!("read {}", report.display()))?;
         reports.push(serde_json::from_str::<Value>(&text)?);
+    }
+    for p in &mut peers {
+        p.stop();
     }
     gateway.stop();
 
@@ -510,7 +604,27 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     print_fraud(&reports);
     let sessions = sum(&["gateway_rss", "sessions"]);
     let with_sessions = max(&["gateway_rss", "sessions_kib"]);
-    if let (Some(before), true) = (rss_before, sessions > 0) {
+    if gateways > 1 {
+        // Each simulator process measured its own gateway.
+        let mut total_kib = 0u64;
+        for r in &reports {
+            let (b, w, s) = (
+                num(r, &["gateway_rss", "before_kib"]),
+                num(r, &["gateway_rss", "sessions_kib"]),
+                num(r, &["gateway_rss", "sessions"]),
+            );
+            total_kib += w.saturating_sub(b);
+            println!(
+                "gateway of shard {}: RSS {b} KiB before · {w} KiB with {s} sessions · {} bytes per session",
+                r["shard"],
+                w.saturating_sub(b) * 1_024 / s.max(1)
+            );
+        }
+        println!(
+            "all gateways: {sessions} sessions, {} bytes of RSS per session",
+            total_kib * 1_024 / sessions.max(1)
+        );
+    } else if let (Some(before), true) = (rss_before, sessions > 0) {
         println!(
             "gateway RSS {before} KiB before · {with_sessions} KiB with {sessions} sessions · {} bytes per session",
             with_sessions.saturating_sub(before) * 1_024 / sessions

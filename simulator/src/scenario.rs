@@ -161,6 +161,9 @@ pub struct RunConfig {
     pub devices: usize,
     /// `bench`: simulator processes (each holds at most ~19,000 connections).
     pub processes: u32,
+    /// `bench`: gateway processes on the one PostgreSQL; simulator process i drives
+    /// gateway i mod `gateways`.
+    pub gateways: u32,
 }
 
 impl Default for RunConfig {
@@ -173,6 +176,7 @@ impl Default for RunConfig {
             deliver: false,
             devices: 0,
             processes: 1,
+            gateways: 1,
         }
     }
 }
@@ -258,6 +262,12 @@ impl Scenario {
         }
         if !(1..=64).contains(&self.run.processes) {
             return bad("run.processes", "must be 1 to 64");
+        }
+        if !(1..=16).contains(&self.run.gateways) || self.run.gateways > self.run.processes {
+            return bad(
+                "run.gateways",
+                "must be 1 to 16, and no more than run.processes",
+            );
         }
         if self.run.deliver && self.run.processes != 1 {
             return bad("run.deliver", "needs run.processes = 1");
