@@ -13,7 +13,6 @@ use crate::session::Shared;
 use crate::store::cluster::{ClusterStore, Event, EventKind, parse_takeover};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Most events read at once.
@@ -58,7 +57,13 @@ impl Cursor {
         let mut fresh = Vec::with_capacity(events.len());
         for e in events {
             if e.event_id > self.high {
-                for missing in self.high.saturating_add(1)..e.event_id {
+                // At most EVENT_GAPS_MAX ids below it are waited for (a reader whose high
+                // mark is far behind does not fill memory with gaps).
+                let from = self.high.saturating_add(1).max(
+                    e.event_id
+                        .saturating_sub(i64::try_from(EVENT_GAPS_MAX).unwrap_or(i64::MAX)),
+                );
+                for missing in from..e.event_id {
                     self.gaps.insert(missing, now_ms);
                 }
                 self.high = e.event_id;
@@ -100,7 +105,9 @@ async fn run(shared: Arc<Shared>) {
         listen(&shared, &mut cursor).await;
     } else {
         let every = Duration::from_millis(shared.config.server.events_poll_interval_ms);
-        while !shared.draining.load(Ordering::Relaxed) {
+        // Until the runtime stops: a draining node still hears of takeovers and releases
+        // while its sessions are told, one at a time, to leave.
+        loop {
             tokio::time::sleep(every).await;
             read(&shared, &mut cursor).await;
         }
@@ -112,10 +119,20 @@ async fn run(shared: Arc<Shared>) {
 /// is opened again, and the first read catches up.
 async fn listen(shared: &Arc<Shared>, cursor: &mut Cursor) {
     let url = shared.config.store.postgres_url.clone();
-    while !shared.draining.load(Ordering::Relaxed) {
+    // Until the runtime stops (a draining node still needs the events).
+    loop {
         let config: Result<tokio_postgres::Config, _> = url.parse();
         match config {
-            Ok(config) => {
+            Ok(mut config) => {
+                // A host that black-holes packets is given up on, not waited for.
+                config
+                    .connect_timeout(Duration::from_millis(
+                        shared.config.store.postgres_pool_wait_ms,
+                    ))
+                    .keepalives(true)
+                    .keepalives_idle(Duration::from_secs(
+                        shared.config.store.postgres_keepalive_idle_s,
+                    ));
                 let ca = shared.config.store.postgres_ca_cert_path.as_deref();
                 match crate::store::tls_connector(&config, ca) {
                     Ok(Some(tls)) => match config.connect(tls).await {
@@ -178,9 +195,6 @@ async fn listen_on<S, T>(
                 Ok(None) => break,
                 Ok(Some(())) | Err(_) => read(shared, cursor).await,
             }
-            if shared.draining.load(Ordering::Relaxed) {
-                break;
-            }
         }
     }
     driver.abort();
@@ -203,10 +217,11 @@ async fn read(shared: &Arc<Shared>, cursor: &mut Cursor) {
             }
         };
         let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= EVENTS_READ_MAX;
-        if let Some((&low, _)) = cursor.gaps.first_key_value() {
-            // The gaps: everything from the lowest open one up to the high mark.
-            match shared.store.events_after(low - 1, EVENTS_READ_MAX).await {
-                Ok(older) => events.extend(older.into_iter().filter(|e| e.event_id <= cursor.high)),
+        if !cursor.gaps.is_empty() {
+            // The open gaps, by id: whatever has committed in them since.
+            let ids: Vec<i64> = cursor.gaps.keys().copied().collect();
+            match shared.store.events_in(ids).await {
+                Ok(older) => events.extend(older),
                 Err(e) => tracing::warn!(error = %e, "outbox gaps not read"),
             }
         }
@@ -231,12 +246,10 @@ pub fn handle(shared: &Shared, e: &Event) {
     metrics::counter!(m::EVENTS_TOTAL, "kind" => kind.name()).increment(1);
     match kind {
         EventKind::Takeover => {
-            if let Some((device, epoch, node)) = parse_takeover(&e.body) {
-                if node == shared.node_id {
-                    shared.saw_lease(device, epoch);
-                } else {
-                    shared.taken_over(device, epoch);
-                }
+            // This node's own takeovers too: its session of that epoch stays, an older
+            // one (two nodes misconfigured with one node_id) is closed.
+            if let Some((device, epoch, _node)) = parse_takeover(&e.body) {
+                shared.taken_over(device, epoch);
             }
         }
         EventKind::CreditsReleased => {
@@ -251,7 +264,7 @@ pub fn handle(shared: &Shared, e: &Event) {
 
 async fn prune(shared: Arc<Shared>) {
     let retention = i64::try_from(shared.config.server.events_retention_ms).unwrap_or(i64::MAX);
-    while !shared.draining.load(Ordering::Relaxed) {
+    loop {
         tokio::time::sleep(Duration::from_millis(PRUNE_INTERVAL_MS)).await;
         let before = crate::clock::now_ms().saturating_sub(retention);
         match shared.store.prune_events(before).await {

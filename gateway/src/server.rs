@@ -503,7 +503,8 @@ async fn reload_crl(
     let every = Duration::from_millis(shared.config.tls.crl_reload_interval_ms);
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
-    while !shared.draining.load(Ordering::Relaxed) {
+    // Until the system stops (a draining node still closes revoked sessions).
+    loop {
         tokio::time::sleep(every).await;
         let now = modified(&path);
         if now == seen {
@@ -534,6 +535,9 @@ async fn reload_crl(
                 metrics::counter!(m::CRL_RELOADS_TOTAL, "outcome" => "loaded").increment(1);
                 tracing::info!(revoked = crl.revoked.len(), path = %path.display(), "device CRL loaded");
                 let revoked = Arc::new(crl.revoked);
+                if let Ok(mut r) = shared.revoked.write() {
+                    *r = Arc::clone(&revoked);
+                }
                 for s in shared.sessions.iter() {
                     s.value()
                         .1

@@ -14,6 +14,9 @@ pub(crate) struct Fresh<T> {
     slot: Mutex<Option<(i64, Arc<T>)>>,
     /// A background refresh is running.
     refreshing: AtomicBool,
+    /// Bumped by [`Fresh::expire`]: a refresh that began before it stores its value as
+    /// already old, so the next read refreshes again.
+    generation: std::sync::atomic::AtomicU64,
     /// The first read: later readers wait for it rather than read the store too.
     first: tokio::sync::Mutex<()>,
 }
@@ -24,6 +27,7 @@ impl<T: 'static> Fresh<T> {
         Self {
             slot: Mutex::new(None),
             refreshing: AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
             first: tokio::sync::Mutex::new(()),
         }
     }
@@ -58,13 +62,29 @@ impl<T: 'static> Fresh<T> {
             if now.saturating_sub(at) >= refresh_ms && !self.refreshing.swap(true, Ordering::AcqRel)
             {
                 let me = Arc::clone(self);
+                let generation = self.generation.load(Ordering::Acquire);
                 actix_web::rt::spawn(async move {
+                    // Cleared however the refresh ends (a panic in `load` included).
+                    struct Done<'a>(&'a AtomicBool);
+                    impl Drop for Done<'_> {
+                        fn drop(&mut self) {
+                            self.0.store(false, Ordering::Release);
+                        }
+                    }
+                    let _done = Done(&me.refreshing);
                     let started = crate::clock::now_ms();
                     match load().await {
-                        Ok(v) => me.put(started, Arc::new(v)),
+                        Ok(v) => {
+                            // Expired meanwhile: what was read may predate the change.
+                            let at = if me.generation.load(Ordering::Acquire) == generation {
+                                started
+                            } else {
+                                i64::MIN
+                            };
+                            me.put(at, Arc::new(v));
+                        }
                         Err(e) => tracing::warn!(error = ?e, "console figures not refreshed"),
                     }
-                    me.refreshing.store(false, Ordering::Release);
                 });
             }
             return Ok(v);
@@ -80,6 +100,7 @@ impl<T: 'static> Fresh<T> {
 
     /// Marks the value for a refresh at its next read (it is still served meanwhile).
     pub(crate) fn expire(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut s) = self.slot.lock()
             && let Some((at, _)) = s.as_mut()
         {
@@ -130,13 +151,33 @@ mod tests {
         // A second stale read does not start a second refresh.
         assert_eq!(*f.get(0, load(4, Arc::clone(&loads))).await.unwrap(), 1);
         go.send(()).unwrap();
+        let mut landed = false;
         for _ in 0..100 {
             if *f.get(60_000, load(5, Arc::clone(&loads))).await.unwrap() == 3 {
                 assert_eq!(loads.load(Ordering::SeqCst), 2);
+                landed = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(landed, "the refresh never landed");
+        // Expired again while a refresh runs: its value lands as already old, and the
+        // next read refreshes once more.
+        f.expire();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let slow = move || async move {
+            let _ = wait.await;
+            Ok(6)
+        };
+        assert_eq!(*f.get(0, slow).await.unwrap(), 3);
+        f.expire();
+        go.send(()).unwrap();
+        for _ in 0..100 {
+            if *f.get(60_000, load(7, Arc::clone(&loads))).await.unwrap() == 7 {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("the refresh never landed");
+        panic!("a value read before an expiry was kept as fresh");
     }
 }

@@ -665,7 +665,20 @@ pub(crate) async fn approve(
         .on_store(async move { store.claim(id, who).await })
         .await?;
     decided(claimed, &c, &by, Verdict::Approve)?;
-    let ex = execute(&state, &c, &by).await?;
+    let ex = match execute(&state, &c, &by).await {
+        Ok(ex) => ex,
+        // The store failed: whether the action ran is not known, so the command stays
+        // APPROVING and approving it again completes it.
+        Err(e) if e.status().is_server_error() => return Err(e),
+        // Refused before anything was done (bad arguments, a state that does not allow
+        // it): recorded FAILED with the reason, so the target is free again.
+        Err(e) => Executed {
+            ok: false,
+            outcome: e.to_string(),
+            seal: None,
+            files_of: None,
+        },
+    };
     let status = if ex.ok {
         CommandStatus::Approved
     } else {

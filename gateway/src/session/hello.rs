@@ -117,11 +117,31 @@ impl Session {
                 }
             }
         };
-        if stale {
+        // A takeover event handled between the check above and the registration saw no
+        // session to close: look again now that this one is registered.
+        let overtaken = !stale
+            && self
+                .shared
+                .lease_epochs
+                .get(&device.device_id)
+                .is_some_and(|e| *e > self.lease_epoch);
+        if stale || overtaken {
             return self.fail(
                 ctx,
                 ErrorCode::SessionReplaced,
                 "a newer session of this device took over",
+            );
+        }
+        // A CRL reloaded while this session was being welcomed.
+        if self
+            .cert_serial
+            .as_ref()
+            .is_some_and(|s| self.shared.revoked_serials().contains(s))
+        {
+            return self.fail(
+                ctx,
+                ErrorCode::AuthFailed,
+                "the device's certificate was revoked",
             );
         }
         metrics::gauge!(m::SESSIONS, "kind" => device.kind.name()).increment(1.0);

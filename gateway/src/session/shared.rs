@@ -40,6 +40,9 @@ pub struct Shared {
     /// other nodes' takeover events): a session below it is stale. One entry per device
     /// seen, so at most the registry's devices.
     pub lease_epochs: DashMap<DeviceId, u64>,
+    /// The certificate serials the latest device CRL revokes (checked again at WELCOME,
+    /// for sessions handshaken before the list was reloaded).
+    pub revoked: RwLock<Arc<std::collections::HashSet<Vec<u8>>>>,
     /// Live OTA endpoint sessions, told when credits are released.
     pub ota_sessions: DashMap<DeviceId, Addr<Session>>,
     /// Set once shutdown begins.
@@ -103,6 +106,7 @@ impl Shared {
             sessions: DashMap::new(),
             node_id,
             lease_epochs: DashMap::new(),
+            revoked: RwLock::new(Arc::new(std::collections::HashSet::new())),
             ota_sessions: DashMap::new(),
             draining: AtomicBool::new(false),
             writer_health,
@@ -128,6 +132,14 @@ impl Shared {
         }
         *e = epoch;
         true
+    }
+
+    /// The serials the latest CRL revokes.
+    pub fn revoked_serials(&self) -> Arc<std::collections::HashSet<Vec<u8>>> {
+        self.revoked
+            .read()
+            .map(|r| Arc::clone(&r))
+            .unwrap_or_default()
     }
 
     /// Another node took `device` over at `epoch`: a session of it here under an older

@@ -114,10 +114,17 @@ pub trait ClusterStore {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
+    /// The events among `ids` (those that have committed).
+    fn events_in(
+        &self,
+        ids: Vec<i64>,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
     /// The highest event id written so far (0: none).
     fn last_event_id(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// Deletes events written before `before_ms`; returns how many.
+    /// Deletes events written before `before_ms`, except the newest (so ids never start
+    /// over and a starting reader knows where the outbox ends); returns how many.
     fn prune_events(&self, before_ms: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 

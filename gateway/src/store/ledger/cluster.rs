@@ -102,6 +102,15 @@ pub(super) async fn check_epoch<T: Tx>(
     }
 }
 
+fn event_of(r: &super::super::backend::Row) -> Result<Event, StoreError> {
+    Ok(Event {
+        event_id: r.int(0)?,
+        kind: EventKind::from_name(&r.text(1)?),
+        body: r.text(2)?,
+        at_ms: r.int(3)?,
+    })
+}
+
 fn lease_of(r: &super::super::backend::Row) -> Result<Lease, StoreError> {
     Ok(Lease {
         device_id: DeviceId(from_db_u64(r.int(0)?)),
@@ -187,15 +196,24 @@ impl<B: Backend> ClusterStore for Ledger<B> {
         )
         .await?
         .iter()
-        .map(|r| {
-            Ok(Event {
-                event_id: r.int(0)?,
-                kind: EventKind::from_name(&r.text(1)?),
-                body: r.text(2)?,
-                at_ms: r.int(3)?,
-            })
-        })
+        .map(event_of)
         .collect()
+    }
+
+    async fn events_in(&self, ids: Vec<i64>) -> Result<Vec<Event>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        const BY_ID: Bulk = Bulk {
+            pg: "SELECT event_id, kind, body, at_ms FROM outbox WHERE event_id = ANY($1::int8[])",
+            lite: "SELECT event_id, kind, body, at_ms FROM outbox WHERE event_id = ?1",
+        };
+        let mut tx = self.backend.begin(TxMode::Autocommit).await?;
+        tx.bulk(&BY_ID, &[Col::Int(ids)])
+            .await?
+            .iter()
+            .map(event_of)
+            .collect()
     }
 
     async fn last_event_id(&self) -> Result<i64, StoreError> {
@@ -212,7 +230,10 @@ impl<B: Backend> ClusterStore for Ledger<B> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
         let n = tx
             .execute(
-                &Sql::both("DELETE FROM outbox WHERE at_ms < $1"),
+                &Sql::both(
+                    "DELETE FROM outbox WHERE at_ms < $1 \
+                     AND event_id < (SELECT MAX(event_id) FROM outbox)",
+                ),
                 params![before_ms],
             )
             .await?;
