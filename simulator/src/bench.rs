@@ -201,30 +201,7 @@ impl GatewayProcess {
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config)?;
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let out = child.stdout.take().context("gateway stdout")?;
-        let mut lines = BufReader::new(out).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(l)) => {
-                    if let Some(a) = l.strip_prefix("listening for devices on ") {
-                        break a.parse()?;
-                    }
-                }
-                _ => {
-                    let _ = child.wait();
-                    anyhow::bail!("the gateway exited before listening");
-                }
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr) = serve(bin, &config_path)?;
         Ok(Self {
             dir,
             schema,
@@ -274,11 +251,7 @@ impl GatewayProcess {
 
     /// SIGTERM (the gateway drains), then waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -386,6 +359,45 @@ fn print_fraud(reports: &[Value]) {
 }
 
 /// Runs the bench; true when every shard passed.
+/// SIGTERM (the gateway drains), then waits for it to exit.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// Starts `bin --config config serve` and returns once it listens: the process and its
+/// device listener's address (its other output is drained, so it never blocks).
+fn serve(bin: &Path, config: &Path) -> anyhow::Result<(Child, std::net::SocketAddr)> {
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let out = child.stdout.take().context("gateway stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(a) = l.strip_prefix("listening for devices on ") {
+                    break a.parse()?;
+                }
+            }
+            _ => {
+                let _ = child.wait();
+                anyhow::bail!("the gateway exited before listening");
+            }
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, addr))
+}
+
 /// Another gateway node on the same store, data directory and PKI as a [`GatewayProcess`]
 /// (its own listeners), for scenarios with `run.gateways` > 1.
 #[derive(Debug)]
@@ -420,27 +432,7 @@ impl GatewayPeer {
         );
         let config_path = first.dir.path().join(format!("gateway-{k}.toml"));
         std::fs::write(&config_path, out)?;
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let stdout = child.stdout.take().context("gateway stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("listening for devices on ") => break,
-                Some(Ok(_)) => {}
-                _ => {
-                    let _ = child.wait();
-                    anyhow::bail!("gateway {k} exited before listening");
-                }
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, _) = serve(bin, &config_path).with_context(|| format!("gateway {k}"))?;
         Ok(Self { config_path, child })
     }
 
@@ -451,11 +443,7 @@ impl GatewayPeer {
 
     /// SIGTERM, then waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
