@@ -258,6 +258,41 @@ async fn hostile(mut env: TestEnv) {
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert_eq!(bad.json()["field"], "early", "{}", bad.body);
 
+    // The purchase history's range: at most 62 days, and not backwards.
+    let get = |path: String| {
+        let h = [format!("Authorization: Bearer {}", c.tokens["ada"])];
+        async move { http::request(c.addr, "GET", &path, &h, "").await }
+    };
+    let t = today.get();
+    let ok = get(format!("/v1/statistics/merchant-days?to={t}")).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let from = wenxiao_gateway::clock::business_date(
+        wenxiao_gateway::clock::day_end_ms(today) - 61 * 86_400_000 - 1,
+    )
+    .unwrap();
+    let at_bound = get(format!(
+        "/v1/statistics/merchant-days?from={}&to={t}",
+        from.get()
+    ))
+    .await;
+    assert_eq!(at_bound.status, 200, "61 days before: {}", at_bound.body);
+    let past = wenxiao_gateway::clock::previous_day(from).unwrap();
+    let too_long = get(format!(
+        "/v1/statistics/merchant-days?from={}&to={t}",
+        past.get()
+    ))
+    .await;
+    assert_eq!(too_long.status, 400, "{}", too_long.body);
+    assert_eq!(too_long.json()["field"], "from", "{}", too_long.body);
+    let backwards = get(format!(
+        "/v1/statistics/merchant-days?from={t}&to={}",
+        past.get()
+    ))
+    .await;
+    assert_eq!(backwards.status, 400, "{}", backwards.body);
+    let garbage = get("/v1/statistics/merchant-days?from=2026-13-01".to_owned()).await;
+    assert_eq!(garbage.json()["field"], "from", "{}", garbage.body);
+
     // A token-only user works with its token and never logs in with a password, not even
     // the one the unknown-user check compares against.
     let me = http::request(
