@@ -389,6 +389,13 @@ pub struct SessionConfig {
     /// Lame duck: DRAIN goes to the sessions spread over this long, each at a random
     /// moment of it, so devices move to the other nodes a few at a time (0: all at once).
     pub drain_spread_ms: u64,
+    /// HELLOs waiting for their lease and `stored_seq`, all sessions together. When full,
+    /// a HELLO gets STORE_UNAVAILABLE and the device comes back after its backoff.
+    pub hello_queue_max: usize,
+    /// Most HELLOs one lease transaction carries (group commit, as for TXNs).
+    pub hello_batch_max: usize,
+    /// Parallel lease writers (PostgreSQL; the embedded store always uses one).
+    pub hello_writers: usize,
     /// After a fatal ERROR, the session waits this long for the frame to flush.
     pub close_linger_ms: u64,
     /// Answered seqs above the contiguous watermark remembered per session, to advance
@@ -408,6 +415,9 @@ impl Default for SessionConfig {
             drain_reconnect_after_ms: 30_000,
             drain_timeout_ms: 10_000,
             drain_spread_ms: 0,
+            hello_queue_max: 20_000,
+            hello_batch_max: 500,
+            hello_writers: 2,
             close_linger_ms: 1_000,
             seq_window_max: 4_096,
         }
@@ -744,6 +754,9 @@ impl Config {
         )?;
         in_range("session.drain_timeout_ms", se.drain_timeout_ms, 0, 600_000)?;
         in_range("session.drain_spread_ms", se.drain_spread_ms, 0, 600_000)?;
+        in_range("session.hello_queue_max", se.hello_queue_max, 1, 1_000_000)?;
+        in_range("session.hello_batch_max", se.hello_batch_max, 1, 5_000)?;
+        in_range("session.hello_writers", se.hello_writers, 1, 16)?;
         in_range("session.close_linger_ms", se.close_linger_ms, 0, 60_000)?;
         in_range(
             "store.postgres_statement_timeout_ms",
@@ -787,9 +800,14 @@ impl Config {
         )?;
         check(
             self.store.kind != StoreKind::Postgres
-                || self.store.postgres_pool_size_max > self.ingest.writers,
+                || self.store.postgres_pool_size_max
+                    > self.ingest.writers + self.session.hello_writers,
             "store.postgres_pool_size_max",
-            || "must exceed ingest.writers, so session reads never wait behind writers".to_owned(),
+            || {
+                "must exceed ingest.writers + session.hello_writers, so session reads never \
+                 wait behind writers"
+                    .to_owned()
+            },
         )?;
         let t = &self.txn;
         in_range("txn.purchase_fen_max", t.purchase_fen_max, 1, i64::MAX / 4)?;

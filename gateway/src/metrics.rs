@@ -24,6 +24,11 @@ pub const EVENTS_TOTAL: &str = "wenxiao_events_total";
 pub const EVENT_GAPS_SKIPPED_TOTAL: &str = "wenxiao_event_gaps_skipped_total";
 /// Histogram: rows per committed batch.
 pub const INGEST_BATCH_ROWS: &str = "wenxiao_ingest_batch_rows";
+/// Histogram: HELLOs per lease transaction.
+pub const WELCOME_BATCH_HELLOS: &str = "wenxiao_welcome_batch_hellos";
+/// Counter: lease transactions that failed, label `reason` (`store_error`, `panic`); their
+/// HELLOs got STORE_UNAVAILABLE.
+pub const WELCOME_BATCHES_FAILED_TOTAL: &str = "wenxiao_welcome_batches_failed_total";
 /// Histogram: seconds per batch commit, retries included.
 pub const STORE_COMMIT_SECONDS: &str = "wenxiao_store_commit_seconds";
 /// Histogram: seconds from a TXN's receipt to its ack being queued for the socket.
@@ -229,6 +234,16 @@ pub fn describe_all() {
         INGEST_BATCH_ROWS,
         Unit::Count,
         "Rows in each batch the ingest writers committed."
+    );
+    describe_histogram!(
+        WELCOME_BATCH_HELLOS,
+        Unit::Count,
+        "HELLOs in each transaction that took their device leases and read their stored_seq."
+    );
+    describe_counter!(
+        WELCOME_BATCHES_FAILED_TOTAL,
+        Unit::Count,
+        "Lease transactions that failed (label reason: store_error, panic); their HELLOs got STORE_UNAVAILABLE."
     );
     describe_histogram!(
         STORE_COMMIT_SECONDS,

@@ -14,7 +14,7 @@
 use crate::card::{self, Card};
 use crate::hotlist::{self, Applied, AppliedVersion, FullList, HotlistReport, HotlistState};
 use crate::plan::PlannedEvent;
-use crate::world::{Control, World};
+use crate::world::{Control, Latencies, World};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
@@ -138,10 +138,6 @@ pub struct DeviceReport {
     pub acks: Vec<AckRecord>,
     /// TXNs still unanswered when it stopped.
     pub unanswered: u64,
-    /// TXN written → TXN_ACK read, µs.
-    pub ack_latency_us: Histogram<u64>,
-    /// CREDIT_PUSH read → CREDIT_RESULT_ACK read, µs (OTA endpoints).
-    pub push_to_loaded_us: Histogram<u64>,
     /// Credits it loaded (the gateway recorded the result).
     pub loads: Vec<LoadRecord>,
     /// The first [`ERRORS_KEPT_MAX`] unexpected things it saw.
@@ -473,7 +469,7 @@ impl Device {
         };
         if let Some(at) = entry.sent_at {
             self.in_flight = self.in_flight.saturating_sub(1);
-            let _ = self.report.ack_latency_us.record(micros_since(at));
+            Latencies::record(&self.world.latencies.ack_us, micros_since(at));
         }
         let c = &self.world.counters;
         match a.status {
@@ -597,7 +593,10 @@ impl Device {
             c.credits_loaded_fen
                 .fetch_add(u64::try_from(amount.get()).unwrap_or(0), Relaxed);
             if pushed {
-                let _ = self.report.push_to_loaded_us.record(micros_since(started));
+                Latencies::record(
+                    &self.world.latencies.push_to_loaded_us,
+                    micros_since(started),
+                );
             }
             self.report.loads.push(LoadRecord {
                 credit_id: a.credit_id,
@@ -1021,8 +1020,6 @@ pub async fn run_device(setup: DeviceSetup, world: Arc<World>) -> DeviceReport {
         last_seq: 0,
         acks: Vec::new(),
         unanswered: 0,
-        ack_latency_us: latency_histogram(),
-        push_to_loaded_us: latency_histogram(),
         loads: Vec::new(),
         errors: Vec::new(),
         hotlist: HotlistReport::default(),

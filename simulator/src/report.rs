@@ -407,14 +407,18 @@ impl Report {
             ),
             ..TxnFigures::default()
         };
-        let mut ack = latency_histogram();
-        let mut push = latency_histogram();
+        let (mut ack, mut push) = (latency_histogram(), latency_histogram());
+        if let (Ok(a), Ok(p)) = (
+            run.world.latencies.ack_us.lock(),
+            run.world.latencies.push_to_loaded_us.lock(),
+        ) {
+            let _ = ack.add(&*a);
+            let _ = push.add(&*p);
+        }
         let mut release = latency_histogram();
         let mut errors = Vec::new();
         for r in reports {
             t.unanswered += r.unanswered;
-            let _ = ack.add(&r.ack_latency_us);
-            let _ = push.add(&r.push_to_loaded_us);
             for a in &r.acks {
                 match a.status {
                     TxnStatus::Stored => t.stored += 1,

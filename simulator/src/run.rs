@@ -415,6 +415,7 @@ impl Run {
             plantings,
             control,
             reconnect_jitter_ms: scenario.faults.reconnect_jitter_ms,
+            latencies: crate::world::Latencies::default(),
         });
 
         let rss_before_kib = target.gateway_pid.and_then(rss_kib);

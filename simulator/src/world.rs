@@ -209,6 +209,36 @@ pub struct World {
     pub control: watch::Sender<Control>,
     /// Longest random wait before reconnecting after a deliberate drop.
     pub reconnect_jitter_ms: u64,
+    /// The devices' latencies, one histogram each for the whole process (one per device
+    /// would cost some 500 KiB a device: 5 GB at 10,000 devices).
+    pub latencies: Latencies,
+}
+
+/// Latency histograms every device of a process records into.
+#[derive(Debug)]
+pub struct Latencies {
+    /// TXN written → TXN_ACK read, µs.
+    pub ack_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// CREDIT_PUSH read → CREDIT_RESULT_ACK read, µs (OTA endpoints).
+    pub push_to_loaded_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self {
+            ack_us: std::sync::Mutex::new(crate::device::latency_histogram()),
+            push_to_loaded_us: std::sync::Mutex::new(crate::device::latency_histogram()),
+        }
+    }
+}
+
+impl Latencies {
+    /// Records `us` into `h` (a value past the histogram's 10 min is clamped).
+    pub fn record(h: &std::sync::Mutex<hdrhistogram::Histogram<u64>>, us: u64) {
+        if let Ok(mut h) = h.lock() {
+            h.saturating_record(us);
+        }
+    }
 }
 
 impl World {

@@ -83,6 +83,7 @@ impl TestEnv {
     /// the tests that run several nodes on the shared server (100 connections at most).
     pub fn small_pool(mut self) -> Self {
         self.config.ingest.writers = 2;
+        self.config.session.hello_writers = 1;
         self.config.store.postgres_pool_size_max = 4;
         self
     }
@@ -225,6 +226,7 @@ impl TestEnv {
              [tls]\ndevice_ca_cert_path = {ca:?}\nserver_cert_path = {cert:?}\nserver_key_path = {key:?}\n\
              [store]\nkind = {kind:?}\npostgres_url = {url:?}\npostgres_pool_size_max = {pool}\n\
              [ingest]\nwriters = {writers}\n\
+             [session]\nhello_writers = {hello_writers}\n\
              [registry]\nmerchants_path = {m:?}\ndevices_path = {d:?}\n\
              [keys]\nallow_development_keys = true\n\
              [risk]\nrules_path = {rules:?}\n",
@@ -240,6 +242,7 @@ impl TestEnv {
             url = c.store.postgres_url,
             pool = c.store.postgres_pool_size_max,
             writers = c.ingest.writers,
+            hello_writers = c.session.hello_writers,
             m = c.registry.merchants_path,
             d = c.registry.devices_path,
             rules = c.risk.rules_path,

@@ -16,7 +16,7 @@ use wenxiao_gateway::store::cluster::{ClusterStore, EventKind};
 use wenxiao_gateway::store::{IngestCtx, IngestTxn, Proposal, Store, StoreAudit};
 use wenxiao_protocol::*;
 use wenxiao_tests::device::book_purchase;
-use wenxiao_tests::env::{POS, TestEnv};
+use wenxiao_tests::env::{KIOSK, POS, POS2, TestEnv};
 
 fn purchase(device: DeviceId, seq: u64, epoch: Option<u64>) -> IngestTxn {
     let txn = book_purchase(device, seq, 8_000 + seq, 1, 5_000);
@@ -135,6 +135,177 @@ async fn fencing<S: Store + ClusterStore + StoreAudit>(store: &S) {
         some.iter().map(|e| e.event_id).collect::<Vec<_>>(),
         vec![last]
     );
+}
+
+/// The HELLO path's batched store work against a model, over seeded random batches:
+/// devices repeated within a batch and across batches, floors below, at and above what
+/// is stored, seqs with gaps, and one device far enough ahead to need several pages.
+/// Each HELLO's epoch is one more than the device's previous one, in queue order; each
+/// `stored_seq` is the model's contiguous walk and agrees with `Store::stored_seq`; each
+/// HELLO wrote one takeover event.
+async fn welcome_batches<S: Store + ClusterStore>(store: &S, seed: u64) {
+    use rand::{RngExt, SeedableRng};
+    use std::collections::{BTreeSet, HashMap};
+    let policy = wenxiao_gateway::policy::Policy::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.toml"),
+    )
+    .unwrap();
+    let ctx = IngestCtx::new(&policy, 0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let devices: Vec<DeviceId> = (1..=6).map(|i| DeviceId(310_100_000_000 + i)).collect();
+    let walk = |seqs: &BTreeSet<u64>, from: u64| {
+        let mut w = from;
+        while seqs.contains(&(w + 1)) {
+            w += 1;
+        }
+        Seq::new(w)
+    };
+    // The first device is 1,203 rows ahead, with a gap after 1,100: pages of 500.
+    let mut stored: HashMap<DeviceId, BTreeSet<u64>> = HashMap::new();
+    let far: Vec<u64> = (1..=1_100).chain(1_102..=1_104).collect();
+    for chunk in far.chunks(400) {
+        let rows: Vec<IngestTxn> = chunk
+            .iter()
+            .map(|&q| purchase(devices[0], q, None))
+            .collect();
+        store.ingest_leased(&rows, &ctx).await.unwrap();
+    }
+    stored.insert(devices[0], far.into_iter().collect());
+    let mut epochs: HashMap<DeviceId, u64> = HashMap::new();
+    let mut checkpoints: HashMap<DeviceId, u64> = HashMap::new();
+    let mut takeovers = 0;
+    for round in 0..30 {
+        // Some rows, with gaps.
+        let mut rows = Vec::new();
+        for d in &devices[1..] {
+            for _ in 0..rng.random_range(0..4) {
+                let seqs = stored.entry(*d).or_default();
+                let next = seqs.last().copied().unwrap_or(0) + rng.random_range(1..3);
+                seqs.insert(next);
+                rows.push(purchase(*d, next, None));
+            }
+        }
+        store.ingest_leased(&rows, &ctx).await.unwrap();
+        // A session's end checkpoints what it had stored (the highest checkpoint stands).
+        if rng.random_bool(0.3) {
+            let d = devices[rng.random_range(0..devices.len())];
+            let top = walk(stored.get(&d).unwrap_or(&BTreeSet::new()), 0).map_or(0, Seq::get);
+            if let Some(c) = Seq::new(rng.random_range(0..=top)) {
+                store.checkpoint_stored_seq(d, c).await.unwrap();
+                let mark = checkpoints.entry(d).or_insert(0);
+                *mark = (*mark).max(c.get());
+            }
+        }
+        // A batch of HELLOs.
+        let asked: Vec<(DeviceId, Option<Seq>)> = (0..rng.random_range(1..12))
+            .map(|_| {
+                let d = devices[rng.random_range(0..devices.len())];
+                let top = stored.get(&d).and_then(|s| s.last().copied()).unwrap_or(0);
+                let floor = match rng.random_range(0..4) {
+                    0 => None,
+                    1 => Seq::new(top + 1),
+                    _ => Seq::new(rng.random_range(0..=top)),
+                };
+                (d, floor)
+            })
+            .collect();
+        let got = store
+            .welcome_batch(asked.clone(), format!("node-{}", round % 2), 1_000 + round)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), asked.len());
+        for ((d, floor), (epoch, seq)) in asked.iter().zip(&got) {
+            let e = epochs.entry(*d).or_insert(0);
+            *e += 1;
+            assert_eq!(*epoch, *e, "round {round}: epoch of {d}");
+            let empty = BTreeSet::new();
+            let from = floor.map_or_else(|| checkpoints.get(d).copied().unwrap_or(0), Seq::get);
+            let want = walk(stored.get(d).unwrap_or(&empty), from);
+            assert_eq!(
+                *seq, want,
+                "round {round}: stored_seq of {d} from {floor:?}"
+            );
+            assert_eq!(store.stored_seq(*d, *floor).await.unwrap(), want);
+            takeovers += 1;
+        }
+        for (d, e) in &epochs {
+            assert_eq!(store.lease(*d).await.unwrap().unwrap().epoch, *e);
+        }
+    }
+    let events = store.events_after(0, 10_000).await.unwrap();
+    let bodies: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == Some(EventKind::Takeover))
+        .filter_map(|e| wenxiao_gateway::store::cluster::parse_takeover(&e.body))
+        .map(|(d, e, _)| (d, e))
+        .collect();
+    assert_eq!(bodies.len(), takeovers, "one takeover event per HELLO");
+    for (d, e) in &epochs {
+        let mine: BTreeSet<u64> = bodies
+            .iter()
+            .filter(|(x, _)| x == d)
+            .map(|(_, e)| *e)
+            .collect();
+        assert_eq!(mine, (1..=*e).collect(), "the events of {d}");
+    }
+    assert!(
+        store
+            .welcome_batch(Vec::new(), "n".into(), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_batches_match_the_model_on_sqlite() {
+    for seed in 0..3 {
+        let (store, _dir) = wenxiao_tests::fresh_sqlite_store().await;
+        welcome_batches(&store, seed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_batches_match_the_model_on_postgres() {
+    for seed in 0..3 {
+        let store = wenxiao_tests::fresh_pg_store().await;
+        welcome_batches(&store, seed).await;
+    }
+}
+
+/// Two nodes' lease writers taking overlapping devices at once, in opposite orders:
+/// no deadlock is left standing (PostgreSQL would abort one, and it runs again), and
+/// every HELLO gets its own epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_welcome_batches_take_distinct_epochs() {
+    let store = wenxiao_tests::fresh_pg_store().await;
+    let devices: Vec<DeviceId> = (1..=200).map(|i| DeviceId(310_100_000_000 + i)).collect();
+    let mut tasks = Vec::new();
+    for k in 0..8u64 {
+        let s = store.clone();
+        let mut mine: Vec<(DeviceId, Option<Seq>)> = devices.iter().map(|d| (*d, None)).collect();
+        if k % 2 == 1 {
+            mine.reverse();
+        }
+        tasks.push(tokio::spawn(async move {
+            s.welcome_batch(mine, format!("node-{k}"), 1).await.unwrap()
+        }));
+    }
+    let mut per_device: std::collections::HashMap<DeviceId, Vec<u64>> = Default::default();
+    for (k, t) in tasks.into_iter().enumerate() {
+        let mut mine: Vec<DeviceId> = devices.clone();
+        if k % 2 == 1 {
+            mine.reverse();
+        }
+        for (d, (epoch, _)) in mine.into_iter().zip(t.await.unwrap()) {
+            per_device.entry(d).or_default().push(epoch);
+        }
+    }
+    for (d, mut e) in per_device {
+        e.sort_unstable();
+        assert_eq!(e, (1..=8).collect::<Vec<u64>>(), "the epochs of {d}");
+        assert_eq!(store.lease(d).await.unwrap().unwrap().epoch, 8);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,4 +452,76 @@ async fn a_takeover_made_while_a_listener_was_cut_off_still_closes_the_old_sessi
     assert_eq!((d.rows, d.max_seq), (2, 2));
     ga.shutdown().unwrap();
     gb.shutdown().unwrap();
+}
+
+/// The HELLO queue is bounded: while the store cannot take leases (their table locked),
+/// one HELLO waits in the writer, one in the queue (`hello_queue_max = 1`), and the next
+/// is refused with STORE_UNAVAILABLE at once. Once the store is back, the two waiting get
+/// their WELCOME with their own epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_past_the_queue_are_refused_while_the_store_is_stuck() {
+    let mut env = TestEnv::postgres().await.small_pool();
+    env.config.session.hello_queue_max = 1;
+    let gw = env.start();
+    let blocker = wenxiao_tests::pg_client(&env.config.store.postgres_url).await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE device_leases IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let kinds = [
+        (POS, DeviceKind::Pos),
+        (POS2, DeviceKind::Pos),
+        (KIOSK, DeviceKind::Kiosk),
+    ];
+    let mut devices = Vec::new();
+    for (id, _) in kinds {
+        devices.push(env.connect(&gw, id).await);
+    }
+    // The first HELLO's batch waits on the lock.
+    devices[0]
+        .send(wenxiao_tests::device::hello(POS, DeviceKind::Pos))
+        .await;
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                   WHERE c.relname = 'device_leases' AND NOT l.granted";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocker
+        .query_one(waiting, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lease writer never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second fills the queue; the third finds it full.
+    devices[1]
+        .send(wenxiao_tests::device::hello(POS2, DeviceKind::Pos))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    devices[2]
+        .send(wenxiao_tests::device::hello(KIOSK, DeviceKind::Kiosk))
+        .await;
+    devices[2].expect_fatal(ErrorCode::StoreUnavailable).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    for (d, (id, _)) in devices.iter_mut().zip(kinds).take(2) {
+        match d.frame().await {
+            Message::Welcome(w) => assert_eq!(w.stored_seq, None, "{id}"),
+            other => panic!("{id}: expected WELCOME, got {other:?}"),
+        }
+    }
+    let store = wenxiao_gateway::server::open_store(&env.config).unwrap();
+    assert_eq!(store.lease(POS).await.unwrap().unwrap().epoch, 1);
+    assert_eq!(store.lease(POS2).await.unwrap().unwrap().epoch, 1);
+    assert_eq!(
+        store.lease(KIOSK).await.unwrap(),
+        None,
+        "a refused HELLO took a lease"
+    );
+    // And the refused device comes back.
+    let mut again = env.connect(&gw, KIOSK).await;
+    again.hello().await;
 }

@@ -5,8 +5,6 @@ use super::{Phase, Replaced, Session};
 use crate::clock;
 use crate::metrics as m;
 use crate::registry::{Device, Merchant};
-use crate::store::Store;
-use crate::store::cluster::ClusterStore;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,37 +49,36 @@ impl Session {
         }
         self.phase = Phase::Welcoming;
         self.device_id = Some(device.device_id);
-        let store = shared.store.clone();
         let floor = shared
             .watermarks
             .get(&device.device_id)
             .and_then(|w| Seq::new(*w));
-        let node = shared.node_id.clone();
         // The lease first: once it is ours, whatever the previous holder committed is in
-        // the store, and whatever it writes later is refused; then `stored_seq`.
-        let lookup = shared.store_rt.spawn(async move {
-            let lease = store
-                .acquire_lease(device.device_id, node, clock::now_ms())
-                .await?;
-            let stored = store.stored_seq(device.device_id, floor).await?;
-            Ok::<_, crate::store::StoreError>((lease.epoch, stored))
-        });
+        // the store, and whatever it writes later is refused; then `stored_seq`. The lease
+        // writers do both for every HELLO queued meanwhile, in one transaction.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = super::leases::WelcomeAsk {
+            device: device.device_id,
+            floor,
+            reply,
+        };
+        if shared.welcomes.try_send(ask).is_err() {
+            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "hello_queue_full")
+                .increment(1);
+            return self.fail(
+                ctx,
+                ErrorCode::StoreUnavailable,
+                "too many HELLOs are waiting for the store",
+            );
+        }
         // `wait`: no other frame is handled before WELCOME is out.
         ctx.wait(
-            actix::fut::wrap_future(lookup).map(move |res, act: &mut Session, ctx| {
+            actix::fut::wrap_future(answer).map(move |res, act: &mut Session, ctx| {
                 if matches!(act.phase, Phase::Closing) {
                     return;
                 }
-                let (epoch, stored) = match res {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "stored_seq lookup failed");
-                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "stored_seq task failed");
-                        return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
-                    }
+                let Ok(Some((epoch, stored))) = res else {
+                    return act.fail(ctx, ErrorCode::StoreUnavailable, "store unavailable");
                 };
                 act.lease_epoch = epoch;
                 act.welcome(device, merchant, stored, ctx);

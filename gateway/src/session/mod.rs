@@ -13,6 +13,7 @@
 mod credits;
 mod hello;
 mod hotlist;
+mod leases;
 mod points;
 mod shared;
 mod txn;

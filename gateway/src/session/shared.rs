@@ -66,6 +66,8 @@ pub struct Shared {
     pub(super) hotlist_acks: tokio::sync::mpsc::Sender<(DeviceId, u32, i64)>,
     /// Ended sessions' `stored_seq` checkpoints, for the one task that writes them.
     pub(super) checkpoints: tokio::sync::mpsc::Sender<(DeviceId, Seq)>,
+    /// HELLOs waiting for their lease and `stored_seq`, for the lease writers.
+    pub(super) welcomes: super::leases::WelcomeSender,
     session_base: u64,
     session_next: AtomicU64,
     pub(super) decoder: Decoder,
@@ -95,6 +97,17 @@ impl Shared {
         // stay unique across restarts of one node.
         let start = u64::try_from(clock::now_ms()).unwrap_or(0);
         let node_id = node_id(&config.server.node_id);
+        let welcomes = {
+            let _enter = store_rt.enter();
+            let se = &config.session;
+            super::leases::start(
+                store.clone(),
+                node_id.clone(),
+                se.hello_queue_max,
+                se.hello_batch_max,
+                se.hello_writers,
+            )
+        };
         Self {
             config,
             policy,
@@ -117,6 +130,7 @@ impl Shared {
             hotlist_versions: DashMap::new(),
             hotlist_acks,
             checkpoints,
+            welcomes,
             session_base: start << 20,
             session_next: AtomicU64::new(0),
             decoder,

@@ -4,7 +4,7 @@
 
 use super::StoreError;
 use std::future::Future;
-use wenxiao_protocol::DeviceId;
+use wenxiao_protocol::{DeviceId, Seq};
 
 /// The PostgreSQL NOTIFY channel an outbox event's id is announced on.
 pub const EVENTS_CHANNEL: &str = "wenxiao_events";
@@ -94,6 +94,20 @@ pub trait ClusterStore {
         node: String,
         now_ms: i64,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// The HELLO path's store work for a batch of HELLOs, in one transaction: each
+    /// device's lease taken for `node` (epoch one more, a takeover event written with
+    /// it), then its `stored_seq` read above its floor (as [`super::Store::stored_seq`]),
+    /// which sees whatever the previous holder committed. A device twice in `hellos`
+    /// takes two epochs, in order. Returns, in `hellos`' order, each one's epoch and
+    /// `stored_seq`. PostgreSQL takes the leases in device order, so two nodes' batches
+    /// never wait on each other in a circle.
+    fn welcome_batch(
+        &self,
+        hellos: Vec<(DeviceId, Option<Seq>)>,
+        node: String,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(u64, Option<Seq>)>, StoreError>> + Send;
 
     /// A device's lease, if it ever had one.
     fn lease(

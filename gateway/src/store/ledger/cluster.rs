@@ -2,10 +2,10 @@
 
 use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
 use super::super::cluster::{ClusterStore, EVENTS_CHANNEL, Event, EventKind, Lease, takeover_body};
-use super::super::{IngestTxn, StoreError, db_u64, from_db_u64};
-use super::Ledger;
+use super::super::{IngestTxn, StoreError, advance_watermark, db_u64, from_db_u64};
+use super::{Ledger, TXN_RETRIES_MAX};
 use std::collections::{HashMap, HashSet};
-use wenxiao_protocol::DeviceId;
+use wenxiao_protocol::{DeviceId, Seq};
 
 /// The leases of a batch's devices, held `FOR SHARE` to the commit: a HELLO taking one of
 /// them over waits for this transaction, and every later batch sees the new epoch.
@@ -30,12 +30,7 @@ pub(super) async fn append_event<T: Tx>(
         )
         .await?
         .int(0)?;
-    tx.execute(
-        &Sql::pg_only("SELECT pg_notify('wenxiao_events', $1)"), // EVENTS_CHANNEL
-        params![id.to_string()],
-    )
-    .await?;
-    debug_assert_eq!(EVENTS_CHANNEL, "wenxiao_events");
+    notify(tx, id).await?;
     Ok(id)
 }
 
@@ -119,6 +114,217 @@ fn lease_of(r: &super::super::backend::Row) -> Result<Lease, StoreError> {
     })
 }
 
+/// Takes a round's leases (distinct devices, in device order) for one node, returning
+/// `device_id, epoch` rows. PostgreSQL inserts in the order of its `SELECT`, so the rows
+/// are locked in device order.
+const TAKE_LEASES: Bulk = Bulk {
+    pg: "INSERT INTO device_leases (device_id, node_id, epoch, acquired_at_ms) \
+         SELECT d, n, 1, a FROM unnest($1::int8[], $2::text[], $3::int8[]) AS x(d, n, a) \
+         ORDER BY d ON CONFLICT (device_id) DO UPDATE \
+         SET epoch = device_leases.epoch + 1, node_id = excluded.node_id, \
+         acquired_at_ms = excluded.acquired_at_ms RETURNING device_id, epoch",
+    lite: "INSERT INTO device_leases (device_id, node_id, epoch, acquired_at_ms) \
+           VALUES (?1, ?2, 1, ?3) ON CONFLICT (device_id) DO UPDATE \
+           SET epoch = device_leases.epoch + 1, node_id = excluded.node_id, \
+           acquired_at_ms = excluded.acquired_at_ms RETURNING device_id, epoch",
+};
+
+/// Appends events (`kind, body, at_ms` columns), returning their ids.
+const APPEND_EVENTS: Bulk = Bulk {
+    pg: "INSERT INTO outbox (kind, body, at_ms) \
+         SELECT k, b, a FROM unnest($1::text[], $2::text[], $3::int8[]) AS x(k, b, a) \
+         RETURNING event_id",
+    lite: "INSERT INTO outbox (kind, body, at_ms) VALUES (?1, ?2, ?3) RETURNING event_id",
+};
+
+/// The `stored_seq` checkpoints of a batch's devices.
+const CHECKPOINTS_OF: Bulk = Bulk {
+    pg: "SELECT device_id, stored_seq FROM device_seq_checkpoints \
+         WHERE device_id = ANY($1::int8[])",
+    lite: "SELECT device_id, stored_seq FROM device_seq_checkpoints WHERE device_id = ?1",
+};
+
+/// Rows of one device a WELCOME batch reads per round above its watermark; a device with
+/// more goes on in the next round. Bounds one statement at `hello_batch_max` × this.
+pub(crate) const WELCOME_PAGE_ROWS: i64 = 500;
+
+/// The seqs above each device's watermark (`device, watermark` columns), at most
+/// [`WELCOME_PAGE_ROWS`] per device, as `device_id, seq` rows.
+const SEQS_ABOVE: Bulk = Bulk {
+    pg: "SELECT w.d, t.seq FROM unnest($1::int8[], $2::int8[]) AS w(d, s) \
+         CROSS JOIN LATERAL (SELECT seq FROM txns WHERE device_id = w.d AND seq > w.s \
+         ORDER BY seq LIMIT 500) AS t",
+    lite: "SELECT device_id, seq FROM txns WHERE device_id = ?1 AND seq > ?2 \
+           ORDER BY seq LIMIT 500",
+};
+
+/// Takes the leases of `devices` (any order, repeats allowed) for `node` in `tx` and
+/// writes one takeover event for each; returns the epochs in `devices`' order.
+async fn take_leases<T: Tx>(
+    tx: &mut T,
+    devices: &[DeviceId],
+    node: &str,
+    now_ms: i64,
+) -> Result<Vec<u64>, StoreError> {
+    let mut epochs = vec![0; devices.len()];
+    // Rounds of distinct devices: one statement may change a row only once, so a device's
+    // second HELLO in the batch takes the next epoch in the next round.
+    let mut left: Vec<(usize, DeviceId)> = devices.iter().copied().enumerate().collect();
+    while !left.is_empty() {
+        let mut seen = HashSet::new();
+        let (mut round, rest): (Vec<_>, Vec<_>) =
+            left.into_iter().partition(|(_, d)| seen.insert(*d));
+        round.sort_by_key(|(_, d)| *d);
+        let n = round.len();
+        let ids: Vec<i64> = round.iter().map(|(_, d)| db_u64(d.get())).collect();
+        let taken: HashMap<i64, u64> = tx
+            .bulk(
+                &TAKE_LEASES,
+                &[
+                    Col::Int(ids),
+                    Col::Text(vec![node.to_owned(); n]),
+                    Col::Int(vec![now_ms; n]),
+                ],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.int(0)?, from_db_u64(r.int(1)?))))
+            .collect::<Result<_, StoreError>>()?;
+        for (i, d) in round {
+            let epoch = taken.get(&db_u64(d.get())).copied().ok_or_else(|| {
+                StoreError::Corrupt(format!("no lease row returned for device {d}"))
+            })?;
+            if let Some(slot) = epochs.get_mut(i) {
+                *slot = epoch;
+            }
+        }
+        left = rest;
+    }
+    let n = devices.len();
+    let bodies = devices
+        .iter()
+        .zip(&epochs)
+        .map(|(d, e)| takeover_body(*d, *e, node))
+        .collect();
+    let ids = tx
+        .bulk(
+            &APPEND_EVENTS,
+            &[
+                Col::Text(vec![EventKind::Takeover.name().to_owned(); n]),
+                Col::Text(bodies),
+                Col::Int(vec![now_ms; n]),
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.int(0))
+        .collect::<Result<Vec<i64>, _>>()?;
+    // One NOTIFY for the batch: a listener reads the outbox from its cursor at any
+    // notification, so the payload (the highest id) is only a hint.
+    if let Some(high) = ids.iter().max() {
+        notify(tx, *high).await?;
+    }
+    Ok(epochs)
+}
+
+/// The `stored_seq` of each `(device, floor)` in `tx` (see `Store::stored_seq`).
+async fn stored_seqs<T: Tx>(
+    tx: &mut T,
+    asked: &[(DeviceId, Option<Seq>)],
+) -> Result<HashMap<(DeviceId, Option<Seq>), Option<Seq>>, StoreError> {
+    let distinct: HashSet<(DeviceId, Option<Seq>)> = asked.iter().copied().collect();
+    let unfloored: Vec<i64> = distinct
+        .iter()
+        .filter(|(_, f)| f.is_none())
+        .map(|(d, _)| db_u64(d.get()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let checkpoints: HashMap<i64, u64> = tx
+        .bulk(&CHECKPOINTS_OF, &[Col::Int(unfloored)])
+        .await?
+        .iter()
+        .map(|r| Ok((r.int(0)?, from_db_u64(r.int(1)?))))
+        .collect::<Result<_, StoreError>>()?;
+    let mut marks: Vec<((DeviceId, Option<Seq>), u64)> = distinct
+        .into_iter()
+        .map(|(d, f)| {
+            let start = f.map_or_else(
+                || checkpoints.get(&db_u64(d.get())).copied().unwrap_or(0),
+                Seq::get,
+            );
+            ((d, f), start)
+        })
+        .collect();
+    marks.sort_unstable();
+    let mut done = HashMap::with_capacity(marks.len());
+    while !marks.is_empty() {
+        // A device asked with two floors is walked once per floor, in separate rounds.
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<_>, Vec<_>) =
+            marks.into_iter().partition(|((d, _), _)| seen.insert(*d));
+        let mut pages: HashMap<i64, Vec<i64>> = HashMap::new();
+        for r in tx
+            .bulk(
+                &SEQS_ABOVE,
+                &[
+                    Col::Int(round.iter().map(|((d, _), _)| db_u64(d.get())).collect()),
+                    Col::Int(round.iter().map(|(_, w)| db_u64(*w)).collect()),
+                ],
+            )
+            .await?
+        {
+            pages.entry(r.int(0)?).or_default().push(r.int(1)?);
+        }
+        marks = later;
+        for (key, watermark) in round {
+            let mut page = pages.remove(&db_u64(key.0.get())).unwrap_or_default();
+            page.sort_unstable();
+            let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= WELCOME_PAGE_ROWS;
+            let (next, go_on) = advance_watermark(watermark, &page);
+            if go_on && full {
+                marks.push((key, next));
+            } else {
+                done.insert(key, Seq::new(next));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Announces outbox events at the commit (PostgreSQL; the embedded store is polled).
+async fn notify<T: Tx>(tx: &mut T, event_id: i64) -> Result<(), StoreError> {
+    tx.execute(
+        &Sql::pg_only("SELECT pg_notify('wenxiao_events', $1)"), // EVENTS_CHANNEL
+        params![event_id.to_string()],
+    )
+    .await?;
+    debug_assert_eq!(EVENTS_CHANNEL, "wenxiao_events");
+    Ok(())
+}
+
+impl<B: Backend> Ledger<B> {
+    async fn welcome_batch_once(
+        &self,
+        hellos: &[(DeviceId, Option<Seq>)],
+        node: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(u64, Option<Seq>)>, StoreError> {
+        let mut tx = self.backend.begin(TxMode::Write).await?;
+        let devices: Vec<DeviceId> = hellos.iter().map(|(d, _)| *d).collect();
+        let epochs = take_leases(&mut tx, &devices, node, now_ms).await?;
+        // READ COMMITTED: these reads see what the previous holders committed while the
+        // upsert waited for their ingest transactions.
+        let seqs = stored_seqs(&mut tx, hellos).await?;
+        tx.commit().await?;
+        Ok(hellos
+            .iter()
+            .zip(epochs)
+            .map(|(h, e)| (e, seqs.get(h).copied().flatten()))
+            .collect())
+    }
+}
+
 impl<B: Backend> ClusterStore for Ledger<B> {
     async fn acquire_lease(
         &self,
@@ -127,32 +333,25 @@ impl<B: Backend> ClusterStore for Ledger<B> {
         now_ms: i64,
     ) -> Result<Lease, StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
-        let epoch = tx
-            .query_one(
-                &Sql::both(
-                    "INSERT INTO device_leases (device_id, node_id, epoch, acquired_at_ms) \
-                     VALUES ($1, $2, 1, $3) ON CONFLICT (device_id) DO UPDATE \
-                     SET epoch = device_leases.epoch + 1, node_id = excluded.node_id, \
-                     acquired_at_ms = excluded.acquired_at_ms RETURNING epoch",
-                ),
-                params![db_u64(device.get()), node.as_str(), now_ms],
-            )
-            .await?
-            .int(0)?;
-        let epoch = from_db_u64(epoch);
-        append_event(
-            &mut tx,
-            EventKind::Takeover,
-            &takeover_body(device, epoch, &node),
-            now_ms,
-        )
-        .await?;
+        let epoch = take_leases(&mut tx, &[device], &node, now_ms).await?;
         tx.commit().await?;
         Ok(Lease {
             device_id: device,
             node_id: node,
-            epoch,
+            epoch: epoch.first().copied().unwrap_or_default(),
         })
+    }
+
+    async fn welcome_batch(
+        &self,
+        hellos: Vec<(DeviceId, Option<Seq>)>,
+        node: String,
+        now_ms: i64,
+    ) -> Result<Vec<(u64, Option<Seq>)>, StoreError> {
+        if hellos.is_empty() {
+            return Ok(Vec::new());
+        }
+        retried!(self.welcome_batch_once(&hellos, &node, now_ms))
     }
 
     async fn lease(&self, device: DeviceId) -> Result<Option<Lease>, StoreError> {
@@ -239,5 +438,17 @@ impl<B: Backend> ClusterStore for Ledger<B> {
             .await?;
         tx.commit().await?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SEQS_ABOVE, WELCOME_PAGE_ROWS};
+
+    #[test]
+    fn the_welcome_page_statements_read_the_page_bound() {
+        let limit = format!("LIMIT {WELCOME_PAGE_ROWS}");
+        assert!(SEQS_ABOVE.pg.contains(&limit), "{}", SEQS_ABOVE.pg);
+        assert!(SEQS_ABOVE.lite.contains(&limit), "{}", SEQS_ABOVE.lite);
     }
 }

@@ -8,6 +8,36 @@
 //!    it finds no room, so a failed attempt keeps no lock), or every shard in shard order;
 //! 2. a card's credits, all of them, in credit-id order, before any one is changed.
 
+// Defined before the modules, so that they can use it.
+/// Runs `$op` (an expression producing a fresh future each time) again while it fails
+/// with an error the backend calls retryable, at most [`TXN_RETRIES_MAX`] more times.
+macro_rules! retried {
+    ($op:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $op.await {
+                Err(e) if B::retryable(&e) && attempt < TXN_RETRIES_MAX => {
+                    attempt += 1;
+                    let text = e.to_string();
+                    let cause = if text.contains("deadlock") {
+                        "deadlock"
+                    } else if text.contains("serializ") {
+                        "serialization"
+                    } else if text.contains("locked") || text.contains("busy") {
+                        "busy"
+                    } else {
+                        "other"
+                    };
+                    metrics::counter!(crate::metrics::STORE_RETRIES_TOTAL, "cause" => cause)
+                        .increment(1);
+                    tracing::debug!(error = %e, attempt, cause, "transaction retried");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 mod audit;
 mod budget;
 mod clearing;
@@ -130,35 +160,6 @@ impl AnyStore {
 
 /// Times a transaction aborted by a deadlock or a serialization failure is run again.
 const TXN_RETRIES_MAX: u32 = 5;
-
-/// Runs `$op` (an expression producing a fresh future each time) again while it fails
-/// with an error the backend calls retryable, at most [`TXN_RETRIES_MAX`] more times.
-macro_rules! retried {
-    ($op:expr) => {{
-        let mut attempt = 0;
-        loop {
-            match $op.await {
-                Err(e) if B::retryable(&e) && attempt < TXN_RETRIES_MAX => {
-                    attempt += 1;
-                    let text = e.to_string();
-                    let cause = if text.contains("deadlock") {
-                        "deadlock"
-                    } else if text.contains("serializ") {
-                        "serialization"
-                    } else if text.contains("locked") || text.contains("busy") {
-                        "busy"
-                    } else {
-                        "other"
-                    };
-                    metrics::counter!(crate::metrics::STORE_RETRIES_TOTAL, "cause" => cause)
-                        .increment(1);
-                    tracing::debug!(error = %e, attempt, cause, "transaction retried");
-                }
-                other => break other,
-            }
-        }
-    }};
-}
 
 /// Serialises migrations across gateway nodes sharing one database.
 const MIGRATION_LOCK: Sql = Sql::pg_only("SELECT pg_advisory_xact_lock(1465384961)");
