@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub batch_linger_us: Option<u64>,
     /// The gateway's `[credits] push_window` (None: its default).
     pub push_window: Option<u16>,
+    /// Where the HDR plot of the ack latency goes (SVG).
+    pub plot_path: PathBuf,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -447,6 +449,42 @@ impl GatewayPeer {
     }
 }
 
+/// Joins the shards' ack-latency histograms, prints their quantiles and writes the HDR
+/// plot (all shards, then each shard when there are several) to `path`.
+fn plot_ack_latency(title: &str, reports: &[Value], path: &Path) -> anyhow::Result<()> {
+    let mut all = crate::device::latency_histogram();
+    let mut shards = Vec::new();
+    for r in reports {
+        let text = r["ack_latency_hdr"].as_str().unwrap_or_default();
+        let h = crate::report::decode_hdr(text)
+            .with_context(|| format!("the ack latency of shard {}", r["shard"]))?;
+        all.add(&h)?;
+        shards.push((r["shard"].as_str().unwrap_or("?").to_owned(), h));
+    }
+    let q = crate::report::Quantiles::of(&all);
+    println!(
+        "ack latency (all shards) p50 {} µs · p99 {} µs · p999 {} µs · max {} µs (n = {})",
+        q.p50_us, q.p99_us, q.p999_us, q.max_us, q.n
+    );
+    let mut series = vec![crate::plot::Series {
+        name: "all shards".to_owned(),
+        hist: &all,
+    }];
+    if shards.len() > 1 {
+        series.extend(shards.iter().map(|(name, h)| crate::plot::Series {
+            name: format!("shard {name}"),
+            hist: h,
+        }));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let svg = crate::plot::percentile_svg(&format!("{title}: ack latency by percentile"), &series);
+    std::fs::write(path, svg).with_context(|| format!("write {}", path.display()))?;
+    println!("ack latency plot: {}", path.display());
+    Ok(())
+}
+
 pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
     let scenario = Scenario::load(&o.scenario_path)?;
     let mut extra = String::new();
@@ -561,6 +599,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<bool> {
         max(&["ack_latency", "p99_us"]),
         max(&["ack_latency", "p999_us"])
     );
+    plot_ack_latency(&scenario.description, &reports, &o.plot_path)?;
     println!(
         "sessions: peak {} open (sum of shards) · reconnects {} · failed connects {}",
         sum(&["sessions", "peak_open"]),

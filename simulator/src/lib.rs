@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod card;
 pub mod check;
+pub mod cli;
 pub mod console;
 pub mod demo;
 pub mod device;
@@ -15,6 +16,7 @@ pub mod fraud;
 pub mod hotlist;
 pub mod http;
 pub mod plan;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;

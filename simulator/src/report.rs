@@ -57,6 +57,26 @@ impl Quantiles {
     }
 }
 
+/// A histogram in HdrHistogram's V2 deflate form, base64 (empty if it cannot be written).
+pub fn encode_hdr(h: &Histogram<u64>) -> String {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Serializer as _;
+    let mut bytes = Vec::new();
+    match hdrhistogram::serialization::V2DeflateSerializer::new().serialize(h, &mut bytes) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(bytes),
+        Err(_) => String::new(),
+    }
+}
+
+/// A histogram written by [`encode_hdr`].
+pub fn decode_hdr(text: &str) -> anyhow::Result<Histogram<u64>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text)?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("not an HdrHistogram: {e:?}"))
+}
+
 /// Transactions.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TxnFigures {
@@ -358,6 +378,9 @@ pub struct Report {
     pub peak_stored_per_s: u64,
     /// TXN written → TXN_ACK read.
     pub ack_latency: Quantiles,
+    /// The same, whole: HdrHistogram's V2 compressed form, base64 (see [`encode_hdr`]), so
+    /// the bench can join the shards' histograms and plot them.
+    pub ack_latency_hdr: String,
     /// Sessions.
     pub sessions: SessionFigures,
     /// Reconnect storms.
@@ -480,6 +503,7 @@ impl Report {
             stored_per_s,
             peak_stored_per_s: day.peak_acked_per_s,
             ack_latency: Quantiles::of(&ack),
+            ack_latency_hdr: encode_hdr(&ack),
             sessions: SessionFigures {
                 devices: run.devices,
                 peak_open: day.peak_sessions,
@@ -936,6 +960,18 @@ pub fn group(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_survive_the_report() {
+        let mut h = latency_histogram();
+        for v in [1_u64, 250, 1_000, 99_000, 600_000_000] {
+            h.record(v).unwrap();
+        }
+        let back = decode_hdr(&encode_hdr(&h)).unwrap();
+        assert_eq!(back, h);
+        assert!(decode_hdr("not base64!").is_err());
+        assert!(decode_hdr("AAAA").is_err());
+    }
 
     #[test]
     fn money_and_numbers_print_exactly() {
