@@ -55,21 +55,28 @@ impl Session {
             .and_then(|w| Seq::new(*w));
         // The lease first: once it is ours, whatever the previous holder committed is in
         // the store, and whatever it writes later is refused; then `stored_seq`. The lease
-        // writers do both for every HELLO queued meanwhile, in one transaction.
+        // writers do both for every HELLO queued meanwhile at once.
         let (reply, answer) = tokio::sync::oneshot::channel();
         let ask = super::leases::WelcomeAsk {
             device: device.device_id,
             floor,
             reply,
         };
-        if shared.welcomes.try_send(ask).is_err() {
-            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "hello_queue_full")
-                .increment(1);
-            return self.fail(
-                ctx,
-                ErrorCode::StoreUnavailable,
-                "too many HELLOs are waiting for the store",
-            );
+        match shared.welcomes.try_send(ask) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "hello_queue_full")
+                    .increment(1);
+                return self.fail(
+                    ctx,
+                    ErrorCode::StoreUnavailable,
+                    "too many HELLOs are waiting for the store",
+                );
+            }
+            // The lease writers have ended: the gateway is stopping.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                return self.fail(ctx, ErrorCode::ShuttingDown, "gateway is shutting down");
+            }
         }
         // `wait`: no other frame is handled before WELCOME is out.
         ctx.wait(

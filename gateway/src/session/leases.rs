@@ -1,6 +1,6 @@
 //! The HELLO path's store work in batches: one transaction takes the device leases of
-//! every HELLO queued meanwhile and reads their `stored_seq`s (group commit, as the ingest
-//! writers do for TXNs). A reconnect storm of thousands of devices then costs tens of
+//! every HELLO queued meanwhile, then one read finds their `stored_seq`s (group commit, as
+//! the ingest writers do for TXNs). A reconnect storm of thousands of devices then costs tens of
 //! transactions, not thousands, and holds `session.hello_writers` pooled connections, not
 //! the whole pool.
 

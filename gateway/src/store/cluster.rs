@@ -95,10 +95,10 @@ pub trait ClusterStore {
         now_ms: i64,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
 
-    /// The HELLO path's store work for a batch of HELLOs, in one transaction: each
+    /// The HELLO path's store work for a batch of HELLOs: in one transaction, each
     /// device's lease taken for `node` (epoch one more, a takeover event written with
-    /// it), then its `stored_seq` read above its floor (as [`super::Store::stored_seq`]),
-    /// which sees whatever the previous holder committed. A device twice in `hellos`
+    /// it); once that has committed, its `stored_seq` read above its floor (as
+    /// [`super::Store::stored_seq`]), which sees whatever the previous holder committed. A device twice in `hellos`
     /// takes two epochs, in order. Returns, in `hellos`' order, each one's epoch and
     /// `stored_seq`. PostgreSQL takes the leases in device order, so two nodes' batches
     /// never wait on each other in a circle.

@@ -8,9 +8,12 @@ use std::collections::{HashMap, HashSet};
 use wenxiao_protocol::{DeviceId, Seq};
 
 /// The leases of a batch's devices, held `FOR SHARE` to the commit: a HELLO taking one of
-/// them over waits for this transaction, and every later batch sees the new epoch.
+/// them over waits for this transaction, and every later batch sees the new epoch. Locked
+/// in device order (PostgreSQL locks the rows as the sort returns them), the order the
+/// lease writers take them in, so the two never wait on each other in a circle.
 const LEASES_FOR_SHARE: Bulk = Bulk {
-    pg: "SELECT device_id, epoch FROM device_leases WHERE device_id = ANY($1::int8[]) FOR SHARE",
+    pg: "SELECT device_id, epoch FROM device_leases WHERE device_id = ANY($1::int8[]) \
+         ORDER BY device_id FOR SHARE",
     lite: "SELECT device_id, epoch FROM device_leases WHERE device_id = ?1",
 };
 
@@ -304,24 +307,16 @@ async fn notify<T: Tx>(tx: &mut T, event_id: i64) -> Result<(), StoreError> {
 }
 
 impl<B: Backend> Ledger<B> {
-    async fn welcome_batch_once(
+    async fn take_leases_once(
         &self,
-        hellos: &[(DeviceId, Option<Seq>)],
+        devices: &[DeviceId],
         node: &str,
         now_ms: i64,
-    ) -> Result<Vec<(u64, Option<Seq>)>, StoreError> {
+    ) -> Result<Vec<u64>, StoreError> {
         let mut tx = self.backend.begin(TxMode::Write).await?;
-        let devices: Vec<DeviceId> = hellos.iter().map(|(d, _)| *d).collect();
-        let epochs = take_leases(&mut tx, &devices, node, now_ms).await?;
-        // READ COMMITTED: these reads see what the previous holders committed while the
-        // upsert waited for their ingest transactions.
-        let seqs = stored_seqs(&mut tx, hellos).await?;
+        let epochs = take_leases(&mut tx, devices, node, now_ms).await?;
         tx.commit().await?;
-        Ok(hellos
-            .iter()
-            .zip(epochs)
-            .map(|(h, e)| (e, seqs.get(h).copied().flatten()))
-            .collect())
+        Ok(epochs)
     }
 }
 
@@ -332,9 +327,7 @@ impl<B: Backend> ClusterStore for Ledger<B> {
         node: String,
         now_ms: i64,
     ) -> Result<Lease, StoreError> {
-        let mut tx = self.backend.begin(TxMode::Write).await?;
-        let epoch = take_leases(&mut tx, &[device], &node, now_ms).await?;
-        tx.commit().await?;
+        let epoch = retried!(self.take_leases_once(&[device], &node, now_ms))?;
         Ok(Lease {
             device_id: device,
             node_id: node,
@@ -351,7 +344,18 @@ impl<B: Backend> ClusterStore for Ledger<B> {
         if hellos.is_empty() {
             return Ok(Vec::new());
         }
-        retried!(self.welcome_batch_once(&hellos, &node, now_ms))
+        let devices: Vec<DeviceId> = hellos.iter().map(|(d, _)| *d).collect();
+        let epochs = retried!(self.take_leases_once(&devices, &node, now_ms))?;
+        // After the commit, as `Store::stored_seq` reads: the upsert waited for the
+        // previous holders' ingest transactions, so these reads see their rows, and the
+        // walk holds no lease locked (a far-behind device delays no ingest batch).
+        let mut tx = self.backend.begin(TxMode::Autocommit).await?;
+        let seqs = stored_seqs(&mut tx, &hellos).await?;
+        Ok(hellos
+            .iter()
+            .zip(epochs)
+            .map(|(h, e)| (e, seqs.get(h).copied().flatten()))
+            .collect())
     }
 
     async fn lease(&self, device: DeviceId) -> Result<Option<Lease>, StoreError> {
