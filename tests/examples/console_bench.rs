@@ -18,18 +18,13 @@ use std::time::{Duration, Instant};
 use wenxiao_gateway::console::auth;
 use wenxiao_gateway::store::Store;
 use wenxiao_gateway::store::console::ConsoleStore;
+use wenxiao_tests::arg;
 use wenxiao_tests::env::TestEnv;
 
 /// City cards of the pilot.
 const CARDS: i64 = 3_500_000;
 /// The app's token (residents' queries).
 const APP_TOKEN: &str = "console-bench-app-token";
-
-fn arg(n: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(n)
-        .map_or(default, |a| a.parse().unwrap())
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -20,14 +20,9 @@
 use std::time::{Duration, Instant};
 use wenxiao_gateway::store::StoreAudit;
 use wenxiao_protocol::*;
+use wenxiao_tests::arg;
 use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello};
 use wenxiao_tests::env::TestEnv;
-
-fn arg(n: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(n)
-        .map_or(default, |a| a.parse().unwrap())
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -14,6 +14,13 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The benchmark examples' `n`-th command-line argument as a number, else `default`.
+pub fn arg(n: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(n)
+        .map_or(default, |a| a.parse().unwrap())
+}
+
 static SCHEMAS: AtomicU32 = AtomicU32::new(0);
 
 /// A URL whose connections use a new, empty schema of the test database.

@@ -539,9 +539,6 @@ pub(crate) fn advance_watermark(mut watermark: u64, page: &[i64]) -> (u64, bool)
     (watermark, true)
 }
 
-/// Rows fetched per page when walking seqs above a checkpoint.
-pub(crate) const SEQ_PAGE_ROWS: i64 = 10_000;
-
 /// Migrations, in order: (version, SQL). Written for PostgreSQL; the embedded backend
 /// rewrites the few column types SQLite spells differently, so there is one schema to keep
 /// true.

@@ -37,6 +37,12 @@ pub(super) async fn append_event<T: Tx>(
     Ok(id)
 }
 
+/// Appends the event that has every node read the registry again.
+pub(super) async fn registry_changed<T: Tx>(tx: &mut T) -> Result<(), StoreError> {
+    append_event(tx, EventKind::Registry, "", crate::clock::now_ms()).await?;
+    Ok(())
+}
+
 /// The rows of `batch` whose lease epoch is not their device's current one (fenced),
 /// by index. Rows without an epoch are not fenced. Holds the leases `FOR SHARE`.
 pub(super) async fn fenced<T: Tx>(
@@ -230,8 +236,9 @@ async fn take_leases<T: Tx>(
     Ok(epochs)
 }
 
-/// The `stored_seq` of each `(device, floor)` in `tx` (see `Store::stored_seq`).
-async fn stored_seqs<T: Tx>(
+/// The `stored_seq` of each `(device, floor)` in `tx` (see `Store::stored_seq`, which
+/// calls this for one).
+pub(super) async fn stored_seqs<T: Tx>(
     tx: &mut T,
     asked: &[(DeviceId, Option<Seq>)],
 ) -> Result<HashMap<(DeviceId, Option<Seq>), Option<Seq>>, StoreError> {

@@ -647,13 +647,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
                 params![merchant_id, active],
             )
             .await?;
-        super::cluster::append_event(
-            &mut tx,
-            crate::store::cluster::EventKind::Registry,
-            "",
-            crate::clock::now_ms(),
-        )
-        .await?;
+        super::cluster::registry_changed(&mut tx).await?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -687,13 +681,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             params![db_u64(device_id), kind, merchant_id, active],
         )
         .await?;
-        super::cluster::append_event(
-            &mut tx,
-            crate::store::cluster::EventKind::Registry,
-            "",
-            crate::clock::now_ms(),
-        )
-        .await?;
+        super::cluster::registry_changed(&mut tx).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -706,13 +694,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
                 params![db_u64(device_id), active],
             )
             .await?;
-        super::cluster::append_event(
-            &mut tx,
-            crate::store::cluster::EventKind::Registry,
-            "",
-            crate::clock::now_ms(),
-        )
-        .await?;
+        super::cluster::registry_changed(&mut tx).await?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -759,13 +741,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             params![name, cap_fen, by, now_ms],
         )
         .await?;
-        super::cluster::append_event(
-            &mut tx,
-            crate::store::cluster::EventKind::Registry,
-            "",
-            crate::clock::now_ms(),
-        )
-        .await?;
+        super::cluster::registry_changed(&mut tx).await?;
         tx.commit().await
     }
 
@@ -932,13 +908,7 @@ impl<B: Backend> ConsoleStore for Ledger<B> {
             params![id, merchant_id],
         )
         .await?;
-        super::cluster::append_event(
-            &mut tx,
-            crate::store::cluster::EventKind::Registry,
-            "",
-            crate::clock::now_ms(),
-        )
-        .await?;
+        super::cluster::registry_changed(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(merchant_id))
     }

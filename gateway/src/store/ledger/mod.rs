@@ -53,8 +53,7 @@ use super::backend::{AnyBackend, Backend, Sql, Tx, TxMode, params};
 use super::lite::Lite;
 use super::pg::Pg;
 use super::{
-    AuditFigures, DeviceAudit, MIGRATIONS, SEQ_PAGE_ROWS, Store, StoreAudit, StoreError,
-    advance_watermark, db_u64, from_db_u64,
+    AuditFigures, DeviceAudit, MIGRATIONS, Store, StoreAudit, StoreError, db_u64, from_db_u64,
 };
 use crate::registry::{Category, Device, District, Merchant, MerchantId, Operator, Registry};
 use std::collections::HashMap;
@@ -253,41 +252,14 @@ impl<B: Backend> Store for Ledger<B> {
         device_id: DeviceId,
         floor: Option<Seq>,
     ) -> Result<Option<Seq>, StoreError> {
-        let device = db_u64(device_id.get());
+        // The HELLO path's walk (`welcome_batch`), for one device.
         let mut tx = self.backend.begin(TxMode::Autocommit).await?;
-        let mut watermark = match floor {
-            Some(f) => f.get(),
-            None => match tx
-                .query_opt(
-                    &Sql::both(
-                        "SELECT stored_seq FROM device_seq_checkpoints WHERE device_id = $1",
-                    ),
-                    params![device],
-                )
-                .await?
-            {
-                Some(r) => from_db_u64(r.int(0)?),
-                None => 0,
-            },
-        };
-        let page_sql = Sql::both(
-            "SELECT seq FROM txns WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        );
-        loop {
-            let page = tx
-                .query(&page_sql, params![device, db_u64(watermark), SEQ_PAGE_ROWS])
-                .await?
-                .iter()
-                .map(|r| r.int(0))
-                .collect::<Result<Vec<i64>, _>>()?;
-            let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == SEQ_PAGE_ROWS;
-            let (next, go_on) = advance_watermark(watermark, &page);
-            watermark = next;
-            if !go_on || !full {
-                break;
-            }
-        }
-        Ok(Seq::new(watermark))
+        let key = (device_id, floor);
+        Ok(cluster::stored_seqs(&mut tx, &[key])
+            .await?
+            .get(&key)
+            .copied()
+            .flatten())
     }
 
     async fn checkpoint_stored_seq(&self, device_id: DeviceId, seq: Seq) -> Result<(), StoreError> {
