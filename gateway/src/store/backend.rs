@@ -197,6 +197,24 @@ impl Col {
     }
 }
 
+/// One statement of a [`Tx::pipeline`], with its values.
+#[derive(Debug, Clone)]
+pub enum Step<'a> {
+    /// A statement and its parameters.
+    One(&'a Sql, Vec<Value>),
+    /// A bulk statement over columns (all of one length; none, and it is not run).
+    Bulk(&'a Bulk, Vec<Col>),
+}
+
+/// What one statement of a pipeline did: the rows it returned and the rows it changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    /// The rows it returned.
+    pub(crate) rows: Vec<Row>,
+    /// The rows it changed (for a statement with RETURNING: the rows it returned).
+    pub(crate) changed: u64,
+}
+
 /// One row read back. Accessors check the column's type and range and name the column in
 /// their error: a row never panics, whatever the database holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +332,21 @@ pub trait Tx: Send {
         cols: &[Col],
     ) -> impl Future<Output = Result<Vec<Row>, StoreError>> + Send;
 
+    /// Runs `steps` in order and returns what each did. PostgreSQL sends them all before
+    /// it reads the first answer: one round trip for the lot. The first failure fails the
+    /// call, and the transaction is then aborted (only a rollback is left to do).
+    fn pipeline(
+        &mut self,
+        steps: &[Step<'_>],
+    ) -> impl Future<Output = Result<Vec<Done>, StoreError>> + Send;
+
+    /// Runs `steps` as [`Tx::pipeline`] does, then commits; on PostgreSQL the `COMMIT`
+    /// goes in the same round trip. Nothing is committed unless every step succeeded.
+    fn commit_after(
+        self,
+        steps: &[Step<'_>],
+    ) -> impl Future<Output = Result<Vec<Done>, StoreError>> + Send;
+
     /// Runs several statements without parameters (schema changes).
     fn batch(&mut self, text: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -406,6 +439,17 @@ impl Tx for AnyTx {
 
     async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {
         either!(self, t => t.bulk(sql, cols).await)
+    }
+
+    async fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Done>, StoreError> {
+        either!(self, t => t.pipeline(steps).await)
+    }
+
+    async fn commit_after(self, steps: &[Step<'_>]) -> Result<Vec<Done>, StoreError> {
+        match self {
+            AnyTx::Postgres(t) => t.commit_after(steps).await,
+            AnyTx::Sqlite(t) => t.commit_after(steps).await,
+        }
     }
 
     async fn batch(&mut self, text: &str) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@
 //! `block_in_place` where the runtime allows it, so other store tasks move off it.
 
 use super::StoreError;
-use super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, Value};
+use super::backend::{Backend, Bulk, Col, Done, Row, Sql, Step, Tx, TxMode, Value};
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use std::path::{Path, PathBuf};
@@ -185,6 +185,25 @@ fn run(
     Ok(returned)
 }
 
+/// Runs a bulk statement's single-row text once per row of `cols`, appending what it
+/// returns to `rows`; returns the rows it changed.
+fn run_bulk(
+    conn: &Connection,
+    sql: &Bulk,
+    cols: &[Col],
+    rows: &mut Vec<Row>,
+) -> Result<u64, StoreError> {
+    let n = cols.first().map_or(0, Col::len);
+    let mut params = Vec::with_capacity(cols.len());
+    let mut changed = 0;
+    for i in 0..n {
+        params.clear();
+        params.extend(cols.iter().map(|c| c.value(i)));
+        changed += run(conn, sql.lite, &params, rows)?;
+    }
+    Ok(changed)
+}
+
 impl Tx for LiteTx {
     async fn query(&mut self, sql: &Sql, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let text = sql.lite_text();
@@ -205,18 +224,39 @@ impl Tx for LiteTx {
     }
 
     async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {
-        let n = cols.first().map_or(0, Col::len);
         let mut rows = Vec::new();
-        blocking(|| {
-            let mut params = Vec::with_capacity(cols.len());
-            for i in 0..n {
-                params.clear();
-                params.extend(cols.iter().map(|c| c.value(i)));
-                run(&self.conn, sql.lite, &params, &mut rows)?;
-            }
-            Ok::<_, StoreError>(())
-        })?;
+        blocking(|| run_bulk(&self.conn, sql, cols, &mut rows))?;
         Ok(rows)
+    }
+
+    async fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Done>, StoreError> {
+        // In process there is no round trip to save: one after the other.
+        blocking(|| {
+            steps
+                .iter()
+                .map(|step| {
+                    let mut done = Done::default();
+                    done.changed = match step {
+                        Step::One(sql, params) => {
+                            let text = sql.lite_text();
+                            if text.is_empty() {
+                                0
+                            } else {
+                                run(&self.conn, &text, params, &mut done.rows)?
+                            }
+                        }
+                        Step::Bulk(sql, cols) => run_bulk(&self.conn, sql, cols, &mut done.rows)?,
+                    };
+                    Ok(done)
+                })
+                .collect()
+        })
+    }
+
+    async fn commit_after(mut self, steps: &[Step<'_>]) -> Result<Vec<Done>, StoreError> {
+        let done = self.pipeline(steps).await?;
+        self.commit().await?;
+        Ok(done)
     }
 
     async fn batch(&mut self, text: &str) -> Result<(), StoreError> {

@@ -4,9 +4,14 @@
 //! the transaction owns, so the ledger can hold one across awaits without borrowing the
 //! pool. One dropped before its commit is rolled back on the store runtime before its
 //! connection goes back to the pool; where that cannot be done the connection is closed.
+//!
+//! Round trips: `BEGIN` is not sent on its own but ahead of the transaction's first
+//! statements, and [`Tx::pipeline`] and [`Tx::commit_after`] send all their statements
+//! (and the `COMMIT`) before reading the first answer, as tokio-postgres allows for
+//! requests started together. A transaction that runs nothing sends nothing.
 
 use super::StoreError;
-use super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, Value};
+use super::backend::{Backend, Bulk, Col, Done, Row, Sql, Step, Tx, TxMode, Value};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use std::error::Error as StdError;
 use std::str::FromStr;
@@ -159,12 +164,10 @@ impl Backend for Pg {
             TxMode::Snapshot => Some("BEGIN ISOLATION LEVEL REPEATABLE READ"),
             TxMode::Autocommit => None,
         };
-        if let Some(begin) = open {
-            client.batch_execute(begin).await?;
-        }
         Ok(PgTx {
             client: Some(client),
-            open: open.is_some(),
+            begin: open,
+            open: false,
         })
     }
 
@@ -183,6 +186,8 @@ impl Backend for Pg {
 /// An open PostgreSQL transaction on a connection of its own.
 pub struct PgTx {
     client: Option<Object>,
+    /// The `BEGIN` to send ahead of the first statement, until it is sent.
+    begin: Option<&'static str>,
     /// A `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` has succeeded.
     open: bool,
 }
@@ -198,6 +203,115 @@ impl PgTx {
         self.client
             .as_ref()
             .ok_or_else(|| StoreError::Task("transaction already closed".to_owned()))
+    }
+
+    /// Sends the pending `BEGIN`, `steps` and then `close` (`COMMIT`), all before reading
+    /// the first answer, and returns what each step did. The first error is returned
+    /// after every answer has been read, so the connection is left between requests.
+    async fn send(
+        &mut self,
+        steps: &[Step<'_>],
+        close: Option<&'static str>,
+    ) -> Result<Vec<Done>, StoreError> {
+        use futures_util::future::{MaybeDone, join_all, maybe_done};
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| StoreError::Task("transaction already closed".to_owned()))?;
+        // Every statement is prepared first (cached after its first use): one prepared in
+        // the middle of the pipeline would be sent after the statements behind it.
+        let mut ops = Vec::with_capacity(steps.len() + 2);
+        if let Some(begin) = self.begin.take() {
+            self.open = true;
+            ops.push(Op::Simple(begin));
+        }
+        for step in steps {
+            let (text, values): (&str, Vec<&(dyn ToSql + Sync)>) = match step {
+                Step::One(sql, params) => (sql.pg, param_refs(params)),
+                Step::Bulk(sql, cols) if cols.first().is_some_and(|c| c.len() > 0) => (
+                    sql.pg,
+                    cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect(),
+                ),
+                Step::Bulk(..) => ("", Vec::new()),
+            };
+            ops.push(if text.is_empty() {
+                Op::Nothing
+            } else {
+                Op::Statement(client.prepare_cached(text).await?, values)
+            });
+        }
+        if let Some(close) = close {
+            ops.push(Op::Simple(close));
+        }
+        let mut runs: Vec<std::pin::Pin<Box<MaybeDone<_>>>> = ops
+            .into_iter()
+            .map(|op| Box::pin(maybe_done(op.run(client))))
+            .collect();
+        // The first poll of each sends its request: done here in order, so the server runs
+        // them in order; then all are driven to their answers.
+        std::future::poll_fn(|cx| {
+            for run in &mut runs {
+                let _ = std::future::Future::poll(run.as_mut(), cx);
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        join_all(runs.iter_mut().map(|r| r.as_mut())).await;
+        let mut done = Vec::with_capacity(steps.len());
+        let mut first_error = None;
+        for (i, run) in runs.iter_mut().enumerate() {
+            match run.as_mut().take_output() {
+                Some(Ok(Some(d))) => done.push(d),
+                Some(Ok(None)) => {}
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                None => {
+                    first_error.get_or_insert(StoreError::Task(format!(
+                        "pipelined statement {i} has no answer"
+                    )));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+}
+
+/// One request of a pipeline.
+enum Op<'a> {
+    /// `BEGIN` or `COMMIT`, by the simple protocol.
+    Simple(&'static str),
+    /// A prepared statement and its values.
+    Statement(tokio_postgres::Statement, Vec<&'a (dyn ToSql + Sync)>),
+    /// A step with nothing to send (a statement of the other database, or no rows).
+    Nothing,
+}
+
+impl Op<'_> {
+    /// Sends the request at the first poll and reads its answer: `None` for `BEGIN` and
+    /// `COMMIT`, what a step did otherwise.
+    async fn run(self, client: &tokio_postgres::Client) -> Result<Option<Done>, StoreError> {
+        use futures_util::TryStreamExt;
+        match self {
+            Op::Simple(text) => {
+                client.batch_execute(text).await?;
+                Ok(None)
+            }
+            Op::Nothing => Ok(Some(Done::default())),
+            Op::Statement(stmt, values) => {
+                let stream = client.query_raw(&stmt, values).await?;
+                futures_util::pin_mut!(stream);
+                let mut rows = Vec::new();
+                while let Some(r) = stream.try_next().await? {
+                    rows.push(row_values(&r)?);
+                }
+                let changed = stream.rows_affected().unwrap_or(0);
+                Ok(Some(Done { rows, changed }))
+            }
+        }
     }
 }
 
@@ -229,54 +343,45 @@ fn param_refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl Tx for PgTx {
     async fn query(&mut self, sql: &Sql, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        if sql.pg.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.client()?;
-        let stmt = client.prepare_cached(sql.pg).await?;
-        client
-            .query(&stmt, &param_refs(params))
-            .await?
-            .iter()
-            .map(row_values)
-            .collect()
+        let done = self.send(&[Step::One(sql, params.to_vec())], None).await?;
+        Ok(done.into_iter().next().map(|d| d.rows).unwrap_or_default())
     }
 
     async fn execute(&mut self, sql: &Sql, params: &[Value]) -> Result<u64, StoreError> {
-        if sql.pg.is_empty() {
-            return Ok(0);
-        }
-        let client = self.client()?;
-        let stmt = client.prepare_cached(sql.pg).await?;
-        Ok(client.execute(&stmt, &param_refs(params)).await?)
+        let done = self.send(&[Step::One(sql, params.to_vec())], None).await?;
+        Ok(done.first().map_or(0, |d| d.changed))
     }
 
     async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {
-        if cols.first().is_none_or(|c| c.len() == 0) {
+        let done = self.send(&[Step::Bulk(sql, cols.to_vec())], None).await?;
+        Ok(done.into_iter().next().map(|d| d.rows).unwrap_or_default())
+    }
+
+    async fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Done>, StoreError> {
+        self.send(steps, None).await
+    }
+
+    async fn commit_after(mut self, steps: &[Step<'_>]) -> Result<Vec<Done>, StoreError> {
+        if self.begin.is_some() && steps.is_empty() {
+            // Nothing was run: nothing to begin or commit.
+            self.begin = None;
             return Ok(Vec::new());
         }
-        let client = self.client()?;
-        let stmt = client.prepare_cached(sql.pg).await?;
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        client
-            .query(&stmt, &refs)
-            .await?
-            .iter()
-            .map(row_values)
-            .collect()
+        let close = (self.open || self.begin.is_some()).then_some("COMMIT");
+        let done = self.send(steps, close).await?;
+        self.open = false;
+        Ok(done)
     }
 
     async fn batch(&mut self, text: &str) -> Result<(), StoreError> {
+        if self.begin.is_some() {
+            self.send(&[], None).await?;
+        }
         Ok(self.client()?.batch_execute(text).await?)
     }
 
-    async fn commit(mut self) -> Result<(), StoreError> {
-        if self.open {
-            self.client()?.batch_execute("COMMIT").await?;
-            self.open = false;
-        }
-        Ok(())
+    async fn commit(self) -> Result<(), StoreError> {
+        self.commit_after(&[]).await.map(drop)
     }
 }
 

@@ -1,11 +1,12 @@
 //! The budget at ingest: shard rows per month and for the programme, granted in batch
 //! order, never past a cap (the arithmetic is pure, in `crate::budget`).
 
-use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
+use super::super::backend::{Backend, Bulk, Col, Sql, Step, Tx, TxMode, params};
 use super::super::{
     BUDGET_SHARDS, IngestCtx, IngestTxn, PROGRAMME_BUDGET_KEY, StoreError, TxnAnswer,
 };
 use super::Ledger;
+use super::ingest::Pending;
 use crate::budget::{cut_to_programme, distribute, rebalance, recap};
 use wenxiao_protocol::{Fen, Reason, TxnStatus};
 
@@ -109,6 +110,7 @@ const ADD: Sql = Sql::both(
 /// another writer's slow path. Rolling back to the savepoint releases it.
 pub(super) async fn take<T: Tx>(
     tx: &mut T,
+    pending: &mut Pending,
     key: i32,
     shard: i32,
     want: i64,
@@ -116,32 +118,61 @@ pub(super) async fn take<T: Tx>(
     if want <= 0 {
         return Ok(0);
     }
-    tx.execute(&SAVEPOINT, &[]).await?;
-    if tx.execute(&FAST, params![key, shard, want]).await? == 1 {
+    let fast = pending
+        .send(
+            tx,
+            vec![
+                Step::One(&SAVEPOINT, Vec::new()),
+                Step::One(&FAST, vec![key.into(), shard.into(), want.into()]),
+            ],
+        )
+        .await?;
+    if fast.get(1).is_some_and(|d| d.changed == 1) {
         return Ok(want);
     }
-    tx.execute(&ROLLBACK_TO_SAVEPOINT, &[]).await?;
-    let shards = tx
-        .query(&ALL_SHARDS, params![key])
-        .await?
+    let slow = pending
+        .send(
+            tx,
+            vec![
+                Step::One(&ROLLBACK_TO_SAVEPOINT, Vec::new()),
+                Step::One(&ALL_SHARDS, vec![key.into()]),
+            ],
+        )
+        .await?;
+    let shards = slow
+        .get(1)
+        .map(|d| d.rows.as_slice())
+        .unwrap_or_default()
         .iter()
         .map(|r| Ok((r.get::<i32>(0)?, r.int(1)?, r.int(2)?)))
         .collect::<Result<Vec<_>, StoreError>>()?;
     let (granted, new_caps) = rebalance(&shards, shard, want);
     for (s, cap) in new_caps {
-        tx.execute(&SET_CAP, params![key, s, cap]).await?;
+        pending.defer(Step::One(&SET_CAP, vec![key.into(), s.into(), cap.into()]));
     }
     if granted > 0 {
-        tx.execute(&ADD, params![key, shard, granted]).await?;
+        pending.defer(Step::One(
+            &ADD,
+            vec![key.into(), shard.into(), granted.into()],
+        ));
     }
     Ok(granted)
 }
 
+const SAVEPOINT_ALL: Sql = Sql::both("SAVEPOINT budget_all");
+const ROLLBACK_TO_SAVEPOINT_ALL: Sql = Sql::both("ROLLBACK TO SAVEPOINT budget_all");
+
 /// Draws the batch's new subsidies from the budget, months in ascending order then the
 /// programme (one lock order for every writer), and lowers the answers it cannot pay.
 /// Returns nothing: the caller writes every changed answer back.
+///
+/// First, in one round trip, every budget's fast attempt for the whole of what is wanted,
+/// inside a savepoint; when one finds no room, the lot is rolled back to it and the
+/// budgets are taken one by one ([`take`]). The attempt locks in the same order as the
+/// slow way, one shard per budget, and the rollback releases what it took.
 pub(super) async fn apply<T: Tx>(
     tx: &mut T,
+    pending: &mut Pending,
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
     ctx: &IngestCtx,
@@ -150,15 +181,39 @@ pub(super) async fn apply<T: Tx>(
     if wants.is_empty() {
         return Ok(());
     }
+    let month_wants: Vec<(i32, i64)> = wants
+        .iter()
+        .map(|(&month, rows)| (month, rows.iter().map(|r| r.1).sum()))
+        .collect();
+    let total: i64 = month_wants.iter().map(|m| m.1).sum();
+    let mut steps = vec![Step::One(&SAVEPOINT_ALL, Vec::new())];
+    for &(key, want) in month_wants
+        .iter()
+        .chain(std::iter::once(&(PROGRAMME_BUDGET_KEY, total)))
+        .filter(|(_, want)| *want > 0)
+    {
+        steps.push(Step::One(
+            &FAST,
+            vec![key.into(), ctx.shard.into(), want.into()],
+        ));
+    }
+    let fast = pending.send(tx, steps).await?;
+    if fast.iter().skip(1).all(|d| d.changed == 1) {
+        // Every budget had room for all of it: every answer stands.
+        return Ok(());
+    }
+    pending.defer(Step::One(&ROLLBACK_TO_SAVEPOINT_ALL, Vec::new()));
     let mut month_grants = Vec::with_capacity(wants.len());
-    for (&month, rows) in &wants {
-        let want = rows.iter().map(|r| r.1).sum();
-        month_grants.push((month, take(tx, month, ctx.shard, want).await?));
+    for (month, want) in month_wants {
+        month_grants.push((month, take(tx, pending, month, ctx.shard, want).await?));
     }
     let sum: i64 = month_grants.iter().map(|m| m.1).sum();
-    let programme = take(tx, PROGRAMME_BUDGET_KEY, ctx.shard, sum).await?;
+    let programme = take(tx, pending, PROGRAMME_BUDGET_KEY, ctx.shard, sum).await?;
     for (month, cut) in cut_to_programme(&mut month_grants, programme) {
-        tx.execute(&ADD, params![month, ctx.shard, -cut]).await?;
+        pending.defer(Step::One(
+            &ADD,
+            vec![month.into(), ctx.shard.into(), (-cut).into()],
+        ));
     }
     for (month, granted) in month_grants {
         if let Some(rows) = wants.get(&month) {

@@ -1,6 +1,6 @@
 //! Device leases, the ingest fence and the outbox (see [`super::super::cluster`]).
 
-use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
+use super::super::backend::{Backend, Bulk, Col, Row, Sql, Step, Tx, TxMode, params};
 use super::super::cluster::{ClusterStore, EVENTS_CHANNEL, Event, EventKind, Lease, takeover_body};
 use super::super::{IngestTxn, StoreError, advance_watermark, db_u64, from_db_u64};
 use super::{Ledger, TXN_RETRIES_MAX};
@@ -49,19 +49,29 @@ pub(super) async fn fenced<T: Tx>(
     tx: &mut T,
     batch: &[IngestTxn],
 ) -> Result<HashSet<usize>, StoreError> {
-    let devices: HashSet<i64> = batch
+    let done = tx.pipeline(&[leases_step(batch)]).await?;
+    fenced_rows(batch, &done.into_iter().next().unwrap_or_default().rows)
+}
+
+/// The statement reading (and holding `FOR SHARE`) the leases of `batch`'s devices that
+/// carry an epoch, in device order; a step with no rows when none does.
+pub(super) fn leases_step(batch: &[IngestTxn]) -> Step<'static> {
+    let mut ids: Vec<i64> = batch
         .iter()
         .filter(|t| t.lease_epoch.is_some())
         .map(|t| db_u64(t.device_id.get()))
         .collect();
-    if devices.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let mut ids: Vec<i64> = devices.into_iter().collect();
     ids.sort_unstable();
-    let current: HashMap<i64, u64> = tx
-        .bulk(&LEASES_FOR_SHARE, &[Col::Int(ids)])
-        .await?
+    ids.dedup();
+    Step::Bulk(&LEASES_FOR_SHARE, vec![Col::Int(ids)])
+}
+
+/// The fenced rows of `batch`, given what [`leases_step`] read.
+pub(super) fn fenced_rows(
+    batch: &[IngestTxn],
+    leases: &[Row],
+) -> Result<HashSet<usize>, StoreError> {
+    let current: HashMap<i64, u64> = leases
         .iter()
         .map(|r| Ok((r.int(0)?, from_db_u64(r.int(1)?))))
         .collect::<Result<_, StoreError>>()?;

@@ -11,7 +11,7 @@
 //! 5. later copies of a key in the same batch are answered last, from the row as this
 //!    batch leaves it, exactly as a re-send in a later batch would be.
 
-use super::super::backend::{Backend, Bulk, Col, Row, Sql, Tx, TxMode, params};
+use super::super::backend::{Backend, Bulk, Col, Done, Row, Sql, Step, Tx, TxMode, params};
 use super::super::{IngestCtx, IngestTxn, Proposal, StoreError, TxnAnswer, db_u64, from_db_u64};
 use super::points::{self, Phase};
 use super::{Ledger, budget};
@@ -80,8 +80,54 @@ fn reason_code(r: Reason) -> i64 {
     i64::from(r.code())
 }
 
+/// Statements whose answers nobody reads, held back to go in front of the transaction's
+/// next round trip (they run in the order they were deferred, before what follows).
+#[derive(Debug, Default)]
+pub(super) struct Pending(Vec<Step<'static>>);
+
+impl Pending {
+    /// Defers `step`.
+    pub(super) fn defer(&mut self, step: Step<'static>) {
+        self.0.push(step);
+    }
+
+    /// Sends the deferred statements and then `steps`, in one round trip on PostgreSQL;
+    /// returns what `steps` did.
+    pub(super) async fn send<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        steps: Vec<Step<'static>>,
+    ) -> Result<Vec<Done>, StoreError> {
+        let deferred = self.0.len();
+        let mut all = std::mem::take(&mut self.0);
+        all.extend(steps);
+        let mut done = tx.pipeline(&all).await?;
+        Ok(done.split_off(deferred.min(done.len())))
+    }
+
+    /// Sends the deferred statements and commits, in one round trip on PostgreSQL.
+    pub(super) async fn commit<T: Tx>(self, tx: T) -> Result<(), StoreError> {
+        tx.commit_after(&self.0).await.map(drop)
+    }
+}
+
+/// How [`Ledger::ingest_in`] ended.
+enum Ingested {
+    /// Committed, with every row's answer.
+    Done(Vec<TxnAnswer>),
+    /// Rolled back before anything was decided: a row's business day is closed, or a
+    /// row's session was fenced. The batch must be moved and filtered first.
+    Moved,
+}
+
 impl<B: Backend> Ledger<B> {
     /// One attempt of [`super::super::Store::ingest`].
+    ///
+    /// The usual batch is decided in four round trips on PostgreSQL: the opening (closed
+    /// days, leases, blacklist and the insert), the points, the budget, and the answers
+    /// written back with the commit; re-sends and refunds add theirs. A batch with a row
+    /// on a closed day or of a fenced session is rolled back after the opening and run
+    /// again with those rows moved and left out.
     pub(super) async fn ingest_once(
         &self,
         batch: &[IngestTxn],
@@ -109,25 +155,27 @@ impl<B: Backend> Ledger<B> {
             self.ensure_budgets(&months, ctx).await?;
         }
 
+        let tx = self.backend.begin(TxMode::Write).await?;
+        if let Ingested::Done(answers) = self.ingest_in(tx, batch, ctx).await? {
+            return Ok(answers.into_iter().map(Some).collect());
+        }
         let mut tx = self.backend.begin(TxMode::Write).await?;
         let batch = &*open_days(&mut tx, batch).await?;
         // Rows of sessions whose device another session took over: not written.
         let fenced = super::cluster::fenced(&mut tx, batch).await?;
-        if fenced.is_empty() {
-            return Ok(self
-                .ingest_in(tx, batch, ctx)
-                .await?
-                .into_iter()
-                .map(Some)
-                .collect());
-        }
         let kept: Vec<IngestTxn> = batch
             .iter()
             .enumerate()
             .filter(|(i, _)| !fenced.contains(i))
             .map(|(_, t)| *t)
             .collect();
-        let mut answers = self.ingest_in(tx, &kept, ctx).await?.into_iter();
+        // The days and leases just read stay locked: the opening finds nothing to move.
+        let Ingested::Done(answers) = self.ingest_in(tx, &kept, ctx).await? else {
+            return Err(StoreError::Corrupt(
+                "closed days or leases changed while this transaction held them".to_owned(),
+            ));
+        };
+        let mut answers = answers.into_iter();
         Ok((0..batch.len())
             .map(|i| {
                 if fenced.contains(&i) {
@@ -139,13 +187,17 @@ impl<B: Backend> Ledger<B> {
             .collect())
     }
 
-    /// The batch's rows written and answered in `tx`, which this commits.
+    /// The batch's rows written and answered in `tx`, which this commits; or `Moved`,
+    /// with `tx` rolled back, when a row's day is closed or its session fenced.
     async fn ingest_in(
         &self,
         mut tx: B::Tx,
         batch: &[IngestTxn],
         ctx: &IngestCtx,
-    ) -> Result<Vec<TxnAnswer>, StoreError> {
+    ) -> Result<Ingested, StoreError> {
+        let Some(first_day) = batch.iter().map(|t| t.business_date).min() else {
+            return Ok(Ingested::Done(Vec::new()));
+        };
         // The first copy of each key, and the later copies with their first's index.
         let mut first_of: HashMap<Key, usize> = HashMap::with_capacity(batch.len());
         let (mut firsts, mut copies) = (Vec::with_capacity(batch.len()), Vec::new());
@@ -159,21 +211,71 @@ impl<B: Backend> Ledger<B> {
             }
         }
 
+        // The opening, one round trip: the closed days (locked against a clearing run
+        // closing one), the leases (held FOR SHARE), the blacklisted cards among the
+        // subsidised rows, and the first copies inserted with their proposed answers.
+        let mut pending = Pending::default();
+        let rows = insert_rows(batch, &firsts, |t| TxnRow::first_answer(t.proposal));
+        let opening = pending
+            .send(
+                &mut tx,
+                vec![
+                    Step::One(&LOCK_DAYS_SHARED, Vec::new()),
+                    Step::One(&CLOSED_FROM, vec![first_day.get().into()]),
+                    super::cluster::leases_step(batch),
+                    blacklist_step(batch),
+                    Step::Bulk(&INSERT_TXNS, insert_cols(&rows)),
+                ],
+            )
+            .await?;
+        let [closed, leases, listed, inserted] = match <[Done; 5]>::try_from(opening) {
+            Ok([_, closed, leases, listed, inserted]) => [closed, leases, listed, inserted],
+            Err(_) => return Err(StoreError::Corrupt("the opening lost a statement".into())),
+        };
+        let closed: BTreeSet<u32> = closed
+            .rows
+            .iter()
+            .map(|r| r.get::<u32>(0))
+            .collect::<Result<_, _>>()?;
+        if batch
+            .iter()
+            .any(|t| closed.contains(&t.business_date.get()))
+            || !super::cluster::fenced_rows(batch, &leases.rows)?.is_empty()
+        {
+            drop(tx);
+            return Ok(Ingested::Moved);
+        }
+        let listed: HashSet<i64> = listed
+            .rows
+            .iter()
+            .map(|r| r.int(0))
+            .collect::<Result<_, _>>()?;
+
         let mut answers: Vec<Option<TxnAnswer>> = vec![None; batch.len()];
-        // Rows recorded before this batch, by key.
+        // Rows recorded before this batch, by key; re-sends with other content.
         let mut before: HashMap<Key, Recorded> = HashMap::new();
-        let left = insert(
+        let mut conflicts = Vec::new();
+        let left = mark_inserted(rows, &inserted.rows, &mut answers)?;
+        let missing = answer_recorded(
             &mut tx,
             batch,
-            &firsts,
-            |t| TxnRow::first_answer(t.proposal),
+            &left,
             &mut answers,
+            &mut before,
+            &mut conflicts,
         )
         .await?;
-        let missing = answer_recorded(&mut tx, batch, &left, &mut answers, &mut before).await?;
         let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
         let left = insert(&mut tx, batch, &missing, |_| replay, &mut answers).await?;
-        let missing = answer_recorded(&mut tx, batch, &left, &mut answers, &mut before).await?;
+        let missing = answer_recorded(
+            &mut tx,
+            batch,
+            &left,
+            &mut answers,
+            &mut before,
+            &mut conflicts,
+        )
+        .await?;
         if let Some(&i) = missing.first() {
             return Err(StoreError::Corrupt(format!(
                 "batch row {i} neither inserted nor found"
@@ -181,14 +283,32 @@ impl<B: Backend> Ledger<B> {
         }
 
         let inserted = answers.clone();
-        points::apply(&mut tx, batch, &mut answers, ctx, Phase::HoldsAndSignIns).await?;
-        apply_blacklist(&mut tx, batch, &mut answers).await?;
-        budget::apply(&mut tx, batch, &mut answers, ctx).await?;
-        write_changed(&mut tx, batch, &inserted, &answers).await?;
+        points::apply(
+            &mut tx,
+            &mut pending,
+            batch,
+            &mut answers,
+            ctx,
+            Phase::HoldsAndSignIns,
+        )
+        .await?;
+        if !listed.is_empty() {
+            mark_blacklisted(batch, &mut answers, &listed);
+        }
+        budget::apply(&mut tx, &mut pending, batch, &mut answers, ctx).await?;
+        defer_changed(&mut pending, batch, &inserted, &answers);
         // Refunds read the purchases they name as this batch leaves them.
         let decided = answers.clone();
-        points::apply(&mut tx, batch, &mut answers, ctx, Phase::Refunds).await?;
-        write_changed(&mut tx, batch, &decided, &answers).await?;
+        points::apply(
+            &mut tx,
+            &mut pending,
+            batch,
+            &mut answers,
+            ctx,
+            Phase::Refunds,
+        )
+        .await?;
+        defer_changed(&mut pending, batch, &decided, &answers);
 
         for (c, f) in copies {
             let (Some(copy), Some(first)) = (batch.get(c), batch.get(f)) else {
@@ -206,18 +326,27 @@ impl<B: Backend> Ledger<B> {
                 };
             let answer = match answer_resend(&recorded, &copy.txn) {
                 Resend::Same(a) => a,
-                Resend::Conflict => record_conflict(&mut tx, copy).await?,
+                Resend::Conflict => {
+                    conflicts.push(c);
+                    TxnAnswer::rejected(Reason::SeqConflict)
+                }
             };
             if let Some(slot) = answers.get_mut(c) {
                 *slot = Some(answer);
             }
         }
-        tx.commit().await?;
+        for i in conflicts {
+            if let Some(t) = batch.get(i) {
+                pending.defer(conflict_step(t));
+            }
+        }
+        pending.commit(tx).await?;
         answers
             .into_iter()
             .enumerate()
             .map(|(i, a)| a.ok_or_else(|| StoreError::Corrupt(format!("batch row {i} unanswered"))))
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Ingested::Done)
     }
 }
 
@@ -260,32 +389,29 @@ async fn open_days<'a, T: Tx>(
     Ok(Cow::Owned(moved))
 }
 
-/// Inserts the rows `idxs` (distinct keys) with `answer_of`'s answer and fills `answers`
-/// for the rows inserted; returns the indices not inserted.
-async fn insert<T: Tx>(
-    tx: &mut T,
+/// The rows `idxs` (distinct keys) as they are inserted, with `answer_of`'s answer.
+fn insert_rows(
     batch: &[IngestTxn],
     idxs: &[usize],
     answer_of: impl Fn(&IngestTxn) -> TxnAnswer,
-    answers: &mut [Option<TxnAnswer>],
-) -> Result<Vec<usize>, StoreError> {
-    if idxs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<(usize, TxnRow, TxnAnswer)> = idxs
-        .iter()
+) -> Vec<(usize, TxnRow, TxnAnswer)> {
+    idxs.iter()
         .filter_map(|&i| batch.get(i).map(|t| (i, t)))
         .map(|(i, t)| {
             let a = answer_of(t);
             (i, TxnRow::new(t, a), a)
         })
-        .collect();
+        .collect()
+}
+
+/// The columns of [`INSERT_TXNS`] for `rows`.
+fn insert_cols(rows: &[(usize, TxnRow, TxnAnswer)]) -> Vec<Col> {
     macro_rules! col {
         ($f:ident) => {
             Col::Int(rows.iter().map(|(_, r, _)| i64::from(r.$f)).collect())
         };
     }
-    let cols = [
+    vec![
         col!(device_id),
         col!(seq),
         col!(kind),
@@ -307,10 +433,17 @@ async fn insert<T: Tx>(
         col!(points_awarded),
         col!(received_at_ms),
         col!(business_date),
-    ];
-    let inserted: HashSet<Key> = tx
-        .bulk(&INSERT_TXNS, &cols)
-        .await?
+    ]
+}
+
+/// Fills `answers` for the rows [`INSERT_TXNS`] returned (inserted); returns the indices
+/// of the others.
+fn mark_inserted(
+    rows: Vec<(usize, TxnRow, TxnAnswer)>,
+    returned: &[Row],
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<Vec<usize>, StoreError> {
+    let inserted: HashSet<Key> = returned
         .iter()
         .map(|r| Ok((r.int(0)?, r.int(1)?)))
         .collect::<Result<_, StoreError>>()?;
@@ -327,15 +460,33 @@ async fn insert<T: Tx>(
     Ok(left)
 }
 
+/// Inserts the rows `idxs` (distinct keys) with `answer_of`'s answer and fills `answers`
+/// for the rows inserted; returns the indices not inserted.
+async fn insert<T: Tx>(
+    tx: &mut T,
+    batch: &[IngestTxn],
+    idxs: &[usize],
+    answer_of: impl Fn(&IngestTxn) -> TxnAnswer,
+    answers: &mut [Option<TxnAnswer>],
+) -> Result<Vec<usize>, StoreError> {
+    if idxs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = insert_rows(batch, idxs, answer_of);
+    let returned = tx.bulk(&INSERT_TXNS, &insert_cols(&rows)).await?;
+    mark_inserted(rows, &returned, answers)
+}
+
 /// Answers the rows among `idxs` whose key is already recorded (re-sends, and seq
-/// conflicts, which are recorded) and keeps the recorded rows in `before`; returns the
-/// indices whose key is not recorded.
+/// conflicts, whose indices go to `conflicts` to be recorded) and keeps the recorded rows
+/// in `before`; returns the indices whose key is not recorded.
 async fn answer_recorded<T: Tx>(
     tx: &mut T,
     batch: &[IngestTxn],
     idxs: &[usize],
     answers: &mut [Option<TxnAnswer>],
     before: &mut HashMap<Key, Recorded>,
+    conflicts: &mut Vec<usize>,
 ) -> Result<Vec<usize>, StoreError> {
     if idxs.is_empty() {
         return Ok(Vec::new());
@@ -358,7 +509,10 @@ async fn answer_recorded<T: Tx>(
             }
             Some(rec) => match answer_resend(rec, &t.txn) {
                 Resend::Same(a) => a,
-                Resend::Conflict => record_conflict(tx, t).await?,
+                Resend::Conflict => {
+                    conflicts.push(i);
+                    TxnAnswer::rejected(Reason::SeqConflict)
+                }
             },
         };
         if let Some(slot) = answers.get_mut(i) {
@@ -368,54 +522,42 @@ async fn answer_recorded<T: Tx>(
     Ok(missing)
 }
 
-/// Records the payload of a TXN that reused a recorded seq with other content.
-async fn record_conflict<T: Tx>(tx: &mut T, t: &IngestTxn) -> Result<TxnAnswer, StoreError> {
+/// The statement recording the payload of a TXN that reused a recorded seq with other
+/// content (answered SEQ_CONFLICT).
+fn conflict_step(t: &IngestTxn) -> Step<'static> {
     let (d, s) = key(t);
-    tx.execute(
+    Step::One(
         &RECORD_CONFLICT,
-        params![d, s, txn_payload(&t.txn), t.received_at_ms],
+        vec![
+            d.into(),
+            s.into(),
+            txn_payload(&t.txn).into(),
+            t.received_at_ms.into(),
+        ],
     )
-    .await?;
-    Ok(TxnAnswer::rejected(Reason::SeqConflict))
 }
 
-/// Takes the subsidy off new rows of blacklisted cards (before the budget, so they take
-/// none of it).
-async fn apply_blacklist<T: Tx>(
-    tx: &mut T,
-    batch: &[IngestTxn],
-    answers: &mut [Option<TxnAnswer>],
-) -> Result<(), StoreError> {
+/// The statement finding which of the batch's cards proposed a subsidy are blacklisted
+/// (read ahead: whatever points decide, only those rows can lose a subsidy to it).
+fn blacklist_step(batch: &[IngestTxn]) -> Step<'static> {
     let cards: BTreeSet<i64> = batch
         .iter()
-        .zip(answers.iter())
-        .filter(|(_, a)| {
-            a.is_some_and(|a| a.status == TxnStatus::Stored && a.subsidy_fen.get() > 0)
-        })
-        .map(|(t, _)| db_u64(t.txn.card_no.get()))
+        .filter(
+            |t| matches!(t.proposal, Proposal::Store { subsidy_fen, .. } if subsidy_fen.get() > 0),
+        )
+        .map(|t| db_u64(t.txn.card_no.get()))
         .collect();
-    if cards.is_empty() {
-        return Ok(());
-    }
-    let listed: HashSet<i64> = tx
-        .bulk(&BLACKLISTED, &[Col::Int(cards.into_iter().collect())])
-        .await?
-        .iter()
-        .map(|r| r.int(0))
-        .collect::<Result<_, _>>()?;
-    if !listed.is_empty() {
-        mark_blacklisted(batch, answers, &listed);
-    }
-    Ok(())
+    Step::Bulk(&BLACKLISTED, vec![Col::Int(cards.into_iter().collect())])
 }
 
-/// Writes back, in one statement, the answers that points, blacklist and budget changed.
-async fn write_changed<T: Tx>(
-    tx: &mut T,
+/// Defers the write-back, in one statement, of the answers that points, blacklist and
+/// budget changed from `inserted` to `answers`.
+fn defer_changed(
+    pending: &mut Pending,
     batch: &[IngestTxn],
     inserted: &[Option<TxnAnswer>],
     answers: &[Option<TxnAnswer>],
-) -> Result<(), StoreError> {
+) {
     let mut cols: [Vec<i64>; 6] = Default::default();
     for ((t, before), after) in batch.iter().zip(inserted).zip(answers) {
         let (Some(before), Some(a)) = (before, after) else {
@@ -433,11 +575,9 @@ async fn write_changed<T: Tx>(
         sub.push(a.subsidy_fen.get());
         pts.push(i64::from(a.points_awarded.get()));
     }
-    if cols[0].is_empty() {
-        return Ok(());
+    if !cols[0].is_empty() {
+        pending.defer(Step::Bulk(&WRITE_ANSWERS, cols.map(Col::Int).to_vec()));
     }
-    tx.bulk(&WRITE_ANSWERS, &cols.map(Col::Int)).await?;
-    Ok(())
 }
 
 /// Rows newly stored with a subsidy whose card is blacklisted lose it (before the budget,
@@ -445,10 +585,9 @@ async fn write_changed<T: Tx>(
 fn mark_blacklisted(
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
-    blacklisted: &std::collections::HashSet<i64>,
-) -> Vec<usize> {
-    let mut changed = Vec::new();
-    for (i, (t, a)) in batch.iter().zip(answers.iter_mut()).enumerate() {
+    blacklisted: &HashSet<i64>,
+) {
+    for (t, a) in batch.iter().zip(answers.iter_mut()) {
         if let Some(a) = a
             && a.status == TxnStatus::Stored
             && a.subsidy_fen.get() > 0
@@ -456,10 +595,8 @@ fn mark_blacklisted(
         {
             a.subsidy_fen = Fen::ZERO;
             a.reason = Reason::CardBlacklisted;
-            changed.push(i);
         }
     }
-    changed
 }
 
 // The rows of `txns` as the ledger writes and reads them.

@@ -49,7 +49,7 @@ mod ingest;
 mod points;
 mod risk;
 
-use super::backend::{AnyBackend, Backend, Sql, Tx, TxMode, params};
+use super::backend::{AnyBackend, Backend, Sql, Step, Tx, TxMode, params};
 use super::lite::Lite;
 use super::pg::Pg;
 use super::{
@@ -593,23 +593,36 @@ impl<B: Backend> Ledger<B> {
         let amount = row.int(2)?;
         // Month first, then the programme: the writers' lock order. All or nothing: the
         // rollback of a refused approval returns whatever was taken.
-        let m = budget::take(&mut tx, month, ctx.shard, amount).await?;
-        let p = budget::take(&mut tx, super::PROGRAMME_BUDGET_KEY, ctx.shard, amount).await?;
+        let mut pending = ingest::Pending::default();
+        let m = budget::take(&mut tx, &mut pending, month, ctx.shard, amount).await?;
+        let p = budget::take(
+            &mut tx,
+            &mut pending,
+            super::PROGRAMME_BUDGET_KEY,
+            ctx.shard,
+            amount,
+        )
+        .await?;
         if m < amount || p < amount {
             return Ok(AwardApproval::BudgetExhausted);
         }
-        tx.execute(
-            &Sql::both(
-                "UPDATE organizer_awards SET status = 2, approved_at_ms = $2, approved_date = $3 \
-                 WHERE award_id = $1",
-            ),
-            params![award_id, now_ms, date_param(approved_date)],
-        )
-        .await?;
-        tx.commit().await?;
+        pending.defer(Step::One(
+            &APPROVE_AWARD,
+            vec![
+                award_id.into(),
+                now_ms.into(),
+                date_param(approved_date).into(),
+            ],
+        ));
+        pending.commit(tx).await?;
         Ok(AwardApproval::Approved)
     }
 }
+
+const APPROVE_AWARD: Sql = Sql::both(
+    "UPDATE organizer_awards SET status = 2, approved_at_ms = $2, approved_date = $3 \
+     WHERE award_id = $1",
+);
 
 impl<B: Backend> StoreAudit for Ledger<B> {
     async fn budget_granted(&self, key: i32) -> Result<Fen, StoreError> {

@@ -1,11 +1,12 @@
 //! Points: holds (POINTS_AUTH), their consumption at ingest, sign-in awards, refunds
 //! giving points back, and the app's reviews and shares.
 
-use super::super::backend::{Backend, Bulk, Col, Sql, Tx, TxMode, params};
+use super::super::backend::{Backend, Bulk, Col, Sql, Step, Tx, TxMode, params};
 use super::super::{
     Activity, ActivityOutcome, HoldOutcome, HoldRequest, IngestCtx, IngestTxn, StoreError,
     TxnAnswer, db_u64, from_db_u64,
 };
+use super::ingest::Pending;
 use super::points_of;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use wenxiao_protocol::{Fen, HoldId, Points, Reason, TxnKind, TxnStatus};
@@ -76,10 +77,12 @@ pub(super) enum Phase {
 
 /// Consumes holds, awards sign-in points and gives refunds their points back, for the
 /// batch's new rows of `phase`; a row whose hold is not valid becomes REJECTED HOLD_INVALID (before
-/// the budget, so it takes none of it). Sign-ins — most of the points rows — take two
-/// statements for the whole batch; holds and refunds one or two each.
+/// the budget, so it takes none of it). The sign-in awards and every hold go in one round
+/// trip; what they change in the accounts is deferred to the next (`pending`). Each refund
+/// takes a round trip of its own.
 pub(super) async fn apply<T: Tx>(
     tx: &mut T,
+    pending: &mut Pending,
     batch: &[IngestTxn],
     answers: &mut [Option<TxnAnswer>],
     ctx: &IngestCtx,
@@ -96,13 +99,79 @@ pub(super) async fn apply<T: Tx>(
     if rows.is_empty() {
         return Ok(());
     }
-    let awarded = award_sign_ins(tx, batch, &rows, ctx).await?;
+    let firsts = first_sign_ins(batch, &rows);
+    let points = i64::from(ctx.sign_in_points.get());
+    let holds: Vec<(usize, i64, i64)> = rows
+        .iter()
+        .filter_map(|&i| batch.get(i).map(|t| (i, t)))
+        .filter_map(|(i, t)| {
+            t.txn.points_hold_id.map(|_| {
+                (
+                    i,
+                    db_u64(t.txn.card_no.get()),
+                    i64::from(t.txn.points_used.get()),
+                )
+            })
+        })
+        .collect();
+    let mut awarded = HashSet::new();
+    let mut consumed = HashSet::new();
+    if !firsts.is_empty() || !holds.is_empty() {
+        let mut steps = vec![Step::Bulk(
+            &AWARD_SIGN_INS,
+            vec![
+                Col::Int(firsts.keys().map(|k| k.0).collect()),
+                Col::Int(firsts.keys().map(|k| k.1).collect()),
+                Col::Int(firsts.values().map(|v| v.1).collect()),
+                Col::Int(vec![points; firsts.len()]),
+            ],
+        )];
+        for &(i, card, used) in &holds {
+            let Some(t) = batch.get(i) else { continue };
+            steps.push(Step::One(
+                &CONSUME_HOLD,
+                vec![
+                    db_u64(HoldId::wire(t.txn.points_hold_id)).into(),
+                    card.into(),
+                    db_u64(t.device_id.get()).into(),
+                    used.into(),
+                    db_u64(t.txn.seq.get()).into(),
+                    t.received_at_ms.into(),
+                ],
+            ));
+        }
+        let done = pending.send(tx, steps).await?;
+        let mut done = done.into_iter();
+        let mut per_card: BTreeMap<i64, i64> = BTreeMap::new();
+        for r in done.next().unwrap_or_default().rows {
+            let k = (r.int(0)?, r.int(1)?);
+            if let Some(&(i, _)) = firsts.get(&k) {
+                awarded.insert(i);
+                *per_card.entry(k.0).or_default() += points;
+            }
+        }
+        if !per_card.is_empty() {
+            pending.defer(Step::Bulk(
+                &CREDIT_ACCOUNTS,
+                vec![
+                    Col::Int(per_card.keys().copied().collect()),
+                    Col::Int(per_card.values().copied().collect()),
+                ],
+            ));
+        }
+        for (&(i, card, used), d) in holds.iter().zip(done) {
+            if d.changed == 1 {
+                consumed.insert(i);
+                pending.defer(Step::One(&SPEND_HELD, vec![card.into(), used.into()]));
+            }
+        }
+    }
     // The batch's refunds not yet decided, by purchase: inserted as stored, they are in
     // the table's sum of a purchase's refunds, but must not count before they are decided.
-    let mut pending: HashMap<(i64, i64), i64> = HashMap::new();
+    let mut undecided: HashMap<(i64, i64), i64> = HashMap::new();
     for t in rows.iter().filter_map(|&i| batch.get(i)) {
         if let (TxnKind::Refund, Some(of)) = (t.txn.kind, t.txn.refund_of_seq) {
-            *pending
+            *undecided
                 .entry((db_u64(t.device_id.get()), db_u64(of.get())))
                 .or_default() += t.txn.amount_fen.get();
         }
@@ -111,24 +180,8 @@ pub(super) async fn apply<T: Tx>(
         let (Some(t), Some(Some(answer))) = (batch.get(i), answers.get_mut(i)) else {
             continue;
         };
-        let card = db_u64(t.txn.card_no.get());
-        let effect = if let Some(hold) = t.txn.points_hold_id {
-            let points = i64::from(t.txn.points_used.get());
-            let consumed = tx
-                .execute(
-                    &CONSUME_HOLD,
-                    params![
-                        db_u64(hold.get()),
-                        card,
-                        db_u64(t.device_id.get()),
-                        points,
-                        db_u64(t.txn.seq.get()),
-                        t.received_at_ms
-                    ],
-                )
-                .await?;
-            if consumed == 1 {
-                tx.execute(&SPEND_HELD, params![card, points]).await?;
+        let effect = if t.txn.points_hold_id.is_some() {
+            if consumed.contains(&i) {
                 PointsEffect::HoldConsumed
             } else {
                 PointsEffect::HoldInvalid
@@ -138,11 +191,11 @@ pub(super) async fn apply<T: Tx>(
                 db_u64(t.device_id.get()),
                 db_u64(t.txn.refund_of_seq.map_or(0, |s| s.get())),
             );
-            let undecided = pending.get_mut(&purchase).map_or(0, |p| {
+            let later = undecided.get_mut(&purchase).map_or(0, |p| {
                 *p -= t.txn.amount_fen.get();
                 *p
             });
-            match refund(tx, t, undecided).await? {
+            match refund(tx, pending, t, later).await? {
                 Some(back) => PointsEffect::Returned(back),
                 None => PointsEffect::RefundInvalid,
             }
@@ -160,69 +213,76 @@ pub(super) async fn apply<T: Tx>(
 /// with the purchase's refunds before it add up to at most the purchase's amount. Records
 /// its reversal of the purchase's subsidy and gives back its points, both cumulatively
 /// (`rules::refund_reversal_step`), and returns the points; `None` when it is refused,
-/// after recording it REJECTED at once, so that a later refund in the same batch does not
-/// count it. `undecided_fen` is what the batch's later refunds of the same purchase,
-/// recorded but not decided yet, add to the table's sum.
+/// after recording it REJECTED (deferred, but ahead of the next refund's reads), so that
+/// a later refund in the same batch does not count it. `undecided_fen` is what the
+/// batch's later refunds of the same purchase, recorded but not decided yet, add to the
+/// table's sum.
 async fn refund<T: Tx>(
     tx: &mut T,
+    pending: &mut Pending,
     t: &IngestTxn,
     undecided_fen: i64,
 ) -> Result<Option<Points>, StoreError> {
     let (device, seq) = (db_u64(t.device_id.get()), db_u64(t.txn.seq.get()));
     let card = db_u64(t.txn.card_no.get());
-    let original = match t.txn.refund_of_seq {
+    let decided = match t.txn.refund_of_seq {
         Some(of) => {
             let of = db_u64(of.get());
-            tx.query_opt(&LOCK_PURCHASE, params![device, of])
-                .await?
-                .map(|o| (of, o))
+            // The purchase locked, then its refunds before this one: one round trip.
+            let done = pending
+                .send(
+                    tx,
+                    vec![
+                        Step::One(&LOCK_PURCHASE, vec![device.into(), of.into()]),
+                        Step::One(&REFUNDED_BEFORE, vec![device.into(), of.into(), seq.into()]),
+                    ],
+                )
+                .await?;
+            let mut done = done.into_iter().map(|d| d.rows.into_iter().next());
+            match (done.next().flatten(), done.next().flatten()) {
+                (Some(o), Some(sum)) if o.int(3)? == card => {
+                    let paid = o.int(0)?;
+                    let before = sum.int(0)? - undecided_fen;
+                    before
+                        .checked_add(t.txn.amount_fen.get())
+                        .filter(|&a| a <= paid)
+                        .map(|after| (o, paid, before, after))
+                }
+                _ => None,
+            }
         }
         None => None,
     };
-    let decided = match original {
-        Some((of, o)) if o.int(3)? == card => {
-            let paid = o.int(0)?;
-            let before = tx
-                .query_one(&REFUNDED_BEFORE, params![device, of, seq])
-                .await?
-                .int(0)?
-                - undecided_fen;
-            let after = before.checked_add(t.txn.amount_fen.get());
-            after
-                .filter(|&a| a <= paid)
-                .map(|after| (o, paid, before, after))
-        }
-        _ => None,
-    };
     let Some((o, paid, before, after)) = decided else {
-        tx.execute(
+        pending.defer(Step::One(
             &REJECT_ROW,
-            params![device, seq, wenxiao_protocol::Reason::InvalidField.code()],
-        )
-        .await?;
+            vec![
+                device.into(),
+                seq.into(),
+                wenxiao_protocol::Reason::InvalidField.code().into(),
+            ],
+        ));
         return Ok(None);
     };
     let (paid, before, after) = (Fen(paid), Fen(before), Fen(after));
     let reversal = crate::rules::refund_reversal_step(Fen(o.int(2)?), paid, before, after);
     if reversal.get() != 0 {
-        tx.execute(&SET_REVERSAL, params![device, seq, reversal.get()])
-            .await?;
+        pending.defer(Step::One(
+            &SET_REVERSAL,
+            vec![device.into(), seq.into(), reversal.get().into()],
+        ));
     }
     let back = crate::rules::points_returned_step(Points(o.get(1)?), paid, before, after);
     if back.get() > 0 {
-        tx.execute(&CREDIT_ONE, params![card, back.get()]).await?;
+        pending.defer(Step::One(&CREDIT_ONE, vec![card.into(), back.get().into()]));
     }
     Ok(Some(back))
 }
 
-/// Awards the sign-in points of a batch: the first sign-in of each card and day (in batch
-/// order) that has no award yet earns. Returns the batch rows that earned.
-async fn award_sign_ins<T: Tx>(
-    tx: &mut T,
-    batch: &[IngestTxn],
-    rows: &[usize],
-    ctx: &IngestCtx,
-) -> Result<HashSet<usize>, StoreError> {
+/// The sign-ins of `rows` that may earn: the first of each card and day (in batch order),
+/// by (card, day), with its batch row and merchant. Whether it earns is the award table's
+/// to say (one award per card and day).
+fn first_sign_ins(batch: &[IngestTxn], rows: &[usize]) -> BTreeMap<(i64, i64), (usize, i64)> {
     let mut firsts: BTreeMap<(i64, i64), (usize, i64)> = BTreeMap::new();
     for &i in rows {
         let Some(t) = batch.get(i) else { continue };
@@ -236,36 +296,7 @@ async fn award_sign_ins<T: Tx>(
                 .or_insert((i, t.merchant_id.map_or(0, |m| m.0)));
         }
     }
-    if firsts.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let points = i64::from(ctx.sign_in_points.get());
-    let cols = [
-        Col::Int(firsts.keys().map(|k| k.0).collect()),
-        Col::Int(firsts.keys().map(|k| k.1).collect()),
-        Col::Int(firsts.values().map(|v| v.1).collect()),
-        Col::Int(vec![points; firsts.len()]),
-    ];
-    let mut earned = HashSet::new();
-    let mut per_card: BTreeMap<i64, i64> = BTreeMap::new();
-    for r in tx.bulk(&AWARD_SIGN_INS, &cols).await? {
-        let k = (r.int(0)?, r.int(1)?);
-        if let Some(&(i, _)) = firsts.get(&k) {
-            earned.insert(i);
-            *per_card.entry(k.0).or_default() += points;
-        }
-    }
-    if !per_card.is_empty() {
-        tx.bulk(
-            &CREDIT_ACCOUNTS,
-            &[
-                Col::Int(per_card.keys().copied().collect()),
-                Col::Int(per_card.values().copied().collect()),
-            ],
-        )
-        .await?;
-    }
-    Ok(earned)
+    firsts
 }
 
 /// Releases a card's holds past their expiry.
