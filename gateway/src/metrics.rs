@@ -40,6 +40,9 @@ pub const STORE_ERRORS_TOTAL: &str = "wenxiao_store_errors_total";
 /// Counter: batches answered STORE_UNAVAILABLE, label `reason` (`store_error`: retries
 /// ran out; `timeout`: an attempt outlived the store wait; `panic`: a bug, contained).
 pub const INGEST_BATCHES_FAILED_TOTAL: &str = "wenxiao_ingest_batches_failed_total";
+/// Counter: batches whose decided-first write met a row that was not new (a re-send or
+/// a card-counter replay), rolled back and written again inserted first.
+pub const INGEST_REWRITTEN_TOTAL: &str = "wenxiao_ingest_rewritten_total";
 /// Counter: writer tasks that ended unexpectedly and were started again.
 pub const INGEST_WRITER_RESTARTS_TOTAL: &str = "wenxiao_ingest_writer_restarts_total";
 /// Gauge: 1 while the latest batch a writer finished failed, else 0.
@@ -264,6 +267,11 @@ pub fn describe_all() {
         INGEST_BATCHES_FAILED_TOTAL,
         Unit::Count,
         "Batches answered STORE_UNAVAILABLE (label reason: store_error = retries ran out, timeout = an attempt outlived the store wait, panic = a contained bug)."
+    );
+    describe_counter!(
+        INGEST_REWRITTEN_TOTAL,
+        Unit::Count,
+        "Batches written twice: decided first, they held a re-send or a card-counter replay, were rolled back and written again inserted first."
     );
     describe_counter!(
         INGEST_WRITER_RESTARTS_TOTAL,

@@ -494,3 +494,90 @@ mod tests {
         assert!(row.int(3).is_err());
     }
 }
+
+/// The pipeline's contract on both databases: statements run in the order given (also
+/// past the length where a joined set of futures stops polling in order), each step's
+/// rows and count come back with it, and a failing step commits nothing of the lot and
+/// leaves the connection usable.
+#[cfg(test)]
+mod pipeline_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const STEPS: i64 = 100;
+
+    const CREATE: &str = "CREATE TEMP TABLE pipe (i BIGINT PRIMARY KEY, v BIGINT NOT NULL)";
+    const INSERT: Sql = Sql::both("INSERT INTO pipe (i, v) VALUES ($1, $2)");
+    /// Order-dependent: v = 3v + k (mod a prime), returned.
+    const STEP: Sql =
+        Sql::both("UPDATE pipe SET v = (v * 3 + $1) % 1000003 WHERE i = 1 RETURNING v");
+    const COUNT: Sql = Sql::both("SELECT COUNT(*) FROM pipe WHERE i > 1");
+
+    async fn contract<B: Backend>(b: B) {
+        let mut setup = b.begin(TxMode::Write).await.unwrap();
+        setup.batch(CREATE).await.unwrap();
+        setup.commit().await.unwrap();
+
+        // In order, each step's answer with it.
+        let tx = b.begin(TxMode::Write).await.unwrap();
+        let mut steps = vec![Step::One(&INSERT, vec![1.into(), 0.into()])];
+        steps.extend((1..=STEPS).map(|k| Step::One(&STEP, vec![k.into()])));
+        let done = tx.commit_after(&steps).await.unwrap();
+        assert_eq!(done.len(), steps.len());
+        assert_eq!(done[0].changed, 1);
+        let mut v = 0_i64;
+        for (k, d) in (1..=STEPS).zip(&done[1..]) {
+            v = (v * 3 + k) % 1_000_003;
+            assert_eq!(d.changed, 1, "step {k}");
+            assert_eq!(d.rows, vec![Row(vec![Value::Int(v)])], "step {k}");
+        }
+
+        // A failure in the middle: nothing of the lot is committed, before or after it.
+        let tx = b.begin(TxMode::Write).await.unwrap();
+        let failing = [
+            Step::One(&INSERT, vec![2.into(), 0.into()]),
+            Step::One(&INSERT, vec![1.into(), 0.into()]),
+            Step::One(&INSERT, vec![3.into(), 0.into()]),
+        ];
+        assert!(tx.commit_after(&failing).await.is_err());
+        let mut tx = b.begin(TxMode::Write).await.unwrap();
+        assert!(tx.pipeline(&failing).await.is_err());
+        drop(tx);
+        // The connection is usable and holds neither insert.
+        let mut tx = b.begin(TxMode::Write).await.unwrap();
+        let done = tx.pipeline(&[Step::One(&COUNT, Vec::new())]).await.unwrap();
+        assert_eq!(done[0].rows, vec![Row(vec![Value::Int(0)])]);
+        tx.commit().await.unwrap();
+
+        // A transaction that runs nothing commits.
+        b.begin(TxMode::Write)
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_contract_holds_on_sqlite() {
+        let path = std::env::temp_dir().join(format!(
+            "wenxiao-pipe-{}-{}.db",
+            std::process::id(),
+            crate::clock::now_ms()
+        ));
+        contract(super::super::Lite::open(&path).unwrap()).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_contract_holds_on_postgres() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        // One connection, so the temporary table is the same one throughout.
+        let pg =
+            super::super::Pg::connect(&url, 1, 5_000, &super::super::PgLimits::default()).unwrap();
+        contract(pg).await;
+    }
+}

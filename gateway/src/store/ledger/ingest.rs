@@ -40,6 +40,24 @@ const INSERT_TXNS: Bulk = Bulk {
            ON CONFLICT DO NOTHING RETURNING device_id, seq",
 };
 
+/// The rows of a batch decided before they are written ([`Way::Decided`]): a row that is
+/// not new is an error, not a row skipped.
+const INSERT_NEW: Bulk = Bulk {
+    pg: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+         counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
+         occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
+         received_at_ms, business_date) \
+         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[], \
+         $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], $11::int8[], $12::int8[], \
+         $13::int8[], $14::int4[], $15::int8[], $16::int2[], $17::int2[], $18::int8[], $19::int8[], \
+         $20::int8[], $21::int4[])",
+    lite: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+           counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
+           occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
+           received_at_ms, business_date) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+           ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+};
+
 const SELECT_RECORDED: Bulk = Bulk {
     pg: "SELECT device_id, seq, kind, card_no, card_counter, amount_fen, \
          list_price_fen, item, points_hold_id, points_used, refund_of_seq, occurred_at_ms, tac, \
@@ -83,35 +101,72 @@ fn reason_code(r: Reason) -> i64 {
 /// Statements whose answers nobody reads, held back to go in front of the transaction's
 /// next round trip (they run in the order they were deferred, before what follows).
 #[derive(Debug, Default)]
-pub(super) struct Pending(Vec<Step<'static>>);
+pub(super) struct Pending {
+    steps: Vec<Step<'static>>,
+    /// For each queued step, the ticket its answer is kept under, if it was asked for.
+    tickets: Vec<Option<usize>>,
+    /// Answers of asked-for steps already sent, by ticket.
+    answered: HashMap<usize, Done>,
+    next_ticket: usize,
+}
+
+/// Where the answer of a step queued with [`Pending::ask`] is kept.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ticket(usize);
 
 impl Pending {
-    /// Defers `step`.
+    /// Defers `step`; nobody reads its answer.
     pub(super) fn defer(&mut self, step: Step<'static>) {
-        self.0.push(step);
+        self.steps.push(step);
+        self.tickets.push(None);
     }
 
-    /// Sends the deferred statements and then `steps`, in one round trip on PostgreSQL;
+    /// Queues `step` to go with the next round trip, its answer kept for [`Pending::answer`].
+    fn ask(&mut self, step: Step<'static>) -> Ticket {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.steps.push(step);
+        self.tickets.push(Some(ticket));
+        Ticket(ticket)
+    }
+
+    /// The answer of an asked-for step, once sent.
+    fn answer(&mut self, ticket: Ticket) -> Result<Done, StoreError> {
+        self.answered
+            .remove(&ticket.0)
+            .ok_or_else(|| StoreError::Corrupt(format!("pipelined step {} not sent", ticket.0)))
+    }
+
+    /// Sends the queued statements and then `steps`, in one round trip on PostgreSQL;
     /// returns what `steps` did.
     pub(super) async fn send<T: Tx>(
         &mut self,
         tx: &mut T,
         steps: Vec<Step<'static>>,
     ) -> Result<Vec<Done>, StoreError> {
-        let deferred = self.0.len();
-        let mut all = std::mem::take(&mut self.0);
+        if self.steps.is_empty() && steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queued = self.steps.len();
+        let mut all = std::mem::take(&mut self.steps);
         all.extend(steps);
         let mut done = tx.pipeline(&all).await?;
-        Ok(done.split_off(deferred.min(done.len())))
+        let own = done.split_off(queued.min(done.len()));
+        for (ticket, d) in std::mem::take(&mut self.tickets).into_iter().zip(done) {
+            if let Some(t) = ticket {
+                self.answered.insert(t, d);
+            }
+        }
+        Ok(own)
     }
 
-    /// Sends the deferred statements and commits, in one round trip on PostgreSQL.
+    /// Sends the queued statements and commits, in one round trip on PostgreSQL.
     pub(super) async fn commit<T: Tx>(self, tx: T) -> Result<(), StoreError> {
-        tx.commit_after(&self.0).await.map(drop)
+        tx.commit_after(&self.steps).await.map(drop)
     }
 }
 
-/// How [`Ledger::ingest_in`] ended.
+/// How an ingest attempt ended.
 enum Ingested {
     /// Committed, with every row's answer.
     Done(Vec<TxnAnswer>),
@@ -120,14 +175,53 @@ enum Ingested {
     Moved,
 }
 
+/// How a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Every row taken for new: decided first and then inserted once with its final
+    /// answer. A row that is not new (a re-send, a card-counter replay) makes the insert
+    /// fail and the attempt roll back, and the batch is written the other way.
+    Decided,
+    /// Inserted first with the proposed answers (the insert tells which rows are new),
+    /// then decided, and the answers that changed written back.
+    InsertedFirst,
+}
+
+/// Whether `e` is a unique index refusing a row: how a [`Way::Decided`] attempt learns
+/// that a row of its batch was not new.
+fn not_new(e: &StoreError) -> bool {
+    match e {
+        StoreError::Postgres(e) => {
+            e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        }
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code == rusqlite::ErrorCode::ConstraintViolation
+        }
+        _ => false,
+    }
+}
+
+/// Whether two first copies of the batch proposed as stored share a card counter (the
+/// later one is a replay, which only [`Way::InsertedFirst`] answers).
+fn counters_repeat(batch: &[IngestTxn], firsts: &[usize]) -> bool {
+    let mut seen = HashSet::new();
+    firsts
+        .iter()
+        .filter_map(|&i| batch.get(i))
+        .filter(|t| matches!(t.proposal, Proposal::Store { .. }))
+        .any(|t| !seen.insert((t.txn.card_no, counter_kind(t.txn.kind), t.txn.card_counter)))
+}
+
 impl<B: Backend> Ledger<B> {
     /// One attempt of [`super::super::Store::ingest`].
     ///
-    /// The usual batch is decided in four round trips on PostgreSQL: the opening (closed
-    /// days, leases, blacklist and the insert), the points, the budget, and the answers
-    /// written back with the commit; re-sends and refunds add theirs. A batch with a row
-    /// on a closed day or of a fenced session is rolled back after the opening and run
-    /// again with those rows moved and left out.
+    /// The usual batch, every row new, is decided in three round trips on PostgreSQL and
+    /// written once: the opening (closed days, leases, blacklist, holds and sign-in
+    /// awards), the budget, and the rows inserted with their final answers together with
+    /// the commit. A batch holding a re-send or a card-counter replay finds out at that
+    /// insert, rolls back, and is written again inserted first (see [`Way`]). A batch
+    /// with a row on a closed day or of a fenced session is rolled back after the opening
+    /// and run again with those rows moved and left out.
     pub(super) async fn ingest_once(
         &self,
         batch: &[IngestTxn],
@@ -155,8 +249,7 @@ impl<B: Backend> Ledger<B> {
             self.ensure_budgets(&months, ctx).await?;
         }
 
-        let tx = self.backend.begin(TxMode::Write).await?;
-        if let Ingested::Done(answers) = self.ingest_in(tx, batch, ctx).await? {
+        if let Ingested::Done(answers) = self.ingest_either(batch, ctx).await? {
             return Ok(answers.into_iter().map(Some).collect());
         }
         let mut tx = self.backend.begin(TxMode::Write).await?;
@@ -170,7 +263,8 @@ impl<B: Backend> Ledger<B> {
             .map(|(_, t)| *t)
             .collect();
         // The days and leases just read stay locked: the opening finds nothing to move.
-        let Ingested::Done(answers) = self.ingest_in(tx, &kept, ctx).await? else {
+        let Ingested::Done(answers) = self.ingest_in(tx, &kept, ctx, Way::InsertedFirst).await?
+        else {
             return Err(StoreError::Corrupt(
                 "closed days or leases changed while this transaction held them".to_owned(),
             ));
@@ -187,6 +281,23 @@ impl<B: Backend> Ledger<B> {
             .collect())
     }
 
+    /// The batch written [`Way::Decided`], or else [`Way::InsertedFirst`].
+    async fn ingest_either(
+        &self,
+        batch: &[IngestTxn],
+        ctx: &IngestCtx,
+    ) -> Result<Ingested, StoreError> {
+        let tx = self.backend.begin(TxMode::Write).await?;
+        match self.ingest_in(tx, batch, ctx, Way::Decided).await {
+            Err(e) if not_new(&e) => {
+                metrics::counter!(crate::metrics::INGEST_REWRITTEN_TOTAL).increment(1);
+                let tx = self.backend.begin(TxMode::Write).await?;
+                self.ingest_in(tx, batch, ctx, Way::InsertedFirst).await
+            }
+            other => other,
+        }
+    }
+
     /// The batch's rows written and answered in `tx`, which this commits; or `Moved`,
     /// with `tx` rolled back, when a row's day is closed or its session fenced.
     async fn ingest_in(
@@ -194,6 +305,7 @@ impl<B: Backend> Ledger<B> {
         mut tx: B::Tx,
         batch: &[IngestTxn],
         ctx: &IngestCtx,
+        way: Way,
     ) -> Result<Ingested, StoreError> {
         let Some(first_day) = batch.iter().map(|t| t.business_date).min() else {
             return Ok(Ingested::Done(Vec::new()));
@@ -210,29 +322,56 @@ impl<B: Backend> Ledger<B> {
                 }
             }
         }
-
-        // The opening, one round trip: the closed days (locked against a clearing run
-        // closing one), the leases (held FOR SHARE), the blacklisted cards among the
-        // subsidised rows, and the first copies inserted with their proposed answers.
-        let mut pending = Pending::default();
-        let rows = insert_rows(batch, &firsts, |t| TxnRow::first_answer(t.proposal));
-        let opening = pending
-            .send(
-                &mut tx,
-                vec![
-                    Step::One(&LOCK_DAYS_SHARED, Vec::new()),
-                    Step::One(&CLOSED_FROM, vec![first_day.get().into()]),
-                    super::cluster::leases_step(batch),
-                    blacklist_step(batch),
-                    Step::Bulk(&INSERT_TXNS, insert_cols(&rows)),
-                ],
-            )
-            .await?;
-        let [closed, leases, listed, inserted] = match <[Done; 5]>::try_from(opening) {
-            Ok([_, closed, leases, listed, inserted]) => [closed, leases, listed, inserted],
-            Err(_) => return Err(StoreError::Corrupt("the opening lost a statement".into())),
+        let way = if way == Way::Decided && counters_repeat(batch, &firsts) {
+            Way::InsertedFirst
+        } else {
+            way
         };
-        let closed: BTreeSet<u32> = closed
+
+        // The opening: the closed days (locked against a clearing run closing one), the
+        // leases (held FOR SHARE), the blacklisted cards among the subsidised rows; then
+        // either the first copies inserted with their proposed answers, or (every row
+        // taken for new) the holds and sign-in awards, sent with them in one round trip.
+        let mut pending = Pending::default();
+        pending.defer(Step::One(&LOCK_DAYS_SHARED, Vec::new()));
+        let closed = pending.ask(Step::One(&CLOSED_FROM, vec![first_day.get().into()]));
+        let leases = pending.ask(super::cluster::leases_step(batch));
+        let listed = pending.ask(blacklist_step(batch));
+        let mut answers: Vec<Option<TxnAnswer>> = vec![None; batch.len()];
+        // Rows recorded before this batch, by key; re-sends with other content.
+        let mut before: HashMap<Key, Recorded> = HashMap::new();
+        let mut conflicts = Vec::new();
+        let mut inserted = None;
+        match way {
+            Way::Decided => {
+                for &i in &firsts {
+                    if let (Some(t), Some(slot)) = (batch.get(i), answers.get_mut(i)) {
+                        *slot = Some(TxnRow::first_answer(t.proposal));
+                    }
+                }
+                points::apply(
+                    &mut tx,
+                    &mut pending,
+                    batch,
+                    &mut answers,
+                    ctx,
+                    Phase::HoldsAndSignIns,
+                )
+                .await?;
+                pending.send(&mut tx, Vec::new()).await?;
+            }
+            Way::InsertedFirst => {
+                let rows = insert_rows(batch, &firsts, |t| TxnRow::first_answer(t.proposal));
+                let done = pending
+                    .send(&mut tx, vec![Step::Bulk(&INSERT_TXNS, insert_cols(&rows))])
+                    .await?;
+                let returned = done.into_iter().next().unwrap_or_default().rows;
+                let left = mark_inserted(rows, &returned, &mut answers)?;
+                inserted = Some(left);
+            }
+        }
+        let closed: BTreeSet<u32> = pending
+            .answer(closed)?
             .rows
             .iter()
             .map(|r| r.get::<u32>(0))
@@ -240,63 +379,79 @@ impl<B: Backend> Ledger<B> {
         if batch
             .iter()
             .any(|t| closed.contains(&t.business_date.get()))
-            || !super::cluster::fenced_rows(batch, &leases.rows)?.is_empty()
+            || !super::cluster::fenced_rows(batch, &pending.answer(leases)?.rows)?.is_empty()
         {
             drop(tx);
             return Ok(Ingested::Moved);
         }
-        let listed: HashSet<i64> = listed
+        let listed: HashSet<i64> = pending
+            .answer(listed)?
             .rows
             .iter()
             .map(|r| r.int(0))
             .collect::<Result<_, _>>()?;
 
-        let mut answers: Vec<Option<TxnAnswer>> = vec![None; batch.len()];
-        // Rows recorded before this batch, by key; re-sends with other content.
-        let mut before: HashMap<Key, Recorded> = HashMap::new();
-        let mut conflicts = Vec::new();
-        let left = mark_inserted(rows, &inserted.rows, &mut answers)?;
-        let missing = answer_recorded(
-            &mut tx,
-            batch,
-            &left,
-            &mut answers,
-            &mut before,
-            &mut conflicts,
-        )
-        .await?;
-        let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
-        let left = insert(&mut tx, batch, &missing, |_| replay, &mut answers).await?;
-        let missing = answer_recorded(
-            &mut tx,
-            batch,
-            &left,
-            &mut answers,
-            &mut before,
-            &mut conflicts,
-        )
-        .await?;
-        if let Some(&i) = missing.first() {
-            return Err(StoreError::Corrupt(format!(
-                "batch row {i} neither inserted nor found"
-            )));
+        // Inserted first: the rows not inserted are re-sends, seq conflicts or card-counter
+        // replays; then the points of the new rows.
+        let mut as_inserted = None;
+        if let Some(left) = inserted {
+            let missing = answer_recorded(
+                &mut tx,
+                batch,
+                &left,
+                &mut answers,
+                &mut before,
+                &mut conflicts,
+            )
+            .await?;
+            let replay = TxnAnswer::rejected(Reason::CardCounterReplay);
+            let left = insert(&mut tx, batch, &missing, |_| replay, &mut answers).await?;
+            let missing = answer_recorded(
+                &mut tx,
+                batch,
+                &left,
+                &mut answers,
+                &mut before,
+                &mut conflicts,
+            )
+            .await?;
+            if let Some(&i) = missing.first() {
+                return Err(StoreError::Corrupt(format!(
+                    "batch row {i} neither inserted nor found"
+                )));
+            }
+            // The rows as inserted: what changed answers are written over.
+            as_inserted = Some(answers.clone());
+            points::apply(
+                &mut tx,
+                &mut pending,
+                batch,
+                &mut answers,
+                ctx,
+                Phase::HoldsAndSignIns,
+            )
+            .await?;
         }
-
-        let inserted = answers.clone();
-        points::apply(
-            &mut tx,
-            &mut pending,
-            batch,
-            &mut answers,
-            ctx,
-            Phase::HoldsAndSignIns,
-        )
-        .await?;
         if !listed.is_empty() {
             mark_blacklisted(batch, &mut answers, &listed);
         }
         budget::apply(&mut tx, &mut pending, batch, &mut answers, ctx).await?;
-        defer_changed(&mut pending, batch, &inserted, &answers);
+        if let Some(as_inserted) = as_inserted {
+            defer_changed(&mut pending, batch, &as_inserted, &answers);
+        } else {
+            // Every first copy, once, with its answer as decided so far (final but for
+            // the refunds, which need the batch's rows in the table). No ON CONFLICT: a
+            // row that is not new fails the statement, and the attempt with it.
+            let rows: Vec<(usize, TxnRow, TxnAnswer)> = firsts
+                .iter()
+                .filter_map(|&i| {
+                    let t = batch.get(i)?;
+                    let a = answers.get(i).copied().flatten()?;
+                    Some((i, TxnRow::new(t, a), a))
+                })
+                .collect();
+            pending.defer(Step::Bulk(&INSERT_NEW, insert_cols(&rows)));
+        }
         // Refunds read the purchases they name as this batch leaves them.
         let decided = answers.clone();
         points::apply(
