@@ -1,7 +1,9 @@
-//! Property tests of the clearing run on both stores: random days of purchases and
-//! refunds are credited exactly as the pure rules say (`rules::refund_reversal_step`; a
-//! refund past its purchase's amount changes nothing), the credits add up to the cleared
-//! subsidy, and clearing twice is clearing once.
+//! Property tests of the clearing run on both stores: random days of purchases, refunds
+//! and sign-ins at random merchants (some rows with none) are credited exactly as the
+//! pure rules say (`rules::refund_reversal_step`; a refund past its purchase's amount
+//! changes nothing), the credits add up to the cleared subsidy, the merchants' settlement,
+//! the district and category statistics and the run's count are what a model summing the
+//! stored rows says, and clearing twice is clearing once.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,7 +13,7 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use wenxiao_gateway::registry::MerchantId;
+use wenxiao_gateway::registry::{MerchantId, Registry};
 use wenxiao_gateway::rules::refund_reversal_step;
 use wenxiao_gateway::store::{IngestCtx, IngestTxn, Proposal, Store};
 use wenxiao_protocol::*;
@@ -24,26 +26,59 @@ const CTX: IngestCtx = IngestCtx {
     sign_in_points: Points(10),
 };
 
-/// A day: purchases (card, amount, subsidy) and refunds (index of a purchase, share in
-/// percent of its amount).
+/// The value of a point in fen the runs use.
+const FEN_PER_POINT: i64 = 10;
+
+/// A day: purchases (card, amount, subsidy, points used, merchant), refunds (index of a
+/// purchase, share in percent of its amount) and sign-ins (card, merchant). A merchant is
+/// an index into the registry's first merchants, or none.
 #[derive(Debug, Clone)]
 struct Day {
-    purchases: Vec<(u64, i64, i64)>,
+    purchases: Vec<(u64, i64, i64, u32, Option<usize>)>,
     refunds: Vec<(prop::sample::Index, i64)>,
+    sign_ins: Vec<(u64, Option<usize>)>,
     batch_rows: usize,
+}
+
+/// How many of the registry's merchants the days use.
+const MERCHANTS_USED: usize = 6;
+
+fn merchant() -> impl Strategy<Value = Option<usize>> {
+    prop::option::weighted(0.85, 0..MERCHANTS_USED)
 }
 
 fn day() -> impl Strategy<Value = Day> {
     (
-        prop::collection::vec((0u64..12, 1i64..100_000, 0i64..10_000), 1..40),
+        prop::collection::vec(
+            (0u64..12, 1i64..100_000, 0i64..10_000, 0u32..50, merchant()),
+            1..40,
+        ),
         prop::collection::vec((any::<prop::sample::Index>(), 1i64..=120), 0..10),
+        prop::collection::vec((0u64..12, merchant()), 0..8),
         1usize..16,
     )
-        .prop_map(|(purchases, refunds, batch_rows)| Day {
+        .prop_map(|(purchases, refunds, sign_ins, batch_rows)| Day {
             purchases,
             refunds,
+            sign_ins,
             batch_rows,
         })
+}
+
+/// The registry the days' merchants come from.
+fn registry() -> Registry {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/registry");
+    Registry::from_csv(&dir.join("merchants.csv"), &dir.join("devices.csv")).unwrap()
+}
+
+/// What the model expects of a stored row in the settlement and the statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Sums {
+    txn_count: i64,
+    sales_fen: i64,
+    refunds_fen: i64,
+    points_fen: i64,
+    subsidy_fen: i64,
 }
 
 fn row(
@@ -53,10 +88,11 @@ fn row(
     amount: i64,
     subsidy: i64,
     refund_of: Option<u64>,
+    merchant_id: Option<MerchantId>,
 ) -> IngestTxn {
     IngestTxn {
         device_id: DeviceId(310_100_000_001),
-        merchant_id: Some(MerchantId(1001)),
+        merchant_id,
         txn: Txn {
             seq: Seq::new(seq).unwrap(),
             kind,
@@ -87,23 +123,67 @@ fn row(
 }
 
 async fn check(store: impl Store, day: Day) {
+    let registry = registry();
+    store.import_registry(&registry).await.unwrap();
+    let merchants: Vec<_> = registry
+        .merchants()
+        .into_iter()
+        .take(MERCHANTS_USED)
+        .collect();
+    let merchant_of = |m: Option<usize>| m.map(|m| merchants[m].merchant_id);
     let mut rows = Vec::new();
     let mut expected: BTreeMap<u64, i64> = BTreeMap::new();
-    for (i, &(card, amount, subsidy)) in day.purchases.iter().enumerate() {
-        rows.push(row(
+    // The model of the settlement (purchases and refunds by merchant), the statistics
+    // (every stored row of a merchant, by district and category) and the run's count.
+    let mut settled: BTreeMap<i64, Sums> = BTreeMap::new();
+    let mut statistics: BTreeMap<(i16, i16), Sums> = BTreeMap::new();
+    let mut stored = 0_i64;
+    let mut count = |m: Option<usize>, kind: TxnKind, amount: i64, points: i64, subsidy: i64| {
+        stored += 1;
+        let Some(m) = m else { return };
+        let merchant = merchants[m];
+        let s = statistics
+            .entry((
+                i16::from(merchant.district.code()),
+                i16::from(merchant.category.code()),
+            ))
+            .or_default();
+        s.txn_count += 1;
+        s.subsidy_fen += subsidy;
+        if kind == TxnKind::Purchase {
+            s.sales_fen += amount;
+        }
+        if matches!(kind, TxnKind::Purchase | TxnKind::Refund) {
+            let e = settled.entry(merchant.merchant_id.0).or_default();
+            e.txn_count += 1;
+            if kind == TxnKind::Purchase {
+                e.sales_fen += amount;
+                e.points_fen += points * FEN_PER_POINT;
+                e.subsidy_fen += subsidy;
+            } else {
+                e.refunds_fen += amount;
+            }
+        }
+    };
+    for (i, &(card, amount, subsidy, points, m)) in day.purchases.iter().enumerate() {
+        let mut r = row(
             i as u64 + 1,
             TxnKind::Purchase,
             card,
             amount,
             subsidy,
             None,
-        ));
+            merchant_of(m),
+        );
+        r.txn.points_used = Points(points);
+        rows.push(r);
         *expected.entry(card).or_default() += subsidy;
+        count(m, TxnKind::Purchase, amount, i64::from(points), subsidy);
     }
     let mut refunded_so_far = vec![0_i64; day.purchases.len()];
     for (k, (which, percent)) in day.refunds.iter().enumerate() {
         let p = which.index(day.purchases.len());
-        let (card, amount, subsidy) = day.purchases[p];
+        let (card, amount, subsidy, _, m) = day.purchases[p];
         let refunded = amount * percent / 100;
         let seq = (day.purchases.len() + k) as u64 + 1;
         rows.push(row(
@@ -113,6 +193,7 @@ async fn check(store: impl Store, day: Day) {
             refunded.max(1),
             0,
             Some(p as u64 + 1),
+            merchant_of(m),
         ));
         // The purchase's refunds add up to at most its amount (a refund past it is
         // rejected and changes nothing); each reverses its step of the cumulative reversal.
@@ -122,14 +203,24 @@ async fn check(store: impl Store, day: Day) {
             refunded_so_far[p] = after;
             *expected.entry(card).or_default() -=
                 refund_reversal_step(Fen(subsidy), Fen(amount), Fen(before), Fen(after)).get();
+            count(m, TxnKind::Refund, refunded.max(1), 0, 0);
         }
+    }
+    for (k, &(card, m)) in day.sign_ins.iter().enumerate() {
+        let seq = (day.purchases.len() + day.refunds.len() + k) as u64 + 1;
+        rows.push(row(seq, TxnKind::SignIn, card, 0, 0, None, merchant_of(m)));
+        count(m, TxnKind::SignIn, 0, 0, 0);
     }
     for chunk in rows.chunks(day.batch_rows) {
         store.ingest(chunk, &CTX).await.unwrap();
     }
     let date = BusinessDate::new(DATE).unwrap();
     let first = store
-        .clear_day(date, 10, wenxiao_gateway::clock::day_end_ms(date) + 1)
+        .clear_day(
+            date,
+            FEN_PER_POINT,
+            wenxiao_gateway::clock::day_end_ms(date) + 1,
+        )
         .await
         .unwrap();
     let report = store.clearing_report(date).await.unwrap().unwrap();
@@ -146,9 +237,47 @@ async fn check(store: impl Store, day: Day) {
     assert_eq!(got, want);
     assert_eq!(first.subsidy_fen.get(), expected.values().sum::<i64>());
     assert_eq!(first.credit_fen.get(), want.values().sum::<i64>());
+    assert_eq!(first.txn_count, stored);
+    let got: BTreeMap<i64, Sums> = report
+        .merchants
+        .iter()
+        .map(|m| {
+            (
+                m.merchant_id.0,
+                Sums {
+                    txn_count: m.txn_count,
+                    sales_fen: m.sales_fen.get(),
+                    refunds_fen: m.refunds_fen.get(),
+                    points_fen: m.points_fen.get(),
+                    subsidy_fen: m.subsidy_fen.get(),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(got, settled);
+    let got: BTreeMap<(i16, i16), Sums> = report
+        .statistics
+        .iter()
+        .map(|s| {
+            (
+                (s.district, s.category),
+                Sums {
+                    txn_count: s.txn_count,
+                    sales_fen: s.sales_fen.get(),
+                    subsidy_fen: s.subsidy_fen.get(),
+                    ..Sums::default()
+                },
+            )
+        })
+        .collect();
+    assert_eq!(got, statistics);
     assert_eq!(
         store
-            .clear_day(date, 10, wenxiao_gateway::clock::day_end_ms(date) + 2)
+            .clear_day(
+                date,
+                FEN_PER_POINT,
+                wenxiao_gateway::clock::day_end_ms(date) + 2
+            )
             .await
             .unwrap(),
         first

@@ -1,6 +1,8 @@
 //! The clearing run's SQL, shared by both stores (SQLite runs the mechanical rewrite of
 //! `store/backend.rs`). `$1` is the business date, `$2` the value of a
-//! point in fen (MERCHANTS), or the time of the run (RUN).
+//! point in fen (MERCHANTS), or the time of the run (RUN). Two scratch tables hold what
+//! the day's scans found: `clearing_nets` (one row per card) and `clearing_merchants`
+//! (one per merchant).
 
 /// Each stored transaction's effect on its card's credit: a purchase's subsidy, minus a
 /// refund's reversal as ingest recorded it (the purchase's subsidy in proportion to the
@@ -29,32 +31,39 @@ pub(crate) const DEBTS_OWED: &str = "INSERT INTO card_debts (card_no, owed_fen) 
     WHERE COALESCE(d.owed_fen, 0) - n.net_fen > 0 \
     ON CONFLICT (card_no) DO UPDATE SET owed_fen = excluded.owed_fen";
 
+/// The day's stored rows summed by merchant (rows with none in one group of their own),
+/// in one scan: what the settlement, the statistics and the run's count are made of.
+pub(crate) const DAY_MERCHANTS: &str = "INSERT INTO clearing_merchants (merchant_id, txn_count, \
+        settled_count, sales_fen, refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen) \
+    SELECT merchant_id, COUNT(*), \
+        SUM(CASE WHEN kind IN (1, 4) THEN 1 ELSE 0 END), \
+        SUM(CASE WHEN kind = 1 THEN amount_fen ELSE 0 END), \
+        SUM(CASE WHEN kind = 4 THEN amount_fen ELSE 0 END), \
+        SUM(CASE WHEN kind = 1 THEN points_used ELSE 0 END), \
+        SUM(CASE WHEN kind = 1 THEN subsidy_fen ELSE 0 END), \
+        SUM(subsidy_fen) \
+    FROM txns WHERE business_date = $1 AND status = 1 GROUP BY merchant_id";
+
 /// Per-merchant settlement: sales and refunds (card part), points to reimburse, subsidy.
 pub(crate) const MERCHANTS: &str = "INSERT INTO merchant_settlements \
     (business_date, merchant_id, txn_count, sales_fen, refunds_fen, points_fen, subsidy_fen) \
-    SELECT CAST($1 AS INTEGER), merchant_id, COUNT(*), \
-        SUM(CASE WHEN kind = 1 THEN amount_fen ELSE 0 END), \
-        SUM(CASE WHEN kind = 4 THEN amount_fen ELSE 0 END), \
-        SUM(CASE WHEN kind = 1 THEN points_used * $2 ELSE 0 END), \
-        SUM(CASE WHEN kind = 1 THEN subsidy_fen ELSE 0 END) \
-    FROM txns WHERE business_date = $1 AND status = 1 AND kind IN (1, 4) \
-        AND merchant_id IS NOT NULL \
-    GROUP BY merchant_id";
+    SELECT CAST($1 AS INTEGER), merchant_id, settled_count, sales_fen, refunds_fen, \
+        points_used * $2, purchase_subsidy_fen \
+    FROM clearing_merchants WHERE merchant_id IS NOT NULL AND settled_count > 0";
 
-/// Statistics by district and category.
+/// Statistics by district and category (every stored row of a registered merchant).
 pub(crate) const STATISTICS: &str = "INSERT INTO day_statistics \
     (business_date, district, category, txn_count, sales_fen, subsidy_fen) \
-    SELECT CAST($1 AS INTEGER), m.district, m.category, COUNT(*), \
-        SUM(CASE WHEN t.kind = 1 THEN t.amount_fen ELSE 0 END), SUM(t.subsidy_fen) \
-    FROM txns t JOIN merchants m ON m.merchant_id = t.merchant_id \
-    WHERE t.business_date = $1 AND t.status = 1 \
+    SELECT CAST($1 AS INTEGER), m.district, m.category, SUM(c.txn_count), \
+        SUM(c.sales_fen), SUM(c.subsidy_fen) \
+    FROM clearing_merchants c JOIN merchants m ON m.merchant_id = c.merchant_id \
     GROUP BY m.district, m.category";
 
 /// The run's row.
 pub(crate) const RUN: &str = "INSERT INTO clearing_runs (business_date, status, cleared_at_ms, \
     approved_at_ms, txn_count, subsidy_fen, credit_count, credit_fen) \
     SELECT CAST($1 AS INTEGER), 1, CAST($2 AS BIGINT), NULL, \
-        (SELECT COUNT(*) FROM txns WHERE business_date = $1 AND status = 1), \
+        (SELECT COALESCE(SUM(txn_count), 0) FROM clearing_merchants), \
         (SELECT COALESCE(SUM(net_fen), 0) FROM clearing_nets), \
         (SELECT COUNT(*) FROM credits WHERE business_date = $1), \
         (SELECT COALESCE(SUM(amount_fen), 0) FROM credits WHERE business_date = $1)";

@@ -83,7 +83,24 @@ pub(super) async fn clear_day<B: Backend>(
         &[],
     )
     .await?;
+    tx.execute(
+        &Sql::each(
+            "CREATE TEMP TABLE clearing_merchants (merchant_id BIGINT, \
+             txn_count BIGINT NOT NULL, settled_count BIGINT NOT NULL, \
+             sales_fen BIGINT NOT NULL, refunds_fen BIGINT NOT NULL, \
+             points_used BIGINT NOT NULL, purchase_subsidy_fen BIGINT NOT NULL, \
+             subsidy_fen BIGINT NOT NULL) ON COMMIT DROP",
+            "CREATE TEMP TABLE clearing_merchants (merchant_id INTEGER, \
+             txn_count INTEGER NOT NULL, settled_count INTEGER NOT NULL, \
+             sales_fen INTEGER NOT NULL, refunds_fen INTEGER NOT NULL, \
+             points_used INTEGER NOT NULL, purchase_subsidy_fen INTEGER NOT NULL, \
+             subsidy_fen INTEGER NOT NULL)",
+        ),
+        &[],
+    )
+    .await?;
     let steps = [
+        (q::DAY_MERCHANTS, params![d]),
         (q::DAY_NETS, params![d]),
         (q::CREDITS, params![d]),
         (q::DEBTS_PAID, params![]),
@@ -103,6 +120,8 @@ pub(super) async fn clear_day<B: Backend>(
         );
     }
     tx.execute(&Sql::lite_only("DROP TABLE temp.clearing_nets"), &[])
+        .await?;
+    tx.execute(&Sql::lite_only("DROP TABLE temp.clearing_merchants"), &[])
         .await?;
     let r = tx.query_one(&SELECT_RUN, params![d]).await?;
     let s = summary(date, &r)?;
