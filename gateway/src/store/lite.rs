@@ -100,8 +100,10 @@ impl Backend for Lite {
 
     fn schema_text(&self, sql: &str) -> String {
         // The column types SQLite spells differently (an auto-assigned `BIGSERIAL` key is
-        // SQLite's rowid).
+        // SQLite's rowid); a covering index's included columns become trailing key
+        // columns (SQLite has no INCLUDE; the index serves the same reads).
         sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY")
+            .replace(") INCLUDE (", ", ")
             .replace("BYTEA", "BLOB")
             .replace("BOOLEAN", "INTEGER")
     }
@@ -269,5 +271,28 @@ impl Tx for LiteTx {
             self.open = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_covering_index_becomes_trailing_key_columns() {
+        let lite = Lite::open(&std::env::temp_dir().join(format!(
+            "wenxiao-schema-{}-{}.db",
+            std::process::id(),
+            crate::clock::now_ms()
+        )))
+        .unwrap();
+        assert_eq!(
+            lite.schema_text(
+                "CREATE INDEX d ON credits (business_date, status) INCLUDE (amount_fen);"
+            ),
+            "CREATE INDEX d ON credits (business_date, status, amount_fen);"
+        );
+        std::fs::remove_file(lite.path()).unwrap();
     }
 }

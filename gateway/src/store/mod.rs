@@ -559,6 +559,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (14, include_str!("migrations/0014_console.sql")),
     (15, include_str!("migrations/0015_console_indexes.sql")),
     (16, include_str!("migrations/0016_scale_out.sql")),
+    (17, include_str!("migrations/0017_credits_day_include.sql")),
 ];
 
 // ---------------------------------------------------------------------------------------
