@@ -143,10 +143,7 @@ async fn check(store: impl Store, day: Day) {
         let Some(m) = m else { return };
         let merchant = merchants[m];
         let s = statistics
-            .entry((
-                i16::from(merchant.district.code()),
-                i16::from(merchant.category.code()),
-            ))
+            .entry((merchant.district.code(), merchant.category.code()))
             .or_default();
         s.txn_count += 1;
         s.subsidy_fen += subsidy;
