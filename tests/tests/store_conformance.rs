@@ -678,6 +678,23 @@ async fn a_purchase_consumes_its_hold_exactly_once(s: &(impl Store + StoreAudit)
     assert_eq!(b[0], TxnAnswer::rejected(Reason::HoldInvalid));
     // The purchase and the refund stored; the reused hold rejected.
     assert_eq!(s.count_txns(DEVICE).await.unwrap(), (2, 1));
+    // A replay of the purchase (its card counter, its spent hold, a new seq) is a replay,
+    // not an invalid hold: the counter is what gives it away, whichever way the batch is
+    // written.
+    let mut replayed = txn(15, 60, 10, 8_500);
+    replayed.points_hold_id = Some(hold_id);
+    replayed.points_used = Points(15);
+    let r = s
+        .ingest(
+            &[IngestTxn {
+                received_at_ms: now + 3,
+                ..ingest(DEVICE, replayed, STORE_880)
+            }],
+            &B,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0], TxnAnswer::rejected(Reason::CardCounterReplay));
     // A hold that expired before its purchase arrived is invalid, and is released.
     let HoldOutcome::Approved { hold_id: late, .. } =
         s.create_hold(hold(60, 5, now)).await.unwrap()

@@ -578,6 +578,21 @@ mod pipeline_tests {
         // One connection, so the temporary table is the same one throughout.
         let pg =
             super::super::Pg::connect(&url, 1, 5_000, &super::super::PgLimits::default()).unwrap();
-        contract(pg).await;
+        contract(pg.clone()).await;
+
+        // A value its parameter cannot hold fails before it is sent, so the server sees no
+        // error: the COMMIT behind it must not be sent either.
+        const NARROW: Sql = Sql::both("INSERT INTO pipe (i, v) VALUES ($1, CAST($2 AS SMALLINT))");
+        let tx = pg.begin(TxMode::Write).await.unwrap();
+        let unsendable = [
+            Step::One(&INSERT, vec![5.into(), 0.into()]),
+            Step::One(&NARROW, vec![6.into(), 70_000.into()]),
+            Step::One(&INSERT, vec![7.into(), 0.into()]),
+        ];
+        assert!(tx.commit_after(&unsendable).await.is_err());
+        let mut tx = pg.begin(TxMode::Write).await.unwrap();
+        let done = tx.pipeline(&[Step::One(&COUNT, Vec::new())]).await.unwrap();
+        assert_eq!(done[0].rows, vec![Row(vec![Value::Int(0)])]);
+        tx.commit().await.unwrap();
     }
 }

@@ -220,11 +220,7 @@ impl PgTx {
             .ok_or_else(|| StoreError::Task("transaction already closed".to_owned()))?;
         // Every statement is prepared first (cached after its first use): one prepared in
         // the middle of the pipeline would be sent after the statements behind it.
-        let mut ops = Vec::with_capacity(steps.len() + 2);
-        if let Some(begin) = self.begin.take() {
-            self.open = true;
-            ops.push(Op::Simple(begin));
-        }
+        let mut ops = Vec::with_capacity(steps.len() + 1);
         for step in steps {
             let (text, values): (&str, Vec<&(dyn ToSql + Sync)>) = match step {
                 Step::One(sql, params) => (sql.pg, param_refs(params)),
@@ -240,22 +236,36 @@ impl PgTx {
                 Op::Statement(client.prepare_cached(text).await?, values)
             });
         }
-        if let Some(close) = close {
-            ops.push(Op::Simple(close));
+        if let Some(begin) = self.begin.take() {
+            self.open = true;
+            ops.insert(0, Op::Simple(begin));
         }
         let mut runs: Vec<std::pin::Pin<Box<MaybeDone<_>>>> = ops
             .into_iter()
             .map(|op| Box::pin(maybe_done(op.run(client))))
             .collect();
         // The first poll of each sends its request: done here in order, so the server runs
-        // them in order; then all are driven to their answers.
-        std::future::poll_fn(|cx| {
+        // them in order; then all are driven to their answers. A request that failed
+        // before it was sent (a value its column cannot hold) leaves the server without an
+        // error, so the COMMIT is only sent when none did: otherwise the rest would commit.
+        let failed_unsent = std::future::poll_fn(|cx| {
+            let mut failed = false;
             for run in &mut runs {
                 let _ = std::future::Future::poll(run.as_mut(), cx);
+                failed |= matches!(run.as_ref().get_ref(), MaybeDone::Done(Err(_)));
             }
-            std::task::Poll::Ready(())
+            std::task::Poll::Ready(failed)
         })
         .await;
+        if let Some(close) = close.filter(|_| !failed_unsent) {
+            let mut commit = Box::pin(maybe_done(Op::Simple(close).run(client)));
+            std::future::poll_fn(|cx| {
+                let _ = std::future::Future::poll(commit.as_mut(), cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+            runs.push(commit);
+        }
         join_all(runs.iter_mut().map(|r| r.as_mut())).await;
         let mut done = Vec::with_capacity(steps.len());
         let mut first_error = None;

@@ -130,6 +130,11 @@ impl Pending {
         Ticket(ticket)
     }
 
+    /// Whether an asked-for step has been sent.
+    fn sent(&self, ticket: Ticket) -> bool {
+        self.answered.contains_key(&ticket.0)
+    }
+
     /// The answer of an asked-for step, once sent.
     fn answer(&mut self, ticket: Ticket) -> Result<Done, StoreError> {
         self.answered
@@ -173,6 +178,10 @@ enum Ingested {
     /// Rolled back before anything was decided: a row's business day is closed, or a
     /// row's session was fenced. The batch must be moved and filtered first.
     Moved,
+    /// Rolled back: decided first, a row proposed as stored was rejected before its
+    /// insert (its hold not valid), so the card-counter index would not have been asked
+    /// about it. The batch must be written inserted first.
+    NotDecided,
 }
 
 /// How a batch is written.
@@ -289,13 +298,13 @@ impl<B: Backend> Ledger<B> {
     ) -> Result<Ingested, StoreError> {
         let tx = self.backend.begin(TxMode::Write).await?;
         match self.ingest_in(tx, batch, ctx, Way::Decided).await {
-            Err(e) if not_new(&e) => {
-                metrics::counter!(crate::metrics::INGEST_REWRITTEN_TOTAL).increment(1);
-                let tx = self.backend.begin(TxMode::Write).await?;
-                self.ingest_in(tx, batch, ctx, Way::InsertedFirst).await
-            }
-            other => other,
+            Err(e) if not_new(&e) => {}
+            Ok(Ingested::NotDecided) => {}
+            other => return other,
         }
+        metrics::counter!(crate::metrics::INGEST_REWRITTEN_TOTAL).increment(1);
+        let tx = self.backend.begin(TxMode::Write).await?;
+        self.ingest_in(tx, batch, ctx, Way::InsertedFirst).await
     }
 
     /// The batch's rows written and answered in `tx`, which this commits; or `Moved`,
@@ -358,7 +367,9 @@ impl<B: Backend> Ledger<B> {
                     Phase::HoldsAndSignIns,
                 )
                 .await?;
-                pending.send(&mut tx, Vec::new()).await?;
+                if !pending.sent(closed) {
+                    pending.send(&mut tx, Vec::new()).await?;
+                }
             }
             Way::InsertedFirst => {
                 let rows = insert_rows(batch, &firsts, |t| TxnRow::first_answer(t.proposal));
@@ -383,6 +394,23 @@ impl<B: Backend> Ledger<B> {
         {
             drop(tx);
             return Ok(Ingested::Moved);
+        }
+        // Decided first, a row the holds rejected must still meet the card-counter index
+        // as a stored row would (a replayed purchase with a spent hold is a replay).
+        if way == Way::Decided
+            && firsts.iter().any(|&i| {
+                batch
+                    .get(i)
+                    .is_some_and(|t| matches!(t.proposal, Proposal::Store { .. }))
+                    && answers
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|a| a.status != TxnStatus::Stored)
+            })
+        {
+            drop(tx);
+            return Ok(Ingested::NotDecided);
         }
         let listed: HashSet<i64> = pending
             .answer(listed)?
