@@ -206,11 +206,29 @@ impl PgTx {
     }
 
     /// Sends the pending `BEGIN`, `steps` and then `close` (`COMMIT`), all before reading
-    /// the first answer, and returns what each step did. The first error is returned
-    /// after every answer has been read, so the connection is left between requests.
+    /// the first answer, and returns what each step did (see [`PgTx::send_requests`]).
     async fn send(
         &mut self,
         steps: &[Step<'_>],
+        close: Option<&'static str>,
+    ) -> Result<Vec<Done>, StoreError> {
+        let requests = steps
+            .iter()
+            .map(|step| match step {
+                Step::One(sql, params) => (sql.pg, param_refs(params)),
+                Step::Bulk(sql, cols) => bulk_request(sql, cols),
+            })
+            .collect();
+        self.send_requests(requests, close).await
+    }
+
+    /// Sends the pending `BEGIN`, each request (a statement's text, empty for nothing to
+    /// send, and its values) and then `close`, all before reading the first answer, and
+    /// returns what each request did. The first error is returned after every answer has
+    /// been read, so the connection is left between requests.
+    async fn send_requests(
+        &mut self,
+        requests: Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)>,
         close: Option<&'static str>,
     ) -> Result<Vec<Done>, StoreError> {
         use futures_util::future::{MaybeDone, join_all, maybe_done};
@@ -220,16 +238,8 @@ impl PgTx {
             .ok_or_else(|| StoreError::Task("transaction already closed".to_owned()))?;
         // Every statement is prepared first (cached after its first use): one prepared in
         // the middle of the pipeline would be sent after the statements behind it.
-        let mut ops = Vec::with_capacity(steps.len() + 1);
-        for step in steps {
-            let (text, values): (&str, Vec<&(dyn ToSql + Sync)>) = match step {
-                Step::One(sql, params) => (sql.pg, param_refs(params)),
-                Step::Bulk(sql, cols) if cols.first().is_some_and(|c| c.len() > 0) => (
-                    sql.pg,
-                    cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect(),
-                ),
-                Step::Bulk(..) => ("", Vec::new()),
-            };
+        let mut ops = Vec::with_capacity(requests.len() + 1);
+        for (text, values) in requests {
             ops.push(if text.is_empty() {
                 Op::Nothing
             } else {
@@ -267,7 +277,7 @@ impl PgTx {
             runs.push(commit);
         }
         join_all(runs.iter_mut().map(|r| r.as_mut())).await;
-        let mut done = Vec::with_capacity(steps.len());
+        let mut done = Vec::with_capacity(runs.len());
         let mut first_error = None;
         for (i, run) in runs.iter_mut().enumerate() {
             match run.as_mut().take_output() {
@@ -351,19 +361,34 @@ fn param_refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
+/// A bulk statement's request: one array per column; nothing to send for no rows.
+fn bulk_request<'c>(sql: &Bulk, cols: &'c [Col]) -> (&'static str, Vec<&'c (dyn ToSql + Sync)>) {
+    if cols.first().is_none_or(|c| c.len() == 0) {
+        return ("", Vec::new());
+    }
+    (
+        sql.pg,
+        cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect(),
+    )
+}
+
 impl Tx for PgTx {
     async fn query(&mut self, sql: &Sql, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let done = self.send(&[Step::One(sql, params.to_vec())], None).await?;
+        let request = (sql.pg, param_refs(params));
+        let done = self.send_requests(vec![request], None).await?;
         Ok(done.into_iter().next().map(|d| d.rows).unwrap_or_default())
     }
 
     async fn execute(&mut self, sql: &Sql, params: &[Value]) -> Result<u64, StoreError> {
-        let done = self.send(&[Step::One(sql, params.to_vec())], None).await?;
+        let request = (sql.pg, param_refs(params));
+        let done = self.send_requests(vec![request], None).await?;
         Ok(done.first().map_or(0, |d| d.changed))
     }
 
     async fn bulk(&mut self, sql: &Bulk, cols: &[Col]) -> Result<Vec<Row>, StoreError> {
-        let done = self.send(&[Step::Bulk(sql, cols.to_vec())], None).await?;
+        let done = self
+            .send_requests(vec![bulk_request(sql, cols)], None)
+            .await?;
         Ok(done.into_iter().next().map(|d| d.rows).unwrap_or_default())
     }
 

@@ -1,15 +1,19 @@
-//! Ingest: one transaction per batch, in steps that are each one set-based statement on
-//! PostgreSQL (so the batch can later become one round trip):
-//! 1. insert the first copy of every (device, seq) with its proposed answer;
-//! 2. look up the rows that were not inserted: identical re-sends are answered from the
-//!    recorded row, other content is SEQ_CONFLICT (recorded as evidence);
-//! 3. what is neither inserted nor recorded collided on the card-counter index: recorded
-//!    REJECTED CARD_COUNTER_REPLAY;
-//! 4. points (holds, sign-ins), then the blacklist, then the budget decide the new rows'
-//!    final answers, which are written back in one statement; then refunds are decided
-//!    against the purchases as the batch leaves them (and what they change written back);
-//! 5. later copies of a key in the same batch are answered last, from the row as this
-//!    batch leaves it, exactly as a re-send in a later batch would be.
+//! Ingest: one transaction per batch, every step a set-based statement on PostgreSQL,
+//! sent in as few round trips as their dependencies allow. A batch is written one of two
+//! ways ([`Way`]):
+//! - decided first (the usual batch, every row new): the holds, the sign-in awards, the
+//!   blacklist and the budget decide each row's answer, and every row is then inserted
+//!   once with it, beside the commit; a row that is not new fails that insert and the
+//!   batch is written the other way;
+//! - inserted first: the first copy of every (device, seq) is inserted with its proposed
+//!   answer; identical re-sends are answered from the recorded row, other content is
+//!   SEQ_CONFLICT (recorded as evidence); what is neither inserted nor recorded collided
+//!   on the card-counter index (recorded REJECTED CARD_COUNTER_REPLAY); points, blacklist
+//!   and budget then decide the new rows' final answers, written back in one statement.
+//!
+//! Either way refunds are decided last, against the purchases as the batch leaves them,
+//! and later copies of a key in the same batch are answered from the row as this batch
+//! leaves it, exactly as a re-send in a later batch would be.
 
 use super::super::backend::{Backend, Bulk, Col, Done, Row, Sql, Step, Tx, TxMode, params};
 use super::super::{IngestCtx, IngestTxn, Proposal, StoreError, TxnAnswer, db_u64, from_db_u64};
@@ -22,41 +26,40 @@ use wenxiao_protocol::{
     UnixMillis,
 };
 
-const INSERT_TXNS: Bulk = Bulk {
-    pg: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
-         counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
-         occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
-         received_at_ms, business_date) \
-         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[], \
-         $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], $11::int8[], $12::int8[], \
-         $13::int8[], $14::int4[], $15::int8[], $16::int2[], $17::int2[], $18::int8[], $19::int8[], \
-         $20::int8[], $21::int4[]) \
-         ON CONFLICT DO NOTHING RETURNING device_id, seq",
-    lite: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
-           counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
-           occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
-           received_at_ms, business_date) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-           ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
-           ON CONFLICT DO NOTHING RETURNING device_id, seq",
-};
+/// An insert of whole `txns` rows, each database's spelling, ending with `$tail`.
+macro_rules! insert_txns {
+    ($tail:literal) => {
+        Bulk {
+            pg: concat!(
+                "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+                 counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, \
+                 refund_of_seq, occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, \
+                 points_awarded, received_at_ms, business_date) \
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], \
+                 $5::int8[], $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], \
+                 $11::int8[], $12::int8[], $13::int8[], $14::int4[], $15::int8[], $16::int2[], \
+                 $17::int2[], $18::int8[], $19::int8[], $20::int8[], $21::int4[])",
+                $tail
+            ),
+            lite: concat!(
+                "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
+                 counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, \
+                 refund_of_seq, occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, \
+                 points_awarded, received_at_ms, business_date) VALUES (?1, ?2, ?3, ?4, ?5, \
+                 ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                $tail
+            ),
+        }
+    };
+}
+
+/// The first copies of a batch written first ([`Way::InsertedFirst`]): what is not new is
+/// skipped, and the keys inserted come back.
+const INSERT_TXNS: Bulk = insert_txns!(" ON CONFLICT DO NOTHING RETURNING device_id, seq");
 
 /// The rows of a batch decided before they are written ([`Way::Decided`]): a row that is
 /// not new is an error, not a row skipped.
-const INSERT_NEW: Bulk = Bulk {
-    pg: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
-         counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
-         occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
-         received_at_ms, business_date) \
-         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[], \
-         $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], $11::int8[], $12::int8[], \
-         $13::int8[], $14::int4[], $15::int8[], $16::int2[], $17::int2[], $18::int8[], $19::int8[], \
-         $20::int8[], $21::int4[])",
-    lite: "INSERT INTO txns (device_id, seq, kind, card_no, card_counter, \
-           counter_kind, amount_fen, list_price_fen, item, points_hold_id, points_used, refund_of_seq, \
-           occurred_at_ms, tac, merchant_id, status, reason, subsidy_fen, points_awarded, \
-           received_at_ms, business_date) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-           ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
-};
+const INSERT_NEW: Bulk = insert_txns!("");
 
 const SELECT_RECORDED: Bulk = Bulk {
     pg: "SELECT device_id, seq, kind, card_no, card_counter, amount_fen, \
