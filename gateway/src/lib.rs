@@ -29,6 +29,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod tls_conn;
 pub mod validate;
 
 pub use wenxiao_protocol as protocol;

@@ -305,9 +305,7 @@ async fn serve(
     let connections = Arc::new(Semaphore::new(cfg.server.connections_max));
     let handshakes = Arc::new(Semaphore::new(cfg.server.handshakes_in_progress_max));
     // New handshakes take the acceptor of the latest CRL.
-    let acceptor = Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
-        tls_config,
-    )));
+    let acceptor = Arc::new(std::sync::RwLock::new(tls_config));
     if let Some(path) = cfg.tls.device_crl_path.clone() {
         actix_rt::spawn(reload_crl(Arc::clone(&shared), Arc::clone(&acceptor), path));
     }
@@ -355,7 +353,7 @@ async fn serve(
             continue;
         };
         next = next.wrapping_add(1);
-        let Ok(current) = acceptor.read().map(|a| a.clone()) else {
+        let Ok(current) = acceptor.read().map(|a| Arc::clone(&a)) else {
             continue;
         };
         let (acceptor, shared, handshakes) =
@@ -364,23 +362,13 @@ async fn serve(
             let Ok(slot) = handshakes.acquire_owned().await else {
                 return;
             };
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let accepted = crate::tls_conn::accept(tcp, acceptor);
+            match tokio::time::timeout(handshake_timeout, accepted).await {
                 Ok(Ok(stream)) => {
                     drop(slot);
-                    let id = tls::device_id_of(
-                        stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first()),
-                    )
-                    .map_err(|e| e.to_string());
-                    let serial = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(tls::serial_of);
+                    let id =
+                        tls::device_id_of(stream.peer_certificate()).map_err(|e| e.to_string());
+                    let serial = stream.peer_certificate().and_then(tls::serial_of);
                     Session::start(stream, (id, serial), shared, permit);
                 }
                 Ok(Err(e)) => {
@@ -497,7 +485,7 @@ fn tell_ota_sessions(shared: &Shared) {
 /// force (and says so).
 async fn reload_crl(
     shared: Arc<Shared>,
-    acceptor: Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
+    acceptor: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
     path: std::path::PathBuf,
 ) {
     let every = Duration::from_millis(shared.config.tls.crl_reload_interval_ms);
@@ -530,7 +518,7 @@ async fn reload_crl(
         match built {
             Ok((crl, config)) => {
                 if let Ok(mut a) = acceptor.write() {
-                    *a = tokio_rustls::TlsAcceptor::from(config);
+                    *a = config;
                 }
                 metrics::counter!(m::CRL_RELOADS_TOTAL, "outcome" => "loaded").increment(1);
                 tracing::info!(revoked = crl.revoked.len(), path = %path.display(), "device CRL loaded");
