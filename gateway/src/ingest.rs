@@ -281,9 +281,12 @@ impl Writer {
     }
 
     /// Commits with retries until `store_wait_ms` has passed. Each attempt is bounded by
-    /// what is left of that wait (a statement that hangs is abandoned: its transaction is
-    /// rolled back, and the batch is answered STORE_UNAVAILABLE — never acknowledged), and
-    /// a panic inside an attempt is caught and answered the same way.
+    /// what is left of that wait. A statement that hangs is abandoned and the batch is
+    /// answered STORE_UNAVAILABLE, never acknowledged; its outcome is unknown, since a
+    /// pipelined COMMIT may already be on its way behind it (the connection then rolls
+    /// back only what did not commit). The device re-sends, and learns it: STORED, or
+    /// DUPLICATE for a batch that did commit. A panic inside an attempt is caught and
+    /// answered the same way.
     async fn commit(&self, batch: &[IngestTxn]) -> Result<Vec<Option<TxnAnswer>>, ()> {
         use futures_util::FutureExt;
         let started = Instant::now();

@@ -2,28 +2,40 @@
 //! the TLS stream, and the bytes queued between the two are bounded.
 //!
 //! Why not actix's `FramedWrite`: it pauses the actor only when a write returns
-//! `WouldBlock`, and tokio-rustls returns `Pending` instead, so its buffer grew without
+//! `WouldBlock`, and a TLS stream returns `Pending` instead, so its buffer grew without
 //! bound for a device that never reads. Here every queued frame holds permits of a
-//! semaphore of `write_buffer_bytes_max` bytes, released once the frame is written; the
+//! semaphore of `write_buffer_bytes_max` bytes, given back once the frame is written; the
 //! actor that finds no permits waits for them (and stops reading meanwhile, see
 //! `Session::send`), up to `slow_reader_timeout_ms`.
+//!
+//! The queue is one byte buffer: frames are appended to it, and the writer takes all of
+//! it at once and writes it as one buffer, so small answers share TLS records and system
+//! calls. An idle session holds no buffer: the writer frees what it wrote, and the queue
+//! allocates again with the next frame. (A channel of frames would keep its first block
+//! of slots, and a writer's batch vector its capacity, for the session's whole life.)
 
 use bytes::{Bytes, BytesMut};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{AcquireError, Notify, Semaphore};
 
-/// Frames the writer takes from the queue per write: written as one buffer, so small
-/// answers share TLS records and system calls.
-const FRAMES_PER_WRITE_MAX: usize = 64;
+/// What the actor and the writer share.
+#[derive(Debug)]
+struct Inner {
+    queue: Mutex<Queued>,
+    /// Tells the writer that frames were queued or the queue closed.
+    wake: Notify,
+    /// The write budget in bytes: queued frames hold permits, forgotten, until written.
+    budget: Semaphore,
+}
 
-/// A write buffer larger than this is released, not kept, once the queue is empty: idle
-/// sessions hold no application buffers.
-const IDLE_BUFFER_BYTES_MAX: usize = 4_096;
-
+#[derive(Debug, Default)]
 struct Queued {
-    frame: Bytes,
-    _permit: OwnedSemaphorePermit,
+    bytes: BytesMut,
+    /// Permits the queued frames hold.
+    permits: usize,
+    /// No more frames: the writer writes what is queued, then shuts the stream down.
+    closed: bool,
 }
 
 /// The outcome of [`Outbound::try_send`].
@@ -37,12 +49,17 @@ pub enum Queue {
     Closed,
 }
 
+/// Room in the write budget that [`Outbound::reserve`] got for one frame.
+#[derive(Debug)]
+#[must_use = "room not used for a frame is lost to the session's budget"]
+pub struct Room(usize);
+
 /// The writing half of a session.
 #[derive(Debug)]
 pub struct Outbound {
-    tx: Option<mpsc::UnboundedSender<Queued>>,
-    budget: Arc<Semaphore>,
+    inner: Arc<Inner>,
     budget_bytes: usize,
+    closed: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,13 +75,16 @@ impl Outbound {
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(budget_bytes));
-        let task = actix_rt::spawn(write_loop(w, rx, done));
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queued::default()),
+            wake: Notify::new(),
+            budget: Semaphore::new(budget_bytes.min(Semaphore::MAX_PERMITS)),
+        });
+        let task = actix_rt::spawn(write_loop(w, Arc::clone(&inner), done));
         Self {
-            tx: Some(tx),
-            budget,
+            inner,
             budget_bytes,
+            closed: false,
             task,
         }
     }
@@ -75,20 +95,39 @@ impl Outbound {
         u32::try_from(len.min(self.budget_bytes)).unwrap_or(u32::MAX)
     }
 
+    /// Appends a frame whose permits are taken (and forgotten); gives them back if the
+    /// writer is gone.
+    fn push(&self, frame: &[u8], permits: usize) -> Queue {
+        let mut q = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.closed || q.closed || self.task.is_finished() {
+            drop(q);
+            self.inner.budget.add_permits(permits);
+            return Queue::Closed;
+        }
+        q.bytes.extend_from_slice(frame);
+        q.permits += permits;
+        drop(q);
+        self.inner.wake.notify_one();
+        Queue::Queued
+    }
+
     /// Queues `frame` if the budget allows.
     pub fn try_send(&self, frame: Bytes) -> Queue {
-        let Some(tx) = &self.tx else {
+        if self.closed {
             return Queue::Closed;
-        };
-        match Arc::clone(&self.budget).try_acquire_many_owned(self.permits(frame.len())) {
-            Ok(permit) => match tx.send(Queued {
-                frame,
-                _permit: permit,
-            }) {
-                Ok(()) => Queue::Queued,
-                Err(_) => Queue::Closed,
-            },
-            Err(_) => Queue::Full(frame),
+        }
+        let permits = self.permits(frame.len());
+        match self.inner.budget.try_acquire_many(permits) {
+            Ok(permit) => {
+                permit.forget();
+                self.push(&frame, permits as usize)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Queue::Full(frame),
+            Err(tokio::sync::TryAcquireError::Closed) => Queue::Closed,
         }
     }
 
@@ -96,23 +135,29 @@ impl Outbound {
     pub fn reserve(
         &self,
         len: usize,
-    ) -> impl std::future::Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + use<> {
-        Arc::clone(&self.budget).acquire_many_owned(self.permits(len))
+    ) -> impl std::future::Future<Output = Result<Room, AcquireError>> + use<> {
+        let (inner, permits) = (Arc::clone(&self.inner), self.permits(len));
+        async move {
+            let permit = inner.budget.acquire_many(permits).await?;
+            permit.forget();
+            Ok(Room(permits as usize))
+        }
     }
 
     /// Queues a frame whose room [`Outbound::reserve`] got.
-    pub fn send_reserved(&self, frame: Bytes, permit: OwnedSemaphorePermit) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Queued {
-                frame,
-                _permit: permit,
-            });
-        }
+    pub fn send_reserved(&self, frame: Bytes, room: Room) {
+        let _ = self.push(&frame, room.0);
     }
 
     /// No more frames: the writer writes what is queued, then shuts the stream down.
     pub fn close(&mut self) {
-        self.tx = None;
+        self.closed = true;
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.inner.wake.notify_one();
     }
 }
 
@@ -126,31 +171,132 @@ impl Drop for Outbound {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
+    inner: Arc<Inner>,
     done: impl FnOnce(std::io::Result<()>),
 ) {
-    let mut items = Vec::with_capacity(FRAMES_PER_WRITE_MAX);
-    let mut buf = BytesMut::new();
     loop {
-        if rx.recv_many(&mut items, FRAMES_PER_WRITE_MAX).await == 0 {
-            break;
+        let (bytes, permits, closed) = {
+            let mut q = inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                std::mem::take(&mut q.bytes),
+                std::mem::take(&mut q.permits),
+                q.closed,
+            )
+        };
+        if bytes.is_empty() {
+            if closed {
+                break;
+            }
+            inner.wake.notified().await;
+            continue;
         }
-        for q in &items {
-            buf.extend_from_slice(&q.frame);
-        }
-        let mut result = w.write_all(&buf).await;
-        if result.is_ok() && rx.is_empty() {
+        let mut result = w.write_all(&bytes).await;
+        let more = !inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+            .is_empty();
+        if result.is_ok() && !more {
             result = w.flush().await;
         }
-        // Written: the permits go back with the frames.
-        items.clear();
-        buf.clear();
-        if buf.capacity() > IDLE_BUFFER_BYTES_MAX && rx.is_empty() {
-            buf = BytesMut::new();
-        }
+        // Written: the permits go back, and the buffer is freed.
+        inner.budget.add_permits(permits);
+        drop(bytes);
         if let Err(e) = result {
+            end(&inner);
             return done(Err(e));
         }
     }
+    end(&inner);
     done(w.shutdown().await);
+}
+
+/// The writer is ending: nothing more is queued, what is queued is dropped, and a session
+/// waiting for room learns that none will come (`reserve` fails) instead of waiting out
+/// its slow-reader bound.
+fn end(inner: &Inner) {
+    let mut q = inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+    q.closed = true;
+    q.bytes = BytesMut::new();
+    q.permits = 0;
+    drop(q);
+    inner.budget.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A device that reads nothing: the budget fills, the queue holds no more than it,
+    /// and what was queued arrives whole and in order once the device reads.
+    #[actix_rt::test]
+    async fn the_budget_bounds_the_queue_and_order_is_kept() {
+        let (device, gateway) = tokio::io::duplex(64);
+        let mut out = Outbound::start(gateway, 1_000, |_| {});
+        let mut sent = Vec::new();
+        let mut n = 0u32;
+        loop {
+            let frame = Bytes::from(format!("frame {n:05};").into_bytes());
+            match out.try_send(frame.clone()) {
+                Queue::Queued => sent.extend_from_slice(&frame),
+                Queue::Full(_) => break,
+                Queue::Closed => panic!("closed"),
+            }
+            n += 1;
+            assert!(n < 10_000, "the budget never filled");
+        }
+        // 64 bytes in the pipe, at most 1,000 queued (and one write in flight).
+        assert!(
+            sent.len() <= 64 + 1_000 + 12,
+            "{} bytes accepted",
+            sent.len()
+        );
+        let room = out.reserve(12);
+        let mut device = device;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let _ = device.read_to_end(&mut got).await;
+            got
+        });
+        let room = tokio::time::timeout(std::time::Duration::from_secs(5), room)
+            .await
+            .expect("room once the device reads")
+            .expect("budget open");
+        let last = Bytes::from_static(b"last frame;");
+        out.send_reserved(last.clone(), room);
+        sent.extend_from_slice(&last);
+        out.close();
+        let got = reader.await.expect("reader");
+        assert_eq!(got, sent);
+        assert!(matches!(out.try_send(last), Queue::Closed));
+    }
+
+    /// A writer whose device is gone ends, and a session waiting for room hears so at
+    /// once instead of waiting for its slow-reader bound.
+    #[actix_rt::test]
+    async fn a_failed_writer_ends_the_wait_for_room() {
+        let (device, gateway) = tokio::io::duplex(64);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let out = Outbound::start(gateway, 100, move |r| {
+            let _ = done_tx.send(r.is_err());
+        });
+        while let Queue::Queued = out.try_send(Bytes::from_static(b"0123456789")) {}
+        let room = out.reserve(10);
+        drop(device);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), room)
+            .await
+            .expect("the wait for room did not end with the writer");
+        assert!(waited.is_err(), "room granted by a writer that is gone");
+        assert_eq!(
+            done_rx.await,
+            Ok(true),
+            "the writer did not report its failure"
+        );
+        assert!(matches!(
+            out.try_send(Bytes::from_static(b"late")),
+            Queue::Closed
+        ));
+    }
 }

@@ -5,7 +5,7 @@
 //! version before it sends the next. Chunks go out only as the connection's write budget
 //! has room, so a 200,000-card list never stalls the session's TXN acks behind it.
 
-use super::{Phase, Session, Shared};
+use super::{NoRoom, Phase, Session, Shared};
 use crate::hotlist::{HotlistView, UpdateCards};
 use crate::metrics as m;
 use crate::store::Store;
@@ -113,7 +113,7 @@ impl Session {
 
     /// Queues the update's next chunks while the write budget has room; when it has none,
     /// waits for room beside the session's other work (not instead of it).
-    fn pump_hotlist(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn pump_hotlist(&mut self, ctx: &mut Context<Self>) {
         let per = chunk_cards(&self.shared.config);
         loop {
             if matches!(self.phase, Phase::Closing) {
@@ -122,7 +122,8 @@ impl Session {
             let Some(s) = self.hotlist.as_mut().and_then(|h| h.sending.as_mut()) else {
                 return;
             };
-            if s.waiting {
+            // Frames the session made wait for room go first; their wait pumps again.
+            if s.waiting || !self.blocked.is_empty() {
                 return;
             }
             let Some(frame) = s.cards.frame(s.next_chunk, per) else {
@@ -139,8 +140,8 @@ impl Session {
                     s.waiting = true;
                     ctx.spawn(actix::fut::wrap_future(self.room_for(frame.len())).map(
                         move |room, act: &mut Session, ctx| match room {
-                            Some(permit) => {
-                                act.writer.send_reserved(frame, permit);
+                            Ok(room) => {
+                                act.writer.send_reserved(frame, room);
                                 metrics::counter!(m::FRAMES_SENT_TOTAL, "type" => "HOTLIST_UPDATE")
                                     .increment(1);
                                 if let Some(s) =
@@ -151,7 +152,8 @@ impl Session {
                                 }
                                 act.pump_hotlist(ctx);
                             }
-                            None => act.drop_slow_reader(ctx),
+                            Err(NoRoom::Stalled) => act.drop_slow_reader(ctx),
+                            Err(NoRoom::WriterGone) => ctx.stop(),
                         },
                     ));
                     return;

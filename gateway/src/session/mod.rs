@@ -32,9 +32,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::ReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use wenxiao_protocol::{
     CodecError, DeviceId, Drain, Error, ErrorCode, Heartbeat, HeartbeatAck, Message, SessionId,
@@ -45,7 +43,7 @@ use wenxiao_protocol::{
 /// a TXN frame is 78 bytes; the decoder grows it up to one frame's bound when needed.
 const READ_BUFFER_BYTES_INITIAL: usize = 256;
 
-type Tls = TlsStream<TcpStream>;
+type Tls = crate::tls_conn::TlsConn;
 
 /// Tells a session a newer one of its device took over.
 #[derive(Debug, Message)]
@@ -93,6 +91,15 @@ enum Phase {
     Closing,
 }
 
+/// Why a frame got no room in the write budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// The device did not read for `slow_reader_timeout_ms`.
+    Stalled,
+    /// The writer ended (a write failed): the session ends too.
+    WriterGone,
+}
+
 /// One device connection.
 pub struct Session {
     shared: Arc<Shared>,
@@ -101,8 +108,12 @@ pub struct Session {
     cert_serial: Option<Vec<u8>>,
     phase: Phase,
     writer: crate::outbound::Outbound,
-    /// A frame waits for room in the outbound budget: later ones wait behind it.
-    write_blocked: bool,
+    /// Frames waiting, in order, for room in the outbound budget; while any waits, later
+    /// frames queue behind them. Only frames made by one handler can gather here: the
+    /// wait for room stops the actor handling anything else.
+    blocked: std::collections::VecDeque<bytes::Bytes>,
+    /// `close` was asked for while frames waited: the writer closes behind them.
+    close_when_sent: bool,
     reader: Option<SpawnHandle>,
     ingest: Option<IngestSender>,
     session_id: SessionId,
@@ -170,7 +181,8 @@ impl Session {
                 cert_serial,
                 phase: Phase::AwaitingHello,
                 writer,
-                write_blocked: false,
+                blocked: std::collections::VecDeque::new(),
+                close_when_sent: false,
                 reader: Some(reader),
                 device_id: None,
                 last_rx: Instant::now(),
@@ -205,35 +217,69 @@ impl Session {
         let mut buf = bytes::BytesMut::new();
         message.encode(&mut buf);
         let frame = buf.freeze();
-        let frame = if self.write_blocked {
-            frame
-        } else {
-            match self.writer.try_send(frame) {
-                crate::outbound::Queue::Queued | crate::outbound::Queue::Closed => return,
-                crate::outbound::Queue::Full(frame) => frame,
+        if !self.blocked.is_empty() {
+            self.blocked.push_back(frame);
+            return;
+        }
+        match self.writer.try_send(frame) {
+            crate::outbound::Queue::Queued | crate::outbound::Queue::Closed => {}
+            crate::outbound::Queue::Full(frame) => {
+                self.blocked.push_back(frame);
+                self.wait_for_room(ctx);
             }
+        }
+    }
+
+    /// Waits for room for the first blocked frame, queues it and those behind it that fit,
+    /// and waits again for the next that does not. One wait at a time, so the frames
+    /// keep their order. Once none waits, a close asked for meanwhile is done, and the
+    /// hot list's chunks go on.
+    fn wait_for_room(&mut self, ctx: &mut Context<Self>) {
+        let Some(len) = self.blocked.front().map(bytes::Bytes::len) else {
+            return;
         };
-        self.write_blocked = true;
-        ctx.wait(actix::fut::wrap_future(self.room_for(frame.len())).map(
+        ctx.wait(actix::fut::wrap_future(self.room_for(len)).map(
             move |room, act: &mut Session, ctx| match room {
-                Some(permit) => {
-                    act.write_blocked = false;
-                    act.writer.send_reserved(frame, permit);
+                Ok(room) => {
+                    if let Some(frame) = act.blocked.pop_front() {
+                        act.writer.send_reserved(frame, room);
+                    }
+                    while let Some(frame) = act.blocked.pop_front() {
+                        if let crate::outbound::Queue::Full(frame) = act.writer.try_send(frame) {
+                            act.blocked.push_front(frame);
+                            return act.wait_for_room(ctx);
+                        }
+                    }
+                    if std::mem::take(&mut act.close_when_sent) {
+                        act.close(ctx);
+                    } else {
+                        act.pump_hotlist(ctx);
+                    }
                 }
-                None => act.drop_slow_reader(ctx),
+                Err(NoRoom::Stalled) => act.drop_slow_reader(ctx),
+                Err(NoRoom::WriterGone) => {
+                    act.blocked.clear();
+                    ctx.stop();
+                }
             },
         ));
     }
 
-    /// Room for a frame of `len` bytes in the write budget: the permit, or `None` when
-    /// the device has not read for `slow_reader_timeout_ms` (or the writer is gone).
+    /// Room for a frame of `len` bytes in the write budget, or why there is none: the
+    /// device has not read for `slow_reader_timeout_ms`, or the writer is gone.
     fn room_for(
         &self,
         len: usize,
-    ) -> impl std::future::Future<Output = Option<OwnedSemaphorePermit>> + use<> {
+    ) -> impl std::future::Future<Output = Result<crate::outbound::Room, NoRoom>> + use<> {
         let room = self.writer.reserve(len);
         let stall = Duration::from_millis(self.shared.config.session.slow_reader_timeout_ms);
-        async move { tokio::time::timeout(stall, room).await.ok()?.ok() }
+        async move {
+            match tokio::time::timeout(stall, room).await {
+                Ok(Ok(room)) => Ok(room),
+                Ok(Err(_)) => Err(NoRoom::WriterGone),
+                Err(_) => Err(NoRoom::Stalled),
+            }
+        }
     }
 
     /// Closes a session whose device has not read its answers for `slow_reader_timeout_ms`:
@@ -276,11 +322,16 @@ impl Session {
     }
 
     /// Stops reading, flushes what is queued, then stops (at the latest after
-    /// `close_linger_ms`).
+    /// `close_linger_ms`). Frames still waiting for room go first: the writer closes
+    /// behind them.
     fn close(&mut self, ctx: &mut Context<Self>) {
         self.phase = Phase::Closing;
         if let Some(h) = self.reader.take() {
             ctx.cancel_future(h);
+        }
+        if !self.blocked.is_empty() {
+            self.close_when_sent = true;
+            return;
         }
         self.writer.close();
         let linger = Duration::from_millis(self.shared.config.session.close_linger_ms);
