@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use wenxiao_gateway::server;
 use wenxiao_gateway::store::{AnyStore, HotlistChange, Store, StoreAudit};
 use wenxiao_protocol::*;
-use wenxiao_tests::device::{TestDevice, book_purchase, hello};
+use wenxiao_tests::device::{Recv, TestDevice, book_purchase, hello};
 use wenxiao_tests::env::{KIOSK, POS, POS2, READER, TestEnv};
 
 const OTA: DeviceId = DeviceId(310_300_000_001);
@@ -379,5 +379,99 @@ async fn a_terminal_that_never_reads_its_list_is_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop((silent, pos));
+    gw.shutdown().unwrap();
+}
+
+/// Two terminals that read nothing while they are sent a hot list of 1,000,000 cards past
+/// a 16 KiB write budget and the socket buffers. The list's two chunks in flight leave the
+/// budget 6 bytes of room, so every other answer waits for room. Then they read.
+/// - The one that sent 200 HEARTBEATs meanwhile gets the whole list in order and every
+///   HEARTBEAT answered once, in the order sent.
+/// - The one that sent a bad frame gets an unbroken prefix of the list and then the fatal
+///   ERROR, which waited for room, and nothing after it: the close waits behind the
+///   frames still waiting for room instead of dropping them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_waiting_for_room_keep_their_order_and_the_close_waits_behind_them() {
+    const HEARTBEATS: i64 = 200;
+    let mut env = TestEnv::sqlite();
+    env.config.session.write_buffer_bytes_max = 16 * 1024;
+    env.config.session.slow_reader_timeout_ms = 20_000;
+    let store = store_of(&env).await;
+    let cards: Vec<u64> = (0..1_000_000_u64).map(|c| 5_000_000 + c).collect();
+    store.change_hotlist(change(&cards, &[])).await.unwrap();
+    let gw = env.start();
+    let mut talker = env.connect(&gw, POS).await;
+    hello_at(&mut talker, DeviceKind::Pos, 0).await;
+    let mut failer = env.connect(&gw, POS2).await;
+    hello_at(&mut failer, DeviceKind::Pos, 0).await;
+    // The gateway pushes the list until the sockets and the budget are full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=HEARTBEATS {
+        talker
+            .send(Heartbeat {
+                sent_at_ms: UnixMillis(n),
+            })
+            .await;
+    }
+    failer.send_raw(b"XX\x01\x02\0\0\0\x08").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut listed = Vec::new();
+    let error = loop {
+        match failer.recv().await {
+            Recv::Frame(Message::HotlistUpdate(u)) => {
+                assert_eq!(u.version().get(), 1);
+                listed.extend(u.add().iter().map(|c| c.get()));
+            }
+            Recv::Frame(Message::Error(e)) => break e,
+            other => panic!("expected the list or ERROR, got {other:?}"),
+        }
+    };
+    assert_eq!(error.code, ErrorCode::MalformedFrame, "{}", error.message);
+    assert!(error.fatal);
+    assert!(
+        matches!(failer.recv().await, Recv::Closed(_)),
+        "a frame came after the fatal ERROR"
+    );
+    assert_eq!(
+        listed[..],
+        cards[..listed.len()],
+        "the list is not an unbroken prefix"
+    );
+
+    let (mut listed, mut answered) = (Vec::new(), Vec::new());
+    let mut chunks_before_first_answer = 0_usize;
+    let (mut last, want) = (false, usize::try_from(HEARTBEATS).unwrap());
+    while !last || answered.len() < want {
+        match talker.frame().await {
+            Message::HotlistUpdate(u) => {
+                assert!(!last, "a chunk after the last");
+                assert_eq!(u.version().get(), 1);
+                listed.extend(u.add().iter().map(|c| c.get()));
+                last = u.last();
+                if answered.is_empty() {
+                    chunks_before_first_answer += 1;
+                }
+            }
+            Message::HeartbeatAck(a) => answered.push(a.sent_at_ms.0),
+            other => panic!("expected the list or HEARTBEAT_ACKs, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        answered,
+        (1..=HEARTBEATS).collect::<Vec<_>>(),
+        "HEARTBEATs answered out of order or not once each"
+    );
+    assert!(
+        listed == cards,
+        "the list arrived incomplete or out of order"
+    );
+    assert!(
+        chunks_before_first_answer > 0,
+        "the HEARTBEATs were answered before any of the list"
+    );
+    ack(&mut talker, 1).await;
+    nothing_pending(&mut talker).await;
+    recorded(&store, POS, 1).await;
     gw.shutdown().unwrap();
 }
