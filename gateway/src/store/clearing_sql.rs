@@ -4,6 +4,8 @@
 //! the day's scans found: `clearing_nets` (one row per card) and `clearing_merchants`
 //! (one per merchant).
 
+use super::backend::Bulk;
+
 /// Each stored transaction's effect on its card's credit: a purchase's subsidy, minus a
 /// refund's reversal as ingest recorded it (the purchase's subsidy in proportion to the
 /// amount refunded, cumulatively over its refunds, so never more than the subsidy).
@@ -33,16 +35,41 @@ pub(crate) const DEBTS_OWED: &str = "INSERT INTO card_debts (card_no, owed_fen) 
 
 /// The day's stored rows summed by merchant (rows with none in one group of their own),
 /// in one scan: what the settlement, the statistics and the run's count are made of.
-pub(crate) const DAY_MERCHANTS: &str = "INSERT INTO clearing_merchants (merchant_id, txn_count, \
-        settled_count, sales_fen, refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen) \
-    SELECT merchant_id, COUNT(*), \
-        SUM(CASE WHEN kind IN (1, 4) THEN 1 ELSE 0 END), \
-        SUM(CASE WHEN kind = 1 THEN amount_fen ELSE 0 END), \
-        SUM(CASE WHEN kind = 4 THEN amount_fen ELSE 0 END), \
-        SUM(CASE WHEN kind = 1 THEN points_used ELSE 0 END), \
-        SUM(CASE WHEN kind = 1 THEN subsidy_fen ELSE 0 END), \
-        SUM(subsidy_fen) \
-    FROM txns WHERE business_date = $1 AND status = 1 GROUP BY merchant_id";
+/// The columns are those of `clearing_merchants`, in order.
+macro_rules! day_merchants {
+    () => {
+        "SELECT merchant_id, CAST(COUNT(*) AS BIGINT), \
+            CAST(SUM(CASE WHEN kind IN (1, 4) THEN 1 ELSE 0 END) AS BIGINT), \
+            CAST(SUM(CASE WHEN kind = 1 THEN amount_fen ELSE 0 END) AS BIGINT), \
+            CAST(SUM(CASE WHEN kind = 4 THEN amount_fen ELSE 0 END) AS BIGINT), \
+            CAST(SUM(CASE WHEN kind = 1 THEN points_used ELSE 0 END) AS BIGINT), \
+            CAST(SUM(CASE WHEN kind = 1 THEN subsidy_fen ELSE 0 END) AS BIGINT), \
+            CAST(SUM(subsidy_fen) AS BIGINT) \
+        FROM txns WHERE business_date = $1 AND status = 1 GROUP BY merchant_id"
+    };
+}
+
+/// The merchants' scan into `clearing_merchants`.
+pub(crate) const DAY_MERCHANTS: &str = concat!(
+    "INSERT INTO clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, \
+        refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen) ",
+    day_merchants!()
+);
+
+/// The merchants' scan, its rows returned (run on a second connection in the run's
+/// snapshot, see `ledger/clearing.rs`).
+pub(crate) const DAY_MERCHANTS_SELECT: &str = day_merchants!();
+
+/// Rows of [`DAY_MERCHANTS_SELECT`] into `clearing_merchants`, a column per field.
+pub(crate) const DAY_MERCHANTS_IN: Bulk = Bulk {
+    pg: "INSERT INTO clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, \
+            refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen) \
+         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+            $6::int8[], $7::int8[], $8::int8[])",
+    lite: "INSERT INTO clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, \
+            refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen) \
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+};
 
 /// Per-merchant settlement: sales and refunds (card part), points to reimburse, subsidy.
 pub(crate) const MERCHANTS: &str = "INSERT INTO merchant_settlements \

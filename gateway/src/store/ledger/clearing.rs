@@ -1,6 +1,6 @@
 //! The daily clearing run, its approval and its report.
 
-use super::super::backend::{Backend, Row, Sql, Tx, TxMode, params};
+use super::super::backend::{Backend, Col, Row, Sql, Tx, TxMode, params};
 use super::super::{
     AwardRow, ClearingReport, ClearingSummary, CreditRow, MerchantSettlement, StatisticsRow,
     StoreError, clearing_sql as q, from_db_u64,
@@ -101,9 +101,8 @@ pub(super) async fn clear_day<B: Backend>(
         &[],
     )
     .await?;
+    scan_day(backend, &mut tx, d).await?;
     let steps = [
-        (q::DAY_MERCHANTS, params![d]),
-        (q::DAY_NETS, params![d]),
         (q::CREDITS, params![d]),
         (q::DEBTS_PAID, params![]),
         (q::DEBTS_OWED, params![]),
@@ -112,14 +111,7 @@ pub(super) async fn clear_day<B: Backend>(
         (q::RUN, params![d, now_ms]),
     ];
     for (sql, p) in steps {
-        let started = std::time::Instant::now();
-        let rows = tx.execute(&Sql::both(sql), p).await?;
-        tracing::debug!(
-            rows,
-            ms = started.elapsed().as_millis(),
-            sql = sql.get(..40).unwrap_or(sql),
-            "clearing step"
-        );
+        step(sql, tx.execute(&Sql::both(sql), p)).await?;
     }
     tx.execute(&Sql::lite_only("DROP TABLE temp.clearing_nets"), &[])
         .await?;
@@ -129,6 +121,108 @@ pub(super) async fn clear_day<B: Backend>(
     let s = summary(date, &r)?;
     tx.commit().await?;
     Ok(s)
+}
+
+/// Runs one step of the clearing and logs its rows and time.
+async fn step<T>(
+    sql: &str,
+    run: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError>
+where
+    T: Rows,
+{
+    let started = std::time::Instant::now();
+    let done = run.await?;
+    tracing::debug!(
+        rows = done.rows(),
+        ms = started.elapsed().as_millis(),
+        sql = sql.get(..40).unwrap_or(sql),
+        "clearing step"
+    );
+    Ok(done)
+}
+
+/// What a step reports: rows changed or returned.
+trait Rows {
+    fn rows(&self) -> u64;
+}
+
+impl Rows for u64 {
+    fn rows(&self) -> u64 {
+        *self
+    }
+}
+
+impl Rows for Vec<Row> {
+    fn rows(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+/// The day's two scans: the nets by card, and the sums by merchant. PostgreSQL runs a
+/// statement in one backend, which left one of this machine's two cores idle for the
+/// whole run; so on PostgreSQL the merchants' scan runs beside the nets, on a second
+/// connection in this transaction's exported snapshot (it sees exactly what the run
+/// sees), and its few rows (one per merchant) are written into `clearing_merchants`
+/// here. Without a second connection (SQLite, or a pool with none free within its wait)
+/// the scans run one after the other.
+async fn scan_day<B: Backend>(backend: &B, tx: &mut B::Tx, d: i32) -> Result<(), StoreError> {
+    let Some(mut side) = beside(backend, tx).await? else {
+        step(
+            q::DAY_MERCHANTS,
+            tx.execute(&Sql::both(q::DAY_MERCHANTS), params![d]),
+        )
+        .await?;
+        step(q::DAY_NETS, tx.execute(&Sql::both(q::DAY_NETS), params![d])).await?;
+        return Ok(());
+    };
+    let (merchants, nets) = (
+        Sql::pg_only(q::DAY_MERCHANTS_SELECT),
+        Sql::both(q::DAY_NETS),
+    );
+    let p = params![d];
+    let (merchants, nets) = tokio::join!(
+        step(q::DAY_MERCHANTS_SELECT, side.query(&merchants, p)),
+        step(q::DAY_NETS, tx.execute(&nets, p)),
+    );
+    let (merchants, _) = (merchants?, nets?);
+    side.commit().await?;
+    let mut cols: [Vec<Option<i64>>; 8] = Default::default();
+    for r in &merchants {
+        for (i, col) in cols.iter_mut().enumerate() {
+            col.push(r.opt_int(i)?);
+        }
+    }
+    let cols = cols.map(Col::OptInt);
+    tx.bulk(&q::DAY_MERCHANTS_IN, &cols).await?;
+    Ok(())
+}
+
+/// A second transaction in `tx`'s snapshot, on PostgreSQL when the pool has a connection
+/// free within its wait; `None` otherwise.
+async fn beside<B: Backend>(backend: &B, tx: &mut B::Tx) -> Result<Option<B::Tx>, StoreError> {
+    let Some(row) = tx
+        .query_opt(&Sql::pg_only("SELECT pg_export_snapshot()"), &[])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id = row.text(0)?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(StoreError::Corrupt(format!("snapshot id {id:?}")));
+    }
+    let mut side = match backend.begin(TxMode::Snapshot).await {
+        Ok(side) => side,
+        Err(e) => {
+            tracing::info!(error = %e, "clearing: no second connection, the day's scans run one after the other");
+            return Ok(None);
+        }
+    };
+    side.batch(&format!(
+        "SET TRANSACTION SNAPSHOT '{id}'; SET LOCAL statement_timeout = '10min'"
+    ))
+    .await?;
+    Ok(Some(side))
 }
 
 /// The audit step: see [`super::super::Store::approve_day`].
