@@ -91,24 +91,29 @@ pub(super) async fn clear_day<B: Backend>(
              txn_count BIGINT NOT NULL, settled_count BIGINT NOT NULL, \
              sales_fen BIGINT NOT NULL, refunds_fen BIGINT NOT NULL, \
              points_used BIGINT NOT NULL, purchase_subsidy_fen BIGINT NOT NULL, \
-             subsidy_fen BIGINT NOT NULL) ON COMMIT DROP",
+             subsidy_fen BIGINT NOT NULL, net_fen BIGINT NOT NULL) ON COMMIT DROP",
             "CREATE TEMP TABLE clearing_merchants (merchant_id INTEGER, \
              txn_count INTEGER NOT NULL, settled_count INTEGER NOT NULL, \
              sales_fen INTEGER NOT NULL, refunds_fen INTEGER NOT NULL, \
              points_used INTEGER NOT NULL, purchase_subsidy_fen INTEGER NOT NULL, \
-             subsidy_fen INTEGER NOT NULL)",
+             subsidy_fen INTEGER NOT NULL, net_fen INTEGER NOT NULL)",
         ),
         &[],
     )
     .await?;
     scan_day(backend, &mut tx, d).await?;
+    // PostgreSQL's statement answers with the count and sum; SQLite's only writes.
+    let credited = match step(q::CREDITS.pg, tx.query_opt(&q::CREDITS, params![d])).await? {
+        Some(r) => r,
+        None => tx.query_one(&q::CREDITS_COUNT, params![d]).await?,
+    };
+    let (credit_count, credit_fen) = (credited.int(0)?, credited.int(1)?);
     let steps = [
-        (q::CREDITS, params![d]),
         (q::DEBTS_PAID, params![]),
         (q::DEBTS_OWED, params![]),
         (q::MERCHANTS, params![d, fen_per_point]),
         (q::STATISTICS, params![d]),
-        (q::RUN, params![d, now_ms]),
+        (q::RUN, params![d, now_ms, credit_count, credit_fen]),
     ];
     for (sql, p) in steps {
         step(sql, tx.execute(&Sql::both(sql), p)).await?;
@@ -159,6 +164,12 @@ impl Rows for Vec<Row> {
     }
 }
 
+impl Rows for Option<Row> {
+    fn rows(&self) -> u64 {
+        u64::from(self.is_some())
+    }
+}
+
 /// The day's two scans: the nets by card, and the sums by merchant. PostgreSQL runs a
 /// statement in one backend, which left one of this machine's two cores idle for the
 /// whole run; so on PostgreSQL the merchants' scan runs beside the nets, on a second
@@ -187,7 +198,7 @@ async fn scan_day<B: Backend>(backend: &B, tx: &mut B::Tx, d: i32) -> Result<(),
     );
     let (merchants, _) = (merchants?, nets?);
     side.commit().await?;
-    let mut cols: [Vec<Option<i64>>; 8] = Default::default();
+    let mut cols: [Vec<Option<i64>>; 9] = Default::default();
     for r in &merchants {
         for (i, col) in cols.iter_mut().enumerate() {
             col.push(r.opt_int(i)?);
