@@ -36,6 +36,7 @@ pub async fn fresh_pg_url() -> String {
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
     let driver = tokio::spawn(conn);
+    drop_dead_schemas(&client).await;
     client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
@@ -44,6 +45,44 @@ pub async fn fresh_pg_url() -> String {
     let _ = driver.await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops, once per process, the schemas of test processes that are gone (the schema name
+/// starts with the process id), so the test database does not grow with every run. A
+/// schema another sweeper drops first, or one still in use, is left alone.
+async fn drop_dead_schemas(client: &tokio_postgres::Client) {
+    SWEPT
+        .get_or_init(|| async {
+            // Whether a process is alive is read off /proc: without it, sweep nothing.
+            if !std::path::Path::new("/proc/self").exists() {
+                return;
+            }
+            let Ok(rows) = client
+                .query(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'wxtest\\_%'",
+                    &[],
+                )
+                .await
+            else {
+                return;
+            };
+            for row in rows {
+                let name: String = row.get(0);
+                let pid = name.split('_').nth(1).and_then(|p| p.parse::<u32>().ok());
+                let Some(pid) = pid else { continue };
+                if pid == std::process::id()
+                    || std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    continue;
+                }
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await;
+            }
+        })
+        .await;
 }
 
 /// A plain client of `url` (its connection driven in the background), for a test that
