@@ -27,7 +27,8 @@ static SCHEMAS: AtomicU32 = AtomicU32::new(0);
 pub async fn fresh_pg_url() -> String {
     let base = database_url();
     let schema = format!(
-        "wxtest_{}_{}_{}",
+        "wxtest_{}_{}_{}_{}",
+        host_tag(),
         std::process::id(),
         SCHEMAS.fetch_add(1, Ordering::Relaxed),
         rand::random::<u32>()
@@ -49,28 +50,49 @@ pub async fn fresh_pg_url() -> String {
 
 static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
-/// Drops, once per process, the schemas of test processes that are gone (the schema name
-/// starts with the process id), so the test database does not grow with every run. A
-/// schema another sweeper drops first, or one still in use, is left alone.
+/// This machine's boot and process-id namespace, as 8 hex digits: a process id means
+/// the same process only among schemas with the same tag ("0" where they cannot be read).
+fn host_tag() -> String {
+    use std::hash::{Hash, Hasher};
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let ns = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, ns) {
+        (Ok(boot), Ok(ns)) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (boot.trim(), ns).hash(&mut h);
+            format!("{:08x}", h.finish() & 0xffff_ffff)
+        }
+        _ => "0".to_owned(),
+    }
+}
+
+/// Drops, once per process, the schemas that test processes of this machine (same boot,
+/// same process-id namespace: see [`host_tag`]) left behind and that are gone, so the
+/// test database does not grow with every run. Schemas of other machines, or of a live
+/// process, are not touched; a drop that waits for a lock over a second is given up.
 async fn drop_dead_schemas(client: &tokio_postgres::Client) {
     SWEPT
         .get_or_init(|| async {
-            // Whether a process is alive is read off /proc: without it, sweep nothing.
-            if !std::path::Path::new("/proc/self").exists() {
+            let tag = host_tag();
+            if tag == "0" {
                 return;
             }
             let Ok(rows) = client
                 .query(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'wxtest\\_%'",
-                    &[],
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                    &[&format!("wxtest\\_{tag}\\_%")],
                 )
                 .await
             else {
                 return;
             };
+            let _ = client.batch_execute("SET lock_timeout = '1s'").await;
             for row in rows {
                 let name: String = row.get(0);
-                let pid = name.split('_').nth(1).and_then(|p| p.parse::<u32>().ok());
+                if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    continue;
+                }
+                let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
                 let Some(pid) = pid else { continue };
                 if pid == std::process::id()
                     || std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -78,9 +100,10 @@ async fn drop_dead_schemas(client: &tokio_postgres::Client) {
                     continue;
                 }
                 let _ = client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
                     .await;
             }
+            let _ = client.batch_execute("RESET lock_timeout").await;
         })
         .await;
 }

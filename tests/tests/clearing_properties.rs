@@ -310,3 +310,22 @@ proptest! {
         });
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+    /// With one pooled connection the run has none to spare for the merchants' scan,
+    /// which then runs after the nets on the run's own: the same rules hold.
+    #[test]
+    fn postgres_with_one_connection_credits_follow_the_rules(d in day()) {
+        runtime().block_on(async {
+            let store = wenxiao_gateway::store::PgStore::connect(
+                &wenxiao_tests::fresh_pg_url().await,
+                1,
+                5_000,
+            )
+            .unwrap();
+            store.migrate().await.unwrap();
+            check(store, d).await;
+        });
+    }
+}

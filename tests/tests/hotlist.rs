@@ -438,9 +438,14 @@ async fn answers_waiting_for_room_keep_their_order_and_the_close_waits_behind_th
         cards[..listed.len()],
         "the list is not an unbroken prefix"
     );
+    // The rest of the list was still to come: the ERROR did wait behind the list.
+    assert!(
+        listed.len() < cards.len(),
+        "the whole list went out before the ERROR: nothing waited for room"
+    );
 
     let (mut listed, mut answered) = (Vec::new(), Vec::new());
-    let mut chunks_before_first_answer = 0_usize;
+    let (mut chunks_before_first_answer, mut chunks_after_first_answer) = (0_usize, 0_usize);
     let (mut last, want) = (false, usize::try_from(HEARTBEATS).unwrap());
     while !last || answered.len() < want {
         match talker.frame().await {
@@ -451,6 +456,8 @@ async fn answers_waiting_for_room_keep_their_order_and_the_close_waits_behind_th
                 last = u.last();
                 if answered.is_empty() {
                     chunks_before_first_answer += 1;
+                } else {
+                    chunks_after_first_answer += 1;
                 }
             }
             Message::HeartbeatAck(a) => answered.push(a.sent_at_ms.0),
@@ -466,9 +473,11 @@ async fn answers_waiting_for_room_keep_their_order_and_the_close_waits_behind_th
         listed == cards,
         "the list arrived incomplete or out of order"
     );
+    // The answers came in the middle of the list: they waited for room behind it.
     assert!(
-        chunks_before_first_answer > 0,
-        "the HEARTBEATs were answered before any of the list"
+        chunks_before_first_answer > 0 && chunks_after_first_answer > 0,
+        "{chunks_before_first_answer} chunks before the first answer, \
+         {chunks_after_first_answer} after it"
     );
     ack(&mut talker, 1).await;
     nothing_pending(&mut talker).await;

@@ -306,6 +306,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// A migration's text in this database's spelling.
     fn schema_text(&self, sql: &str) -> String;
+
+    /// Transactions that could begin now without waiting for a connection: the pool's
+    /// idle connections and those it may still open. SQLite's single writer has none to
+    /// spare.
+    fn connections_free(&self) -> usize;
 }
 
 /// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -424,6 +429,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Postgres(b) => b.schema_text(sql),
             AnyBackend::Sqlite(b) => b.schema_text(sql),
+        }
+    }
+
+    fn connections_free(&self) -> usize {
+        match self {
+            AnyBackend::Postgres(b) => b.connections_free(),
+            AnyBackend::Sqlite(b) => b.connections_free(),
         }
     }
 }

@@ -15,13 +15,19 @@ pub(crate) const DAY_NETS: &str = "INSERT INTO clearing_nets (card_no, net_fen) 
 
 /// Credits: each card's net after what it owed; ids are the date and the card's rank.
 macro_rules! credits {
-    () => {
-        "INSERT INTO credits (credit_id, business_date, card_no, amount_fen, status) \
-        SELECT CAST($1 AS BIGINT) * 10000000000 + ROW_NUMBER() OVER (ORDER BY n.card_no), \
-            CAST($1 AS INTEGER), n.card_no, \
+    ($date:literal) => {
+        concat!(
+            "INSERT INTO credits (credit_id, business_date, card_no, amount_fen, status) \
+        SELECT CAST(",
+            $date,
+            " AS BIGINT) * 10000000000 + ROW_NUMBER() OVER (ORDER BY n.card_no), \
+            CAST(",
+            $date,
+            " AS INTEGER), n.card_no, \
             n.net_fen - COALESCE(d.owed_fen, 0), 1 \
         FROM clearing_nets n LEFT JOIN card_debts d ON d.card_no = n.card_no \
         WHERE n.net_fen - COALESCE(d.owed_fen, 0) > 0"
+        )
     };
 }
 
@@ -31,16 +37,16 @@ macro_rules! credits {
 pub(crate) const CREDITS: Sql = Sql::each(
     concat!(
         "WITH written AS (",
-        credits!(),
+        credits!("$1"),
         " RETURNING amount_fen) \
         SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM written"
     ),
-    credits!(),
+    credits!("?1"),
 );
 
 /// The day's credits counted and summed (SQLite, after [`CREDITS`]).
 pub(crate) const CREDITS_COUNT: Sql = Sql::lite_only(
-    "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0) FROM credits WHERE business_date = $1",
+    "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0) FROM credits WHERE business_date = ?1",
 );
 
 /// Debts the day's net covered are gone.

@@ -107,6 +107,10 @@ impl Backend for Lite {
             .replace("BYTEA", "BLOB")
             .replace("BOOLEAN", "INTEGER")
     }
+
+    fn connections_free(&self) -> usize {
+        0
+    }
 }
 
 /// An open SQLite transaction, holding its connection.

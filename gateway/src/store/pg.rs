@@ -181,6 +181,11 @@ impl Backend for Pg {
     fn schema_text(&self, sql: &str) -> String {
         sql.to_owned()
     }
+
+    fn connections_free(&self) -> usize {
+        let s = self.pool.status();
+        s.available + s.max_size.saturating_sub(s.size)
+    }
 }
 
 /// An open PostgreSQL transaction on a connection of its own.

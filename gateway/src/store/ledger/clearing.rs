@@ -175,8 +175,10 @@ impl Rows for Option<Row> {
 /// whole run; so on PostgreSQL the merchants' scan runs beside the nets, on a second
 /// connection in this transaction's exported snapshot (it sees exactly what the run
 /// sees), and its few rows (one per merchant) are written into `clearing_merchants`
-/// here. Without a second connection (SQLite, or a pool with none free within its wait)
-/// the scans run one after the other.
+/// here. Without a spare connection (SQLite, or a pool with fewer than two free, so that
+/// the sessions' reads keep one) the scans run one after the other. A failed merchant
+/// scan fails the run once the nets' statement has answered (the run's connection is
+/// not left with a statement in flight).
 async fn scan_day<B: Backend>(backend: &B, tx: &mut B::Tx, d: i32) -> Result<(), StoreError> {
     let Some(mut side) = beside(backend, tx).await? else {
         step(
@@ -193,11 +195,15 @@ async fn scan_day<B: Backend>(backend: &B, tx: &mut B::Tx, d: i32) -> Result<(),
     );
     let p = params![d];
     let (merchants, nets) = tokio::join!(
-        step(q::DAY_MERCHANTS_SELECT, side.query(&merchants, p)),
+        async {
+            // The second connection goes back to the pool as soon as its scan is done.
+            let rows = step(q::DAY_MERCHANTS_SELECT, side.query(&merchants, p)).await?;
+            side.commit().await?;
+            Ok::<_, StoreError>(rows)
+        },
         step(q::DAY_NETS, tx.execute(&nets, p)),
     );
     let (merchants, _) = (merchants?, nets?);
-    side.commit().await?;
     let mut cols: [Vec<Option<i64>>; 9] = Default::default();
     for r in &merchants {
         for (i, col) in cols.iter_mut().enumerate() {
@@ -209,9 +215,14 @@ async fn scan_day<B: Backend>(backend: &B, tx: &mut B::Tx, d: i32) -> Result<(),
     Ok(())
 }
 
-/// A second transaction in `tx`'s snapshot, on PostgreSQL when the pool has a connection
-/// free within its wait; `None` otherwise.
+/// A second transaction in `tx`'s snapshot: on PostgreSQL, when the pool has at least
+/// two connections free (one stays for the sessions' reads); `None` otherwise, or when
+/// the second connection cannot take the snapshot.
 async fn beside<B: Backend>(backend: &B, tx: &mut B::Tx) -> Result<Option<B::Tx>, StoreError> {
+    if backend.connections_free() < 2 {
+        tracing::info!("clearing: no spare connection, the day's scans run one after the other");
+        return Ok(None);
+    }
     let Some(row) = tx
         .query_opt(&Sql::pg_only("SELECT pg_export_snapshot()"), &[])
         .await?
@@ -222,18 +233,21 @@ async fn beside<B: Backend>(backend: &B, tx: &mut B::Tx) -> Result<Option<B::Tx>
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(StoreError::Corrupt(format!("snapshot id {id:?}")));
     }
-    let mut side = match backend.begin(TxMode::Snapshot).await {
-        Ok(side) => side,
-        Err(e) => {
-            tracing::info!(error = %e, "clearing: no second connection, the day's scans run one after the other");
-            return Ok(None);
-        }
+    let taken = async {
+        let mut side = backend.begin(TxMode::Snapshot).await?;
+        side.batch(&format!(
+            "SET TRANSACTION SNAPSHOT '{id}'; SET LOCAL statement_timeout = '10min'"
+        ))
+        .await?;
+        Ok::<_, StoreError>(side)
     };
-    side.batch(&format!(
-        "SET TRANSACTION SNAPSHOT '{id}'; SET LOCAL statement_timeout = '10min'"
-    ))
-    .await?;
-    Ok(Some(side))
+    match taken.await {
+        Ok(side) => Ok(Some(side)),
+        Err(e) => {
+            tracing::info!(error = %e, "clearing: no second connection in the run's snapshot, the day's scans run one after the other");
+            Ok(None)
+        }
+    }
 }
 
 /// The audit step: see [`super::super::Store::approve_day`].
