@@ -215,20 +215,21 @@ async fn scan_day<B: Backend>(backend: &B, tx: &mut B::Tx, d: i32) -> Result<(),
     Ok(())
 }
 
-/// A second transaction in `tx`'s snapshot: on PostgreSQL, when the pool has at least
-/// two connections free (one stays for the sessions' reads); `None` otherwise, or when
-/// the second connection cannot take the snapshot.
+/// A second transaction in `tx`'s snapshot: on PostgreSQL (SQLite exports no
+/// snapshot), when the pool has at least two connections free (one stays for the
+/// sessions' reads); `None` otherwise, or when the second connection cannot take the
+/// snapshot.
 async fn beside<B: Backend>(backend: &B, tx: &mut B::Tx) -> Result<Option<B::Tx>, StoreError> {
-    if backend.connections_free() < 2 {
-        tracing::info!("clearing: no spare connection, the day's scans run one after the other");
-        return Ok(None);
-    }
     let Some(row) = tx
         .query_opt(&Sql::pg_only("SELECT pg_export_snapshot()"), &[])
         .await?
     else {
         return Ok(None);
     };
+    if backend.connections_free() < 2 {
+        tracing::info!("clearing: no spare connection, the day's scans run one after the other");
+        return Ok(None);
+    }
     let id = row.text(0)?;
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(StoreError::Corrupt(format!("snapshot id {id:?}")));
