@@ -80,12 +80,17 @@ macro_rules! day_merchants {
     };
 }
 
+/// `clearing_merchants`'s columns, in the order `day_merchants!` yields them.
+macro_rules! merchant_columns {
+    () => {
+        "clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, refunds_fen, \
+        points_used, purchase_subsidy_fen, subsidy_fen, net_fen)"
+    };
+}
+
 /// The merchants' scan into `clearing_merchants`.
-pub(crate) const DAY_MERCHANTS: &str = concat!(
-    "INSERT INTO clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, \
-        refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen, net_fen) ",
-    day_merchants!()
-);
+pub(crate) const DAY_MERCHANTS: &str =
+    concat!("INSERT INTO ", merchant_columns!(), " ", day_merchants!());
 
 /// The merchants' scan, its rows returned (run on a second connection in the run's
 /// snapshot, see `ledger/clearing.rs`).
@@ -93,13 +98,17 @@ pub(crate) const DAY_MERCHANTS_SELECT: &str = day_merchants!();
 
 /// Rows of [`DAY_MERCHANTS_SELECT`] into `clearing_merchants`, a column per field.
 pub(crate) const DAY_MERCHANTS_IN: Bulk = Bulk {
-    pg: "INSERT INTO clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, \
-            refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen, net_fen) \
-         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
-            $6::int8[], $7::int8[], $8::int8[], $9::int8[])",
-    lite: "INSERT INTO clearing_merchants (merchant_id, txn_count, settled_count, sales_fen, \
-            refunds_fen, points_used, purchase_subsidy_fen, subsidy_fen, net_fen) \
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    pg: concat!(
+        "INSERT INTO ",
+        merchant_columns!(),
+        " SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+            $6::int8[], $7::int8[], $8::int8[], $9::int8[])"
+    ),
+    lite: concat!(
+        "INSERT INTO ",
+        merchant_columns!(),
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ),
 };
 
 /// Per-merchant settlement: sales and refunds (card part), points to reimburse, subsidy.
